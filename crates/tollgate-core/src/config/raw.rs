@@ -1,0 +1,194 @@
+//! The plugin configuration exactly as written: serde structs that reject unknown fields.
+//! [`super::Config`] is built from these by validation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    pub tiers: BTreeMap<String, RawTier>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub headers: RawHeaders,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `enforce` replies 429/401/400; `shadow` decides and reports the same way but never blocks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: Option<String>,
+    #[serde(default)]
+    pub anonymous: Option<RawAnonymous>,
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    #[serde(default = "default_max_credential_length")]
+    pub max_credential_length: usize,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            api_key_header: default_api_key_header(),
+            anonymous: None,
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            max_credential_length: default_max_credential_length(),
+        }
+    }
+}
+
+fn default_api_key_header() -> Option<String> {
+    Some("x-api-key".to_owned())
+}
+fn default_ipv4_prefix() -> u8 {
+    32
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+fn default_max_credential_length() -> usize {
+    4096
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnonymous {
+    pub tier: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    pub sha256: String,
+    pub tier: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub limits: Vec<RawLimit>,
+    #[serde(default)]
+    pub upgrade_hint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub name: String,
+    pub limit: u64,
+    pub window: String,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    TokenBucket,
+    FixedWindow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default = "default_cost")]
+    pub cost: u64,
+    #[serde(default)]
+    pub limits: Option<Vec<String>>,
+}
+
+fn default_cost() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    #[serde(default = "yes")]
+    pub ietf: bool,
+    #[serde(default = "yes")]
+    pub x_ratelimit: bool,
+    #[serde(default)]
+    pub problem_json: bool,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        RawHeaders { ietf: true, x_ratelimit: true, problem_json: false }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    #[serde(default = "default_max_tracked_keys")]
+    pub max_tracked_keys: u64,
+    #[serde(default = "default_cas_retries")]
+    pub cas_retries: u32,
+    #[serde(default)]
+    pub on_contention: ContentionPolicy,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            max_tracked_keys: default_max_tracked_keys(),
+            cas_retries: default_cas_retries(),
+            on_contention: ContentionPolicy::default(),
+        }
+    }
+}
+
+fn default_max_tracked_keys() -> u64 {
+    100_000
+}
+fn default_cas_retries() -> u32 {
+    32
+}
+
+/// What to do when every compare-and-swap attempt lost a race (or shared data failed).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentionPolicy {
+    /// Admit the request unmetered (counted in `tollgate.store.cas_exhausted`).
+    #[default]
+    Allow,
+    /// Reply 503 with `Retry-After: 1`.
+    Deny,
+}

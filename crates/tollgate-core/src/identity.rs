@@ -1,0 +1,243 @@
+//! Who is calling: a bearer token or API key (hashed at once), or an anonymous client
+//! grouped by the network of the address the proxy resolved.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Identity;
+
+/// What the core needs to know of a request. The host fills it from the request headers
+/// and, only when no credential is present, from the resolved client address.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    /// `:path`, query string included or not.
+    pub path: &'a str,
+    /// Every `authorization` header value, in order received.
+    pub authorization: Vec<&'a str>,
+    /// Every value of the configured API-key header.
+    pub api_key: Vec<&'a str>,
+    /// The downstream address as the proxy resolved it (`source.address`, e.g.
+    /// `203.0.113.7:0` or `[2001:db8::1]:443`); never taken from `X-Forwarded-For` here.
+    pub client_address: Option<&'a str>,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// Picks the fields out of a request's header list (names in lower case, as proxies give them).
+    pub fn from_headers(headers: &'a [(String, String)], api_key_header: Option<&str>) -> Self {
+        let mut info = RequestInfo::default();
+        for (name, value) in headers {
+            match name.as_str() {
+                ":method" => info.method = value,
+                ":path" => info.path = value,
+                "authorization" => info.authorization.push(value),
+                other if Some(other) == api_key_header => info.api_key.push(value),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// The caller's credential, hashed; the token itself goes no further than this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Token([u8; 32]),
+    None,
+}
+
+/// Why a credential could not be read. Each is a 400: the request is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialError {
+    Duplicate,
+    NotBearer,
+    Empty,
+    TooLong,
+    BadCharacters,
+}
+
+impl CredentialError {
+    pub fn describe(self) -> &'static str {
+        match self {
+            CredentialError::Duplicate => "more than one credential was sent (repeated Authorization or API-key headers, or both)",
+            CredentialError::NotBearer => "the Authorization header must use the Bearer scheme: 'Authorization: Bearer <token>'",
+            CredentialError::Empty => "the credential is empty",
+            CredentialError::TooLong => "the credential is longer than the configured maximum",
+            CredentialError::BadCharacters => "the token contains characters not allowed in a bearer token (RFC 6750 token68)",
+        }
+    }
+}
+
+/// Reads the one credential of a request: `Authorization: Bearer <token>` or the API-key header.
+pub fn credential(identity: &Identity, request: &RequestInfo<'_>) -> Result<Credential, CredentialError> {
+    let token = match (request.authorization.as_slice(), request.api_key.as_slice()) {
+        ([], []) => return Ok(Credential::None),
+        ([auth], []) => bearer_token(auth)?,
+        ([], [key]) => key.trim_matches([' ', '\t']),
+        _ => return Err(CredentialError::Duplicate),
+    };
+    if token.is_empty() {
+        return Err(CredentialError::Empty);
+    }
+    if token.len() > identity.max_credential_length {
+        return Err(CredentialError::TooLong);
+    }
+    if !is_token68(token) {
+        return Err(CredentialError::BadCharacters);
+    }
+    Ok(Credential::Token(sha256(token.as_bytes())))
+}
+
+/// `Bearer <token>`: the scheme is case-insensitive, followed by one or more spaces.
+fn bearer_token(value: &str) -> Result<&str, CredentialError> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(CredentialError::NotBearer);
+    }
+    Ok(rest.trim_start_matches(' '))
+}
+
+/// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The anonymous caller's bucket name: the client's network, e.g. `203.0.113.7/32` or
+/// `2001:db8:1:2::/64`. Addresses that cannot be parsed all share the bucket `unknown`.
+pub fn client_network(address: Option<&str>, ipv4_prefix: u8, ipv6_prefix: u8) -> String {
+    let Some(ip) = address.and_then(parse_address) else {
+        return "unknown".to_owned();
+    };
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let masked = u32::from(v4) & mask32(ipv4_prefix);
+            format!("{}/{ipv4_prefix}", Ipv4Addr::from(masked))
+        }
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & mask128(ipv6_prefix);
+            format!("{}/{ipv6_prefix}", Ipv6Addr::from(masked))
+        }
+    }
+}
+
+fn parse_address(address: &str) -> Option<IpAddr> {
+    address
+        .parse::<SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| address.parse::<IpAddr>())
+        .ok()
+}
+
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn identity() -> Identity {
+        Identity {
+            api_key_header: Some("x-api-key".into()),
+            anonymous_tier: Some(0),
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            max_credential_length: 64,
+        }
+    }
+
+    fn with(auth: &[&'static str], key: &[&'static str]) -> Result<Credential, CredentialError> {
+        let req = RequestInfo { authorization: auth.to_vec(), api_key: key.to_vec(), ..Default::default() };
+        credential(&identity(), &req)
+    }
+
+    #[test]
+    fn bearer_token_is_hashed() {
+        assert_eq!(with(&["Bearer abc"], &[]), Ok(Credential::Token(sha256(b"abc"))));
+        assert_eq!(with(&["bearer  abc=="], &[]), Ok(Credential::Token(sha256(b"abc=="))));
+        assert_eq!(with(&[], &["abc"]), Ok(Credential::Token(sha256(b"abc"))));
+    }
+
+    #[test]
+    fn no_credential_is_none() {
+        assert_eq!(with(&[], &[]), Ok(Credential::None));
+    }
+
+    #[test]
+    fn malformed_credentials_are_named() {
+        assert_eq!(with(&["Basic dXNlcjpwYXNz"], &[]), Err(CredentialError::NotBearer));
+        assert_eq!(with(&["Bearer"], &[]), Err(CredentialError::Empty));
+        assert_eq!(with(&["Bearer a b"], &[]), Err(CredentialError::BadCharacters));
+        assert_eq!(with(&["Bearer a,Bearer b"], &[]), Err(CredentialError::BadCharacters));
+        assert_eq!(with(&["Bearer ==="], &[]), Err(CredentialError::BadCharacters));
+        assert_eq!(with(&["Bearer a"], &["b"]), Err(CredentialError::Duplicate));
+        assert_eq!(with(&["Bearer a", "Bearer a"], &[]), Err(CredentialError::Duplicate));
+        let long = format!("Bearer {}", "a".repeat(65));
+        let req = RequestInfo { authorization: vec![&long], ..Default::default() };
+        assert_eq!(credential(&identity(), &req), Err(CredentialError::TooLong));
+    }
+
+    #[test]
+    fn headers_are_picked_by_name() {
+        let headers = vec![
+            (":method".to_owned(), "POST".to_owned()),
+            (":path".to_owned(), "/v1/x?y=1".to_owned()),
+            ("authorization".to_owned(), "Bearer t".to_owned()),
+            ("x-api-key".to_owned(), "k".to_owned()),
+            ("x-other".to_owned(), "o".to_owned()),
+        ];
+        let info = RequestInfo::from_headers(&headers, Some("x-api-key"));
+        assert_eq!((info.method, info.path), ("POST", "/v1/x?y=1"));
+        assert_eq!(info.authorization, vec!["Bearer t"]);
+        assert_eq!(info.api_key, vec!["k"]);
+    }
+
+    #[test]
+    fn ipv4_clients_group_by_prefix() {
+        assert_eq!(client_network(Some("203.0.113.7:51172"), 32, 64), "203.0.113.7/32");
+        assert_eq!(client_network(Some("203.0.113.7:0"), 24, 64), "203.0.113.0/24");
+        assert_eq!(client_network(Some("203.0.113.7"), 0, 64), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_64() {
+        let a = client_network(Some("[2001:db8:1:2::1]:0"), 32, 64);
+        let b = client_network(Some("[2001:db8:1:2:ffff::9]:443"), 32, 64);
+        let c = client_network(Some("[2001:db8:1:3::1]:0"), 32, 64);
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_counts_as_ipv4() {
+        assert_eq!(client_network(Some("[::ffff:203.0.113.7]:1"), 32, 64), "203.0.113.7/32");
+    }
+
+    #[test]
+    fn unparseable_addresses_share_one_bucket() {
+        assert_eq!(client_network(None, 32, 64), "unknown");
+        assert_eq!(client_network(Some("envoy://internal"), 32, 64), "unknown");
+    }
+}

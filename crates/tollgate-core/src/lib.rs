@@ -1,0 +1,42 @@
+//! Pure decision logic of the tollgate rate limiter.
+//!
+//! Nothing here talks to a proxy: time is an argument, shared state sits behind
+//! the [`store::SharedStore`] port, and [`decide`] returns what the host should
+//! do (continue with headers, or reply locally) instead of doing it.
+//!
+//! ```
+//! use tollgate_core::{Config, Nanos, RequestInfo, decide, store::FakeSharedData};
+//!
+//! let config = Config::from_json(br#"{
+//!   "identity": { "anonymous": { "tier": "free" } },
+//!   "tiers": { "free": { "limits": [
+//!       { "name": "images-per-day", "limit": 2, "window": "1d", "algorithm": "fixed_window" } ] } },
+//!   "routes": [ { "path_prefix": "/v1/images/generations", "cost": 1 } ]
+//! }"#).unwrap();
+//! let store = FakeSharedData::default();
+//! let request = RequestInfo {
+//!     method: "POST",
+//!     path: "/v1/images/generations",
+//!     client_address: Some("203.0.113.7:0"),
+//!     ..RequestInfo::default()
+//! };
+//! let now = Nanos::from_secs(1_700_000_000);
+//! assert!(decide(&config, &store, &request, now).reply.is_none());
+//! assert!(decide(&config, &store, &request, now).reply.is_none());
+//! let third = decide(&config, &store, &request, now);
+//! assert_eq!(third.reply.unwrap().status, 429);
+//! ```
+
+pub mod config;
+pub mod decision;
+pub mod headers;
+pub mod identity;
+pub mod limit;
+pub mod reply;
+pub mod store;
+pub mod time;
+
+pub use config::{Config, ConfigError};
+pub use decision::{decide, Decision, Outcome};
+pub use identity::RequestInfo;
+pub use time::Nanos;

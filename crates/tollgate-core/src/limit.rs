@@ -1,0 +1,109 @@
+//! The two algorithms, as pure functions of (definition, stored state, now, cost).
+//!
+//! A token bucket is kept as GCRA's "theoretical arrival time" (one number); a fixed
+//! window as (window index, count). Both fit [`LimitState`].
+//!
+//! ```
+//! use tollgate_core::config::Config;
+//! use tollgate_core::limit::evaluate;
+//! use tollgate_core::Nanos;
+//!
+//! // 600 per minute with bursts of 20: one token every 100 ms.
+//! let config = Config::from_json(br#"{
+//!   "tiers": { "pro": { "limits": [ { "name": "rpm", "limit": 600, "window": "1m", "burst": 20 } ] } },
+//!   "routes": [ { "path_prefix": "/" } ]
+//! }"#).unwrap();
+//! let rpm = &config.tiers[0].limits[0];
+//! let start = Nanos::from_secs(1_000);
+//! let mut state = None;
+//! for _ in 0..20 {
+//!     let e = evaluate(rpm, state, start, 1);
+//!     assert!(e.admitted);
+//!     state = Some(e.state);
+//! }
+//! let denied = evaluate(rpm, state, start, 1);
+//! assert!(!denied.admitted);
+//! assert_eq!(denied.retry_after_ns, 100_000_000);
+//! assert!(evaluate(rpm, state, Nanos(start.0 + 100_000_000), 1).admitted);
+//! ```
+
+use crate::config::{Limit, LimitKind};
+use crate::time::Nanos;
+
+/// Stored state of one limit. Token bucket: `a` = theoretical arrival time (ns).
+/// Fixed window: `a` = window index since the epoch, `b` = cost counted in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitState {
+    pub a: u64,
+    pub b: u64,
+}
+
+/// The outcome of one limit for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation {
+    pub admitted: bool,
+    /// State to store if the whole request is admitted (unchanged when not admitted).
+    pub state: LimitState,
+    /// Units left after this request (or now, when not admitted).
+    pub remaining: u64,
+    /// Nanoseconds until the limit is back to its full quota.
+    pub reset_after_ns: u64,
+    /// Nanoseconds until this request could be admitted; 0 when admitted.
+    pub retry_after_ns: u64,
+    /// Instant from which the stored state is equivalent to no state at all.
+    pub idle_at: Nanos,
+}
+
+pub fn evaluate(limit: &Limit, state: Option<LimitState>, now: Nanos, cost: u64) -> Evaluation {
+    match limit.kind {
+        LimitKind::TokenBucket { interval_ns, depth_ns, .. } => {
+            token_bucket(state, now.0, cost, interval_ns, depth_ns)
+        }
+        LimitKind::FixedWindow { window_ns } => fixed_window(state, now.0, cost, limit.quota, window_ns),
+    }
+}
+
+fn token_bucket(state: Option<LimitState>, now: u64, cost: u64, interval: u64, depth: u64) -> Evaluation {
+    let tat = state.map_or(now, |s| s.a).max(now);
+    let new_tat = tat.saturating_add(cost.saturating_mul(interval));
+    let tokens_at = |t: u64| (depth.saturating_sub(t - now)) / interval;
+    if new_tat - now <= depth {
+        Evaluation {
+            admitted: true,
+            state: LimitState { a: new_tat, b: 0 },
+            remaining: tokens_at(new_tat),
+            reset_after_ns: new_tat - now,
+            retry_after_ns: 0,
+            idle_at: Nanos(new_tat),
+        }
+    } else {
+        Evaluation {
+            admitted: false,
+            state: LimitState { a: tat, b: 0 },
+            remaining: tokens_at(tat),
+            reset_after_ns: tat - now,
+            retry_after_ns: new_tat - now - depth,
+            idle_at: Nanos(tat),
+        }
+    }
+}
+
+fn fixed_window(state: Option<LimitState>, now: u64, cost: u64, quota: u64, window: u64) -> Evaluation {
+    let index = now / window;
+    let used = state.filter(|s| s.a == index).map_or(0, |s| s.b);
+    let reset_at = index.saturating_add(1).saturating_mul(window);
+    let reset_after_ns = reset_at - now;
+    let admitted = used.saturating_add(cost) <= quota;
+    let used_after = if admitted { used + cost } else { used };
+    Evaluation {
+        admitted,
+        state: LimitState { a: index, b: used_after },
+        remaining: quota.saturating_sub(used_after),
+        reset_after_ns,
+        retry_after_ns: if admitted { 0 } else { reset_after_ns },
+        idle_at: if used_after == 0 { Nanos(now) } else { Nanos(reset_at) },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! Local replies: 429 with a body that says what happened and what to do, 401, 400, 503.
+//! Bodies follow the OpenAI error shape `{"error": {"message", "type", "param", "code"}}`
+//! that AI clients already parse, or `application/problem+json` when configured.
+
+use serde_json::{json, Value};
+
+use crate::config::{Config, Limit, Tier};
+use crate::headers::Headers;
+use crate::identity::CredentialError;
+use crate::time::{ceil_secs, rfc3339, Nanos};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: String,
+}
+
+const JSON: &str = "application/json";
+const PROBLEM_JSON: &str = "application/problem+json";
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// Facts about a refused request, for the 429 body.
+pub struct Refusal<'a> {
+    pub tier: &'a Tier,
+    pub limit: &'a Limit,
+    pub anonymous: bool,
+    pub retry_after_ns: u64,
+    pub now: Nanos,
+}
+
+pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: Headers) -> LocalReply {
+    let Refusal { tier, limit, anonymous, retry_after_ns, now } = *refusal;
+    let retry_after = ceil_secs(retry_after_ns).max(1);
+    let retry_at = rfc3339(now.saturating_add(retry_after_ns));
+    let rate = match limit.burst() {
+        Some(burst) => format!("{} requests per {} with bursts of {burst}", limit.quota, limit.window.text),
+        None => format!("{} requests per {}", limit.quota, limit.window.text),
+    };
+    let hint = upgrade_hint(tier, anonymous);
+    let message = format!(
+        "Rate limit reached for the {} tier: limit \"{}\" allows {rate}. Try again in {retry_after} s (at {retry_at}). {hint}",
+        tier.name, limit.name
+    );
+    headers.push(("retry-after", retry_after.to_string()));
+    let body = if config.headers.problem_json {
+        headers.push(("content-type", PROBLEM_JSON.to_owned()));
+        json!({
+            "type": QUOTA_EXCEEDED,
+            "title": "Request cannot be satisfied as assigned quota has been exceeded",
+            "status": 429,
+            "detail": message,
+            "violated-policies": [limit.name],
+            "tier": tier.name,
+            "retry_after_seconds": retry_after,
+            "resets_at": retry_at,
+            "upgrade": hint,
+        })
+    } else {
+        headers.push(("content-type", JSON.to_owned()));
+        json!({ "error": {
+            "message": message,
+            "type": "rate_limit_error",
+            "param": Value::Null,
+            "code": "rate_limit_exceeded",
+            "tier": tier.name,
+            "limit": limit.name,
+            "quota": limit.quota,
+            "window": limit.window.text,
+            "burst": limit.burst(),
+            "retry_after_seconds": retry_after,
+            "resets_at": retry_at,
+            "upgrade": hint,
+        }})
+    };
+    LocalReply { status: 429, headers, body: body.to_string() }
+}
+
+fn upgrade_hint(tier: &Tier, anonymous: bool) -> String {
+    match (&tier.upgrade_hint, anonymous) {
+        (Some(hint), _) => hint.clone(),
+        (None, true) => {
+            "Requests without an API key share the free allowance of your network; send a key as 'Authorization: Bearer <token>' for a higher limit.".to_owned()
+        }
+        (None, false) => "Wait for the limit to reset, or ask for a higher tier for your key.".to_owned(),
+    }
+}
+
+/// 401 for a token that is not a known key.
+pub fn invalid_token() -> LocalReply {
+    error_reply(
+        401,
+        vec![("www-authenticate", "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"unknown API key\"".to_owned())],
+        "The API key is not valid. Check that the whole key is sent as 'Authorization: Bearer <token>'.",
+        "authentication_error",
+        "invalid_api_key",
+    )
+}
+
+/// 401 for a request without a credential where anonymous access is not configured.
+pub fn missing_token() -> LocalReply {
+    error_reply(
+        401,
+        vec![("www-authenticate", "Bearer realm=\"tollgate\"".to_owned())],
+        "An API key is required. Send it as 'Authorization: Bearer <token>'.",
+        "authentication_error",
+        "missing_api_key",
+    )
+}
+
+/// 400 for a malformed or duplicated credential.
+pub fn malformed_credential(error: CredentialError) -> LocalReply {
+    error_reply(
+        400,
+        vec![("www-authenticate", "Bearer realm=\"tollgate\", error=\"invalid_request\"".to_owned())],
+        &format!("Malformed credentials: {}.", error.describe()),
+        "invalid_request_error",
+        "malformed_credentials",
+    )
+}
+
+/// 503 when the limiter's shared state could not be updated and policy is to refuse.
+pub fn unavailable() -> LocalReply {
+    error_reply(
+        503,
+        vec![("retry-after", "1".to_owned())],
+        "The rate limiter is momentarily overloaded. Retry in 1 s.",
+        "server_error",
+        "rate_limiter_unavailable",
+    )
+}
+
+fn error_reply(status: u16, mut headers: Headers, message: &str, kind: &str, code: &str) -> LocalReply {
+    headers.push(("content-type", JSON.to_owned()));
+    let body = json!({ "error": { "message": message, "type": kind, "param": Value::Null, "code": code } });
+    LocalReply { status, headers, body: body.to_string() }
+}

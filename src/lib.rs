@@ -1,0 +1,18 @@
+//! tollgate: the proxy-wasm adapter. Only this crate talks to the host; every decision is
+//! made by `tollgate-core`. Natively the crate is empty: its integration tests in `tests/`
+//! drive the built `.wasm` inside a real Envoy.
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+#[cfg(target_arch = "wasm32")]
+mod host;
+#[cfg(target_arch = "wasm32")]
+mod metrics;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::TollgateRoot::default())
+    });
+}}
