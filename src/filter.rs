@@ -28,14 +28,14 @@ impl Context for TollgateRoot {}
 impl RootContext for TollgateRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(bytes) = host::plugin_configuration() else {
-            error!("tollgate: invalid configuration: the plugin configuration is empty; expected a JSON object");
+            error!("invalid configuration: the plugin configuration is empty; expected a JSON object");
             return false;
         };
         match Config::from_json(&bytes) {
             Ok(config) => {
                 let metrics = Metrics::define(&config);
                 info!(
-                    "tollgate: configured: mode={:?} tiers={} keys={} routes={} tracked keys<={}",
+                    "configured: mode={:?} tiers={} keys={} routes={} tracked keys<={}",
                     config.mode,
                     config.tiers.len(),
                     config.keys.len(),
@@ -46,7 +46,7 @@ impl RootContext for TollgateRoot {
                 true
             }
             Err(e) => {
-                error!("tollgate: invalid configuration: {e}");
+                error!("invalid configuration: {e}");
                 false
             }
         }
@@ -90,7 +90,7 @@ impl HttpContext for TollgateHttp {
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 if hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err() {
-                    warn!("tollgate: could not send the local reply");
+                    warn!("could not send the local reply");
                 }
                 Action::Pause
             }
@@ -115,14 +115,14 @@ fn log_decision(config: &Config, decision: &tollgate_core::Decision) {
     let limit = decision.limited_by.as_deref().unwrap_or("-");
     match decision.outcome {
         Outcome::Limited | Outcome::ShadowLimited | Outcome::StoreRefused | Outcome::StoreBypassed => info!(
-            "tollgate: decision={} tier={tier} limit={limit} caller={caller}",
+            "decision={} tier={tier} limit={limit} caller={caller}",
             decision.outcome.as_str()
         ),
         Outcome::Unauthenticated | Outcome::Malformed | Outcome::ShadowRejected => {
-            info!("tollgate: decision={} tier={tier}", decision.outcome.as_str())
+            info!("decision={} tier={tier}", decision.outcome.as_str())
         }
         Outcome::Allowed | Outcome::Unlimited => {
-            debug!("tollgate: decision={} tier={tier} caller={caller}", decision.outcome.as_str())
+            debug!("decision={} tier={tier} caller={caller}", decision.outcome.as_str())
         }
     }
 }

@@ -14,8 +14,9 @@ pub struct HostSharedData;
 impl SharedStore for HostSharedData {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
-            Ok(_) | Err(Status::NotFound) => Ok(None),
+            // An empty value comes back as no bytes but with a cas: the key exists.
+            Ok((value, Some(cas))) => Ok(Some((value.unwrap_or_default(), cas))),
+            Ok((_, None)) | Err(Status::NotFound) => Ok(None),
             Err(_) => Err(StoreError::Host),
         }
     }

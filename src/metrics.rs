@@ -21,7 +21,7 @@ const OUTCOMES: [Outcome; 9] = [
 ];
 
 /// Pseudo-tier of requests refused before a tier was known.
-pub const NO_TIER: &str = "none";
+pub const NO_TIER: &str = tollgate_core::config::RESERVED_TIER;
 
 #[derive(Default)]
 pub struct Metrics {

@@ -58,7 +58,7 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
         })
     } else {
         headers.push(("content-type", JSON.to_owned()));
-        json!({ "error": {
+        let mut body = json!({ "error": {
             "message": message,
             "type": "rate_limit_error",
             "param": Value::Null,
@@ -67,11 +67,14 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
             "limit": limit.name,
             "quota": limit.quota,
             "window": limit.window.text,
-            "burst": limit.burst(),
             "retry_after_seconds": retry_after,
             "resets_at": retry_at,
             "upgrade": hint,
-        }})
+        }});
+        if let (Some(burst), Some(error)) = (limit.burst(), body.get_mut("error").and_then(Value::as_object_mut)) {
+            error.insert("burst".to_owned(), json!(burst));
+        }
+        body
     };
     LocalReply { status: 429, headers, body: body.to_string() }
 }

@@ -247,12 +247,18 @@ fn is_simple_name(s: &str, max: usize) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Stats name requests refused before a tier is known with this pseudo-tier.
+pub const RESERVED_TIER: &str = "none";
+
 const NAME_RULE: &str = "expected 1-32 characters of a-z, 0-9, '_' or '-'";
 
 fn validate_tier(name: &str, raw: &RawTier) -> Result<Tier, ConfigError> {
     let path = format!("tiers.{name}");
     if !is_simple_name(name, 32) {
         return err(path, format!("tier name {name:?}: {NAME_RULE}"));
+    }
+    if name == RESERVED_TIER {
+        return err(path, "the tier name \"none\" is reserved for requests refused before a tier is known");
     }
     if raw.limits.is_empty() || raw.limits.len() > MAX_LIMITS_PER_TIER {
         return err(format!("{path}.limits"), format!("expected 1 to {MAX_LIMITS_PER_TIER} limits"));

@@ -140,7 +140,7 @@ where
 
 /// Creates an empty slot unless someone else already has (see the module docs).
 pub fn create_slot<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<(), StoreError> {
-    store.set(SCRATCH_KEY, b"", None)?;
+    store.set(SCRATCH_KEY, b"1", None)?;
     let Some((_, fresh_cas)) = store.get(SCRATCH_KEY)? else {
         return Err(StoreError::Host);
     };
