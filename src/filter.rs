@@ -75,11 +75,8 @@ impl HttpContext for TollgateHttp {
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let mut request = RequestInfo::from_headers(&headers, config.identity.api_key_header.as_deref());
         // The client address is only needed for callers without a credential.
-        let address = if request.authorization.is_empty() && request.api_key.is_empty() {
-            host::source_address()
-        } else {
-            None
-        };
+        let address =
+            if request.authorization.is_empty() && request.api_key.is_empty() { host::source_address() } else { None };
         request.client_address = address.as_deref();
 
         let decision = decide(config, &HostSharedData, &request, host::now());
@@ -89,7 +86,8 @@ impl HttpContext for TollgateHttp {
         match decision.reply {
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                if hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err() {
+                if hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err()
+                {
                     warn!("could not send the local reply");
                 }
                 Action::Pause
@@ -114,10 +112,9 @@ fn log_decision(config: &Config, decision: &tollgate_core::Decision) {
     let caller = decision.caller.as_deref().unwrap_or("-");
     let limit = decision.limited_by.as_deref().unwrap_or("-");
     match decision.outcome {
-        Outcome::Limited | Outcome::ShadowLimited | Outcome::StoreRefused | Outcome::StoreBypassed => info!(
-            "decision={} tier={tier} limit={limit} caller={caller}",
-            decision.outcome.as_str()
-        ),
+        Outcome::Limited | Outcome::ShadowLimited | Outcome::StoreRefused | Outcome::StoreBypassed => {
+            info!("decision={} tier={tier} limit={limit} caller={caller}", decision.outcome.as_str())
+        }
         Outcome::Unauthenticated | Outcome::Malformed | Outcome::ShadowRejected => {
             info!("decision={} tier={tier}", decision.outcome.as_str())
         }

@@ -49,9 +49,8 @@ fn bump(id: Option<u32>, by: u32) {
 impl Metrics {
     pub fn define(config: &Config) -> Metrics {
         let tiers = std::iter::once(NO_TIER).chain(config.tiers.iter().map(|t| t.name.as_str()));
-        let requests = tiers
-            .map(|tier| OUTCOMES.map(|o| counter(&format!("tollgate.requests.{tier}.{}", o.as_str()))))
-            .collect();
+        let requests =
+            tiers.map(|tier| OUTCOMES.map(|o| counter(&format!("tollgate.requests.{tier}.{}", o.as_str())))).collect();
         Metrics {
             requests,
             cas_conflicts: counter("tollgate.store.cas_conflicts"),

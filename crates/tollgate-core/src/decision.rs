@@ -1,7 +1,7 @@
 //! The decision: a pure function of (config, request, stored state, now). It returns what
 //! the host must do; the host performs it (local reply, or response headers) and counts it.
 
-use crate::config::{ContentionPolicy, Config, Mode, Tier};
+use crate::config::{Config, ContentionPolicy, Mode, Tier};
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
 use crate::identity::{client_network, credential, Credential};
 use crate::limit::{evaluate, Evaluation};
@@ -88,7 +88,12 @@ impl Decision {
     }
 }
 
-pub fn decide<S: SharedStore + ?Sized>(config: &Config, store: &S, request: &crate::RequestInfo<'_>, now: Nanos) -> Decision {
+pub fn decide<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    request: &crate::RequestInfo<'_>,
+    now: Nanos,
+) -> Decision {
     let Some(route) = config.route(request.method, request.path).filter(|r| r.cost > 0) else {
         return Decision::new(Outcome::Unlimited);
     };
@@ -124,7 +129,8 @@ pub fn decide<S: SharedStore + ?Sized>(config: &Config, store: &S, request: &cra
             Change::Keep
         }
     });
-    let mut decision = Decision { tier: Some(tier_index), caller: Some(caller), store: report, ..Decision::new(Outcome::Allowed) };
+    let mut decision =
+        Decision { tier: Some(tier_index), caller: Some(caller), store: report, ..Decision::new(Outcome::Allowed) };
     if result.is_err() {
         match config.store.on_contention {
             ContentionPolicy::Allow => decision.outcome = Outcome::StoreBypassed,

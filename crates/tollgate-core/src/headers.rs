@@ -33,12 +33,7 @@ pub fn rate_limit_headers(
         for (i, s) in statuses.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             policy.push_str(&format!("{sep}\"{}\";q={};w={}", s.limit.name, s.limit.quota, s.limit.window.secs));
-            state.push_str(&format!(
-                "{sep}\"{}\";r={};t={}",
-                s.limit.name,
-                s.remaining,
-                ceil_secs(s.reset_after_ns)
-            ));
+            state.push_str(&format!("{sep}\"{}\";r={};t={}", s.limit.name, s.remaining, ceil_secs(s.reset_after_ns)));
         }
         out.push(("ratelimit-policy", policy));
         out.push(("ratelimit", state));

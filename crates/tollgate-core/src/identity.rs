@@ -60,11 +60,17 @@ pub enum CredentialError {
 impl CredentialError {
     pub fn describe(self) -> &'static str {
         match self {
-            CredentialError::Duplicate => "more than one credential was sent (repeated Authorization or API-key headers, or both)",
-            CredentialError::NotBearer => "the Authorization header must use the Bearer scheme: 'Authorization: Bearer <token>'",
+            CredentialError::Duplicate => {
+                "more than one credential was sent (repeated Authorization or API-key headers, or both)"
+            }
+            CredentialError::NotBearer => {
+                "the Authorization header must use the Bearer scheme: 'Authorization: Bearer <token>'"
+            }
             CredentialError::Empty => "the credential is empty",
             CredentialError::TooLong => "the credential is longer than the configured maximum",
-            CredentialError::BadCharacters => "the token contains characters not allowed in a bearer token (RFC 6750 token68)",
+            CredentialError::BadCharacters => {
+                "the token contains characters not allowed in a bearer token (RFC 6750 token68)"
+            }
         }
     }
 }
@@ -136,11 +142,7 @@ pub fn client_network(address: Option<&str>, ipv4_prefix: u8, ipv6_prefix: u8) -
 }
 
 fn parse_address(address: &str) -> Option<IpAddr> {
-    address
-        .parse::<SocketAddr>()
-        .map(|s| s.ip())
-        .or_else(|_| address.parse::<IpAddr>())
-        .ok()
+    address.parse::<SocketAddr>().map(|s| s.ip()).or_else(|_| address.parse::<IpAddr>()).ok()
 }
 
 fn mask32(prefix: u8) -> u32 {

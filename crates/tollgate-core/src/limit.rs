@@ -56,9 +56,7 @@ pub struct Evaluation {
 
 pub fn evaluate(limit: &Limit, state: Option<LimitState>, now: Nanos, cost: u64) -> Evaluation {
     match limit.kind {
-        LimitKind::TokenBucket { interval_ns, depth_ns, .. } => {
-            token_bucket(state, now.0, cost, interval_ns, depth_ns)
-        }
+        LimitKind::TokenBucket { interval_ns, depth_ns, .. } => token_bucket(state, now.0, cost, interval_ns, depth_ns),
         LimitKind::FixedWindow { window_ns } => fixed_window(state, now.0, cost, limit.quota, window_ns),
     }
 }

@@ -93,7 +93,10 @@ fn upgrade_hint(tier: &Tier, anonymous: bool) -> String {
 pub fn invalid_token() -> LocalReply {
     error_reply(
         401,
-        vec![("www-authenticate", "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"unknown API key\"".to_owned())],
+        vec![(
+            "www-authenticate",
+            "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"unknown API key\"".to_owned(),
+        )],
         "The API key is not valid. Check that the whole key is sent as 'Authorization: Bearer <token>'.",
         "authentication_error",
         "invalid_api_key",

@@ -211,10 +211,7 @@ impl TryFrom<RawConfig> for Config {
         let identity = validate_identity(&raw.identity, &tier_index)?;
         let (keys, keys_by_hash) = validate_keys(&raw.keys, &tier_index)?;
         if raw.routes.is_empty() {
-            return err(
-                "routes",
-                "expected at least one route (use {\"path_prefix\": \"/\"} to limit every request)",
-            );
+            return err("routes", "expected at least one route (use {\"path_prefix\": \"/\"} to limit every request)");
         }
         let routes = raw
             .routes
@@ -289,10 +286,7 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
     }
     let secs = parse_window(&raw.window).ok_or_else(|| ConfigError {
         path: format!("{path}.window"),
-        message: format!(
-            "expected a duration like 10s, 1m, 1h, 1d (at most 366d), got {:?}",
-            raw.window
-        ),
+        message: format!("expected a duration like 10s, 1m, 1h, 1d (at most 366d), got {:?}", raw.window),
     })?;
     let window_ns = secs * NANOS_PER_SEC;
     let kind = match raw.algorithm {
@@ -309,18 +303,16 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             }
             // Rounded up, so that a window never refills more than `limit` tokens.
             let interval_ns = window_ns.div_ceil(raw.limit);
-            let depth_ns = interval_ns.checked_mul(capacity).filter(|d| *d <= u64::MAX / 4).ok_or_else(|| {
-                ConfigError {
+            let depth_ns =
+                interval_ns.checked_mul(capacity).filter(|d| *d <= u64::MAX / 4).ok_or_else(|| ConfigError {
                     path: format!("{path}.burst"),
                     message: "burst × window / limit is too large; use a smaller burst or window".to_owned(),
-                }
-            })?;
+                })?;
             LimitKind::TokenBucket { capacity, interval_ns, depth_ns }
         }
     };
-    let fingerprint = fnv1a32(
-        format!("{}|{:?}|{}|{}|{:?}", raw.name, raw.algorithm, raw.limit, secs, raw.burst).as_bytes(),
-    );
+    let fingerprint =
+        fnv1a32(format!("{}|{:?}|{}|{}|{:?}", raw.name, raw.algorithm, raw.limit, secs, raw.burst).as_bytes());
     Ok(Limit {
         name: raw.name.clone(),
         quota: raw.limit,

@@ -60,7 +60,10 @@ fn free_tier_admits_five_images_a_day_then_429_with_advice() {
     assert_eq!(header(&d, "retry-after"), Some(until_midnight.to_string().as_str()));
     assert_eq!(header(&d, "content-type"), Some("application/json"));
     assert_eq!(header(&d, "ratelimit-policy"), Some("\"images-per-day\";q=5;w=86400, \"burst\";q=2;w=10"));
-    assert_eq!(header(&d, "ratelimit"), Some(format!("\"images-per-day\";r=0;t={until_midnight}, \"burst\";r=1;t=5").as_str()));
+    assert_eq!(
+        header(&d, "ratelimit"),
+        Some(format!("\"images-per-day\";r=0;t={until_midnight}, \"burst\";r=1;t=5").as_str())
+    );
     assert_eq!(header(&d, "x-ratelimit-limit"), Some("5"));
     assert_eq!(header(&d, "x-ratelimit-remaining"), Some("0"));
     assert_eq!(header(&d, "x-ratelimit-used"), Some("5"));
@@ -152,7 +155,11 @@ fn unknown_token_is_401_and_malformed_is_400() {
         assert_eq!((d.outcome, d.reply.as_ref().unwrap().status), (Outcome::Malformed, 400), "{bad}");
         assert_eq!(body(&d)["error"]["code"], "malformed_credentials");
     }
-    let both = RequestInfo { authorization: vec!["Bearer tok-premium"], api_key: vec!["tok-premium"], ..post(IMAGES, None, CLIENT) };
+    let both = RequestInfo {
+        authorization: vec!["Bearer tok-premium"],
+        api_key: vec!["tok-premium"],
+        ..post(IMAGES, None, CLIENT)
+    };
     assert_eq!(decide(&c, &s, &both, EVENING).reply.unwrap().status, 400);
     assert_eq!(s.key_count(), 0, "nothing was metered");
 }
@@ -193,7 +200,9 @@ fn route_limits_apply_only_the_named_limits() {
     assert_eq!(d.outcome, Outcome::Unlimited);
     // The daily image count was untouched by chat: still 5 images later on.
     let images = (1..=10)
-        .filter(|i| decide(&c, &s, &post(IMAGES, None, CLIENT), Nanos(EVENING.0 + i * 10 * SEC)).outcome == Outcome::Allowed)
+        .filter(|i| {
+            decide(&c, &s, &post(IMAGES, None, CLIENT), Nanos(EVENING.0 + i * 10 * SEC)).outcome == Outcome::Allowed
+        })
         .count();
     assert_eq!(images, 5);
 }

@@ -9,7 +9,8 @@ const EVENING: Nanos = Nanos(1_795_456_800 * SEC);
 const MIDNIGHT: Nanos = Nanos(1_795_478_400 * SEC);
 
 fn limit(json: &str) -> Limit {
-    let config = format!(r#"{{ "tiers": {{ "t": {{ "limits": [ {json} ] }} }}, "routes": [ {{ "path_prefix": "/" }} ] }}"#);
+    let config =
+        format!(r#"{{ "tiers": {{ "t": {{ "limits": [ {json} ] }} }}, "routes": [ {{ "path_prefix": "/" }} ] }}"#);
     Config::from_json(config.as_bytes()).unwrap().tiers[0].limits[0].clone()
 }
 
@@ -101,10 +102,17 @@ mod properties {
     use proptest::prelude::*;
 
     fn any_limit() -> impl Strategy<Value = Limit> {
-        (1u64..200, prop::sample::select(vec!["1s", "10s", "1m", "1h", "1d"]), prop::option::of(1u64..300), any::<bool>())
+        (
+            1u64..200,
+            prop::sample::select(vec!["1s", "10s", "1m", "1h", "1d"]),
+            prop::option::of(1u64..300),
+            any::<bool>(),
+        )
             .prop_map(|(quota, window, burst, fixed)| {
                 if fixed {
-                    limit(&format!(r#"{{ "name": "l", "limit": {quota}, "window": "{window}", "algorithm": "fixed_window" }}"#))
+                    limit(&format!(
+                        r#"{{ "name": "l", "limit": {quota}, "window": "{window}", "algorithm": "fixed_window" }}"#
+                    ))
                 } else {
                     let burst = burst.map_or(String::new(), |b| format!(r#", "burst": {b}"#));
                     limit(&format!(r#"{{ "name": "l", "limit": {quota}, "window": "{window}"{burst} }}"#))

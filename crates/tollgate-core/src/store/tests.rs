@@ -228,7 +228,8 @@ fn a_full_slot_evicts_the_entry_closest_to_idle() {
         });
         assert_eq!(report.evicted_live, i == 4);
     }
-    let left: Vec<u64> = decode(&s.get(&ids[0].key).unwrap().unwrap().0).unwrap().iter().map(|e| e.fingerprint).collect();
+    let left: Vec<u64> =
+        decode(&s.get(&ids[0].key).unwrap().unwrap().0).unwrap().iter().map(|e| e.fingerprint).collect();
     assert!(!left.contains(&ids[3].fingerprint), "id3 had the earliest idle time");
     assert!(left.contains(&ids[4].fingerprint) && left.contains(&ids[0].fingerprint));
 }
