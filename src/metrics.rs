@@ -8,25 +8,27 @@ use tollgate_core::decision::Outcome;
 use tollgate_core::store::UpdateReport;
 use tollgate_core::Config;
 
-const OUTCOMES: [Outcome; 9] = [
+/// Outcomes a request of a known tier can have.
+const TIER_OUTCOMES: [Outcome; 6] = [
     Outcome::Unlimited,
     Outcome::Allowed,
     Outcome::Limited,
     Outcome::ShadowLimited,
-    Outcome::Unauthenticated,
-    Outcome::Malformed,
-    Outcome::ShadowRejected,
     Outcome::StoreBypassed,
     Outcome::StoreRefused,
 ];
+
+/// Outcomes of requests stopped before a tier was known (or on no limited route).
+const UNTIERED_OUTCOMES: [Outcome; 4] =
+    [Outcome::Unlimited, Outcome::Unauthenticated, Outcome::Malformed, Outcome::ShadowRejected];
 
 /// Pseudo-tier of requests refused before a tier was known.
 pub const NO_TIER: &str = tollgate_core::config::RESERVED_TIER;
 
 #[derive(Default)]
 pub struct Metrics {
-    /// `[tier + 1][outcome]`; row 0 is `none`.
-    requests: Vec<[Option<u32>; OUTCOMES.len()]>,
+    /// Row 0: `none`, by `UNTIERED_OUTCOMES`; row `t + 1`: tier `t`, by `TIER_OUTCOMES`.
+    requests: Vec<Vec<(Outcome, u32)>>,
     cas_conflicts: Option<u32>,
     slots_created: Option<u32>,
     evictions_live: Option<u32>,
@@ -48,9 +50,15 @@ fn bump(id: Option<u32>, by: u32) {
 
 impl Metrics {
     pub fn define(config: &Config) -> Metrics {
-        let tiers = std::iter::once(NO_TIER).chain(config.tiers.iter().map(|t| t.name.as_str()));
-        let requests =
-            tiers.map(|tier| OUTCOMES.map(|o| counter(&format!("tollgate.requests.{tier}.{}", o.as_str())))).collect();
+        let row = |tier: &str, outcomes: &[Outcome]| -> Vec<(Outcome, u32)> {
+            outcomes
+                .iter()
+                .filter_map(|o| Some((*o, counter(&format!("tollgate.requests.{tier}.{}", o.as_str()))?)))
+                .collect()
+        };
+        let requests = std::iter::once(row(NO_TIER, &UNTIERED_OUTCOMES))
+            .chain(config.tiers.iter().map(|t| row(&t.name, &TIER_OUTCOMES)))
+            .collect();
         Metrics {
             requests,
             cas_conflicts: counter("tollgate.store.cas_conflicts"),
@@ -63,8 +71,7 @@ impl Metrics {
 
     pub fn record(&self, tier: Option<usize>, outcome: Outcome, store: &UpdateReport) {
         let row = tier.map_or(0, |t| t + 1);
-        let column = OUTCOMES.iter().position(|o| *o == outcome);
-        let id = self.requests.get(row).zip(column).and_then(|(r, c)| r.get(c).copied().flatten());
+        let id = self.requests.get(row).and_then(|r| r.iter().find(|(o, _)| *o == outcome)).map(|(_, id)| *id);
         bump(id, 1);
         bump(self.cas_conflicts, store.conflicts);
         bump(self.slots_created, u32::from(store.created_slot));

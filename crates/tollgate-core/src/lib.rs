@@ -32,6 +32,7 @@ pub mod decision;
 pub mod headers;
 pub mod identity;
 pub mod limit;
+pub mod quota;
 pub mod reply;
 pub mod store;
 pub mod time;

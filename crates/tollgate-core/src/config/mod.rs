@@ -278,31 +278,48 @@ fn validate_tier(name: &str, raw: &RawTier) -> Result<Tier, ConfigError> {
 }
 
 fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
-    if !is_simple_name(&raw.name, 32) {
-        return err(format!("{path}.name"), NAME_RULE);
-    }
-    if raw.limit == 0 || raw.limit > MAX_QUANTITY {
-        return err(format!("{path}.limit"), format!("expected a whole number from 1 to {MAX_QUANTITY}"));
-    }
     let secs = parse_window(&raw.window).ok_or_else(|| ConfigError {
         path: format!("{path}.window"),
         message: format!("expected a duration like 10s, 1m, 1h, 1d (at most 366d), got {:?}", raw.window),
     })?;
-    let window_ns = secs * NANOS_PER_SEC;
-    let kind = match raw.algorithm {
+    let mut limit = limit_from_parts(path, &raw.name, raw.limit, secs, raw.algorithm, raw.burst)?;
+    limit.window.text.clone_from(&raw.window);
+    Ok(limit)
+}
+
+/// Validates a limit given in parts (from the config, or from a quota-service request).
+pub fn limit_from_parts(
+    path: &str,
+    name: &str,
+    quota: u64,
+    window_secs: u64,
+    algorithm: Algorithm,
+    burst: Option<u64>,
+) -> Result<Limit, ConfigError> {
+    if !is_simple_name(name, 32) {
+        return err(format!("{path}.name"), NAME_RULE);
+    }
+    if quota == 0 || quota > MAX_QUANTITY {
+        return err(format!("{path}.limit"), format!("expected a whole number from 1 to {MAX_QUANTITY}"));
+    }
+    if !(1..=MAX_WINDOW_SECS).contains(&window_secs) {
+        return err(format!("{path}.window"), format!("expected a window from 1 s to {MAX_WINDOW_SECS} s"));
+    }
+    let window_ns = window_secs * NANOS_PER_SEC;
+    let kind = match algorithm {
         Algorithm::FixedWindow => {
-            if raw.burst.is_some() {
+            if burst.is_some() {
                 return err(format!("{path}.burst"), "burst applies only to the token_bucket algorithm");
             }
             LimitKind::FixedWindow { window_ns }
         }
         Algorithm::TokenBucket => {
-            let capacity = raw.burst.unwrap_or(raw.limit);
+            let capacity = burst.unwrap_or(quota);
             if capacity == 0 || capacity > MAX_QUANTITY {
                 return err(format!("{path}.burst"), format!("expected a whole number from 1 to {MAX_QUANTITY}"));
             }
             // Rounded up, so that a window never refills more than `limit` tokens.
-            let interval_ns = window_ns.div_ceil(raw.limit);
+            let interval_ns = window_ns.div_ceil(quota);
             let depth_ns =
                 interval_ns.checked_mul(capacity).filter(|d| *d <= u64::MAX / 4).ok_or_else(|| ConfigError {
                     path: format!("{path}.burst"),
@@ -311,15 +328,22 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             LimitKind::TokenBucket { capacity, interval_ns, depth_ns }
         }
     };
-    let fingerprint =
-        fnv1a32(format!("{}|{:?}|{}|{}|{:?}", raw.name, raw.algorithm, raw.limit, secs, raw.burst).as_bytes());
+    let fingerprint = fnv1a32(format!("{name}|{algorithm:?}|{quota}|{window_secs}|{burst:?}").as_bytes());
     Ok(Limit {
-        name: raw.name.clone(),
-        quota: raw.limit,
-        window: Window { text: raw.window.clone(), secs },
+        name: name.to_owned(),
+        quota,
+        window: Window { text: window_text(window_secs), secs: window_secs },
         kind,
         fingerprint,
     })
+}
+
+/// The shortest text for a window: 86400 → `1d`, 90 → `90s`.
+pub fn window_text(secs: u64) -> String {
+    [(86_400, "d"), (3600, "h"), (60, "m")]
+        .iter()
+        .find(|(unit, _)| secs % unit == 0)
+        .map_or_else(|| format!("{secs}s"), |(unit, suffix)| format!("{}{suffix}", secs / unit))
 }
 
 /// `"10s"`, `"1m"`, `"2h"`, `"1d"` → seconds; anything else (or over 366 days) → `None`.
