@@ -342,7 +342,7 @@ pub fn limit_from_parts(
 pub fn window_text(secs: u64) -> String {
     [(86_400, "d"), (3600, "h"), (60, "m")]
         .iter()
-        .find(|(unit, _)| secs % unit == 0)
+        .find(|(unit, _)| secs.is_multiple_of(*unit))
         .map_or_else(|| format!("{secs}s"), |(unit, suffix)| format!("{}{suffix}", secs / unit))
 }
 
