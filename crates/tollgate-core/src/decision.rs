@@ -1,10 +1,16 @@
-//! The decision: a pure function of (config, request, stored state, now). It returns what
-//! the host must do; the host performs it (local reply, or response headers) and counts it.
+//! The decision: a function of (config, request, stored state, callout answers, now). It
+//! returns what the host must do: reply, continue with headers, or call the quota service
+//! and come back with its answer ([`Step::Call`] → [`resume`]). The host performs it.
 
-use crate::config::{Config, ContentionPolicy, Mode, Tier};
+use serde::Serialize;
+
+use crate::breaker::{self, Admission, BreakerConfig, Transition};
+use crate::config::{Config, ContentionPolicy, FailureMode, Mode, QuotaService, Tier};
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
-use crate::identity::{client_network, credential, Credential};
+use crate::identity::{client_network, credential, hex, Credential};
+use crate::keycache::{CachedKey, KeyCache, Lookup};
 use crate::limit::{evaluate, Evaluation};
+use crate::quota::{CheckRequest, CheckResponse, LimitSpec, VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply, Refusal};
 use crate::store::{self, state_of, Change, SharedStore, SlotRef, StoredLimit, UpdateReport};
 use crate::time::Nanos;
@@ -22,12 +28,14 @@ pub enum Outcome {
     Unauthenticated,
     /// Malformed or duplicated credentials.
     Malformed,
-    /// Unauthenticated or malformed, let through by shadow mode.
+    /// Refused before a tier was known, let through by shadow mode.
     ShadowRejected,
     /// Shared data could not be updated; admitted unmetered (`on_contention: allow`).
     StoreBypassed,
     /// Shared data could not be updated; refused with 503 (`on_contention: deny`).
     StoreRefused,
+    /// The quota service could not answer and the policy is to refuse (503).
+    QuotaUnavailable,
 }
 
 impl Outcome {
@@ -42,8 +50,20 @@ impl Outcome {
             Outcome::ShadowRejected => "shadow_rejected",
             Outcome::StoreBypassed => "store_bypassed",
             Outcome::StoreRefused => "store_refused",
+            Outcome::QuotaUnavailable => "quota_unavailable",
         }
     }
+}
+
+/// How the quota service figured in a decision, for stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaReport {
+    /// The breaker was open: no callout was made.
+    pub short_circuited: bool,
+    pub breaker_opened: bool,
+    pub breaker_closed: bool,
+    /// The service could not answer and a global limit fell back to this mode.
+    pub degraded: Option<FailureMode>,
 }
 
 /// Everything the host needs to act on a request.
@@ -61,7 +81,79 @@ pub struct Decision {
     /// Who was metered, safe to log: `key:<id>` or `ip:<network>`; never a token.
     pub caller: Option<String>,
     pub store: UpdateReport,
+    pub quota: QuotaReport,
 }
+
+/// Either the decision, or a call to the quota service to make first.
+#[derive(Debug)]
+pub enum Step {
+    Done(Decision),
+    Call(Callout),
+}
+
+/// A `POST` to the quota service; give its answer to [`resume`] with `pending`.
+#[derive(Debug)]
+pub struct Callout {
+    pub path: &'static str,
+    pub body: String,
+    pub pending: Pending,
+}
+
+/// Where a decision waits for the quota service.
+#[derive(Debug)]
+pub struct Pending {
+    route: usize,
+    stage: Stage,
+    quota: QuotaReport,
+}
+
+#[derive(Debug)]
+enum Stage {
+    Verify { hash: [u8; 32], stale: Option<(String, usize)> },
+    Check(Metering),
+}
+
+/// A caller with a tier on a route: what to meter and how it stood before the callout.
+#[derive(Debug)]
+struct Metering {
+    tier: usize,
+    caller: String,
+    anonymous: bool,
+    local: Vec<Metered>,
+    global: Vec<usize>,
+    /// Local limits as they stood (not yet charged) when the callout left.
+    local_status: Vec<Status>,
+}
+
+/// One stored state: limit `index` of the tier, under `fingerprint`.
+#[derive(Debug, Clone, Copy)]
+struct Metered {
+    index: usize,
+    fingerprint: u32,
+}
+
+/// Where one limit stands: for headers, and for the 429 if it refused.
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    index: usize,
+    admitted: bool,
+    remaining: u64,
+    reset_after_ns: u64,
+    retry_after_ns: u64,
+}
+
+/// The answer of a callout: the HTTP status and body, or nothing (failure or timeout).
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    Response { status: u16, body: &'a [u8] },
+    Failed,
+}
+
+/// The fallback buckets of global limits with `failure_mode: local` live beside the
+/// local limits, under the limit's fingerprint with this mask.
+const FALLBACK_SALT: u32 = 0x5f5f_0001;
+
+pub const BREAKER_KEY_PREFIX: &str = "tollgate/breaker/";
 
 impl Decision {
     fn new(outcome: Outcome) -> Decision {
@@ -73,6 +165,7 @@ impl Decision {
             limited_by: None,
             caller: None,
             store: UpdateReport::default(),
+            quota: QuotaReport::default(),
         }
     }
 
@@ -88,91 +181,383 @@ impl Decision {
     }
 }
 
+/// Decides a request of a configuration without a quota service (or with one that cannot
+/// be reached: every callout counts as failed).
 pub fn decide<S: SharedStore + ?Sized>(
     config: &Config,
     store: &S,
     request: &crate::RequestInfo<'_>,
     now: Nanos,
 ) -> Decision {
-    let Some(route) = config.route(request.method, request.path).filter(|r| r.cost > 0) else {
-        return Decision::new(Outcome::Unlimited);
+    let mut cache = KeyCache::new(1);
+    let mut step = begin(config, store, &mut cache, request, now);
+    loop {
+        match step {
+            Step::Done(decision) => return decision,
+            Step::Call(call) => step = resume(config, store, &mut cache, call.pending, Answer::Failed, now),
+        }
+    }
+}
+
+/// Starts deciding a request.
+pub fn begin<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    cache: &mut KeyCache,
+    request: &crate::RequestInfo<'_>,
+    now: Nanos,
+) -> Step {
+    let Some(route) =
+        config.route_index(request.method, request.path).filter(|&i| config.routes.get(i).is_some_and(|r| r.cost > 0))
+    else {
+        return Step::Done(Decision::new(Outcome::Unlimited));
     };
-    let (tier_index, caller, anonymous) = match credential(&config.identity, request) {
-        Err(e) => return Decision::refuse(Outcome::Malformed, reply::malformed_credential(e), config.mode),
-        Ok(Credential::Token(hash)) => match config.key_by_hash(&hash) {
-            Some(key) => (key.tier, format!("key:{}", key.id), false),
-            None => return Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode),
-        },
+    let report = QuotaReport::default();
+    match credential(&config.identity, request) {
+        Err(e) => Step::Done(Decision::refuse(Outcome::Malformed, reply::malformed_credential(e), config.mode)),
+        Ok(Credential::Token(hash)) => {
+            if let Some(key) = config.key_by_hash(&hash) {
+                return with_tier(config, store, route, key.tier, format!("key:{}", key.id), false, report, now);
+            }
+            let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
+                return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
+            };
+            let stale = match cache.get(&hash, now) {
+                Lookup::Fresh(CachedKey::Known { id, tier }) => {
+                    return with_tier(config, store, route, tier, format!("key:{id}"), false, report, now);
+                }
+                Lookup::Fresh(CachedKey::Unknown) => {
+                    return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
+                }
+                Lookup::Stale(CachedKey::Known { id, tier }) => Some((id, tier)),
+                Lookup::Stale(CachedKey::Unknown) | Lookup::Missing => None,
+            };
+            if breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open {
+                let report = QuotaReport { short_circuited: true, ..report };
+                return verify_unavailable(config, store, route, stale, report, now);
+            }
+            let pending = Pending { route, stage: Stage::Verify { hash, stale }, quota: report };
+            Step::Call(Callout {
+                path: "/v1/keys/verify",
+                body: to_json(&VerifyRequest { sha256: hex(&hash) }),
+                pending,
+            })
+        }
         Ok(Credential::None) => match config.identity.anonymous_tier {
             Some(tier) => {
-                let network =
-                    client_network(request.client_address, config.identity.ipv4_prefix, config.identity.ipv6_prefix);
-                (tier, format!("ip:{network}"), true)
+                let identity = &config.identity;
+                let network = client_network(request.client_address, identity.ipv4_prefix, identity.ipv6_prefix);
+                with_tier(config, store, route, tier, format!("ip:{network}"), true, report, now)
             }
-            None => return Decision::refuse(Outcome::Unauthenticated, reply::missing_token(), config.mode),
+            None => Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::missing_token(), config.mode)),
         },
+    }
+}
+
+/// Continues a decision with the quota service's answer to its callout.
+pub fn resume<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    cache: &mut KeyCache,
+    pending: Pending,
+    answer: Answer<'_>,
+    now: Nanos,
+) -> Step {
+    let Pending { route, stage, quota: mut report } = pending;
+    let Some(quota) = config.quota.as_ref() else {
+        return Step::Done(Decision::new(Outcome::Unlimited));
     };
-    let (Some(tier), Some(&mask)) = (config.tiers.get(tier_index), route.applies.get(tier_index)) else {
-        return Decision::new(Outcome::Unlimited);
+    match stage {
+        Stage::Verify { hash, stale } => {
+            let verified = match answer {
+                Answer::Response { status: 200, body } => serde_json::from_slice::<VerifyResponse>(body).ok(),
+                _ => None,
+            };
+            record_breaker(store, quota, verified.is_some(), now, &mut report);
+            let Some(verified) = verified else {
+                return verify_unavailable(config, store, route, stale, report, now);
+            };
+            let tier = verified.tier.as_deref().and_then(|name| config.tiers.iter().position(|t| t.name == name));
+            match (verified.known, verified.id, tier) {
+                (true, Some(id), Some(tier)) => {
+                    let key = CachedKey::Known { id: id.clone(), tier };
+                    cache.put(hash, key, now, quota.key_cache_ttl_ms);
+                    with_tier(config, store, route, tier, format!("key:{id}"), false, report, now)
+                }
+                _ => {
+                    cache.put(hash, CachedKey::Unknown, now, quota.negative_cache_ttl_ms);
+                    Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode))
+                }
+            }
+        }
+        Stage::Check(metering) => {
+            let checked = match answer {
+                Answer::Response { status: 200, body } => serde_json::from_slice::<CheckResponse>(body)
+                    .ok()
+                    .filter(|r| r.limits.len() == metering.global.len()),
+                _ => None,
+            };
+            record_breaker(store, quota, checked.is_some(), now, &mut report);
+            let Some(checked) = checked else {
+                return Step::Done(fallback(config, store, route, metering, report, now));
+            };
+            let global: Vec<Status> = metering
+                .global
+                .iter()
+                .zip(&checked.limits)
+                .map(|(&index, r)| Status {
+                    index,
+                    admitted: r.admitted,
+                    remaining: r.remaining,
+                    reset_after_ns: r.reset_after_ms.saturating_mul(1_000_000),
+                    retry_after_ns: r.retry_after_ms.saturating_mul(1_000_000),
+                })
+                .collect();
+            if !checked.admitted {
+                let mut statuses = metering.local_status.clone();
+                statuses.extend(global);
+                // A refusal without any refused limit would be a broken answer: name the first.
+                if statuses.iter().all(|s| s.admitted) {
+                    if let Some(first) = statuses.iter_mut().find(|s| metering.global.contains(&s.index)) {
+                        first.admitted = false;
+                    }
+                }
+                return Step::Done(conclude(config, &metering, statuses, UpdateReport::default(), report, now));
+            }
+            Step::Done(commit(config, store, route, metering, &[], global, report, now))
+        }
+    }
+}
+
+/// The caller is known: meter them.
+#[allow(clippy::too_many_arguments)]
+fn with_tier<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    route: usize,
+    tier_index: usize,
+    caller: String,
+    anonymous: bool,
+    mut report: QuotaReport,
+    now: Nanos,
+) -> Step {
+    let (Some(tier), Some(&mask)) =
+        (config.tiers.get(tier_index), config.routes.get(route).and_then(|r| r.applies.get(tier_index)))
+    else {
+        return Step::Done(Decision::new(Outcome::Unlimited));
     };
     if mask == 0 {
-        return Decision { tier: Some(tier_index), ..Decision::new(Outcome::Unlimited) };
+        return Step::Done(Decision { tier: Some(tier_index), ..Decision::new(Outcome::Unlimited) });
     }
+    let applied = tier.limits.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0);
+    let local: Vec<Metered> = applied
+        .clone()
+        .filter(|(_, l)| l.global.is_none())
+        .map(|(index, l)| Metered { index, fingerprint: l.fingerprint })
+        .collect();
+    let global: Vec<usize> = applied.filter(|(_, l)| l.global.is_some()).map(|(i, _)| i).collect();
+    let mut metering = Metering { tier: tier_index, caller, anonymous, local, global, local_status: Vec::new() };
+    let Some(quota) = config.quota.as_ref().filter(|_| !metering.global.is_empty()) else {
+        return Step::Done(commit(config, store, route, metering, &[], Vec::new(), report, now));
+    };
 
-    let slot = SlotRef::new(&tier.name, &caller, config.store.slots);
-    let mut evaluations: Vec<(usize, Evaluation)> = Vec::new();
-    let (result, report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
-        evaluations = applied(tier, mask, stored, now, route.cost);
-        if evaluations.iter().all(|(_, e)| e.admitted) {
-            next_states(tier, mask, stored, &evaluations, now)
-        } else {
-            Change::Keep
-        }
+    // Local limits first, without charging them: a request they refuse costs no callout.
+    let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
+    let cost = config.routes.get(route).map_or(1, |r| r.cost);
+    let mut looked = Vec::new();
+    let (result, store_report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
+        looked = evaluate_all(tier, &metering.local, stored, now, cost);
+        Change::Keep
     });
-    let mut decision =
-        Decision { tier: Some(tier_index), caller: Some(caller), store: report, ..Decision::new(Outcome::Allowed) };
     if result.is_err() {
-        match config.store.on_contention {
-            ContentionPolicy::Allow => decision.outcome = Outcome::StoreBypassed,
-            ContentionPolicy::Deny => {
-                decision.outcome = Outcome::StoreRefused;
-                decision.reply = Some(reply::unavailable());
-            }
-        }
-        return decision;
+        return Step::Done(store_failure(config, tier_index, metering.caller, store_report));
     }
+    metering.local_status = looked;
+    if metering.local_status.iter().any(|s| !s.admitted) {
+        let statuses = metering.local_status.clone();
+        return Step::Done(conclude(config, &metering, statuses, store_report, report, now));
+    }
+    if breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open {
+        report.short_circuited = true;
+        return Step::Done(fallback(config, store, route, metering, report, now));
+    }
+    let request = CheckRequest {
+        key: format!("{}/{}", tier.name, metering.caller),
+        cost,
+        limits: metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(LimitSpec::of).collect(),
+    };
+    let pending = Pending { route, stage: Stage::Check(metering), quota: report };
+    Step::Call(Callout { path: "/v1/check", body: to_json(&request), pending })
+}
 
-    let statuses: Vec<LimitStatus<'_>> = evaluations
+/// The quota service could not answer for global limits: each falls back to its
+/// `failure_mode`.
+fn fallback<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    route: usize,
+    metering: Metering,
+    mut report: QuotaReport,
+    now: Nanos,
+) -> Decision {
+    let Some(tier) = config.tiers.get(metering.tier) else {
+        return Decision::new(Outcome::Unlimited);
+    };
+    let modes: Vec<(usize, FailureMode)> =
+        metering.global.iter().filter_map(|&i| tier.limits.get(i).and_then(|l| l.global).map(|m| (i, m))).collect();
+    if modes.iter().any(|(_, m)| *m == FailureMode::Closed) {
+        report.degraded = Some(FailureMode::Closed);
+        let mut d = Decision::refuse(Outcome::QuotaUnavailable, reply::quota_unavailable(), config.mode);
+        d.tier = Some(metering.tier);
+        d.caller = Some(metering.caller);
+        d.quota = report;
+        return d;
+    }
+    let fallback: Vec<Metered> = modes
         .iter()
-        .filter_map(|(i, e)| {
-            tier.limits.get(*i).map(|limit| LimitStatus {
+        .filter(|(_, m)| *m == FailureMode::Local)
+        .filter_map(|&(index, _)| {
+            tier.limits.get(index).map(|l| Metered { index, fingerprint: l.fingerprint ^ FALLBACK_SALT })
+        })
+        .collect();
+    let any_local = !fallback.is_empty();
+    report.degraded = Some(if any_local { FailureMode::Local } else { FailureMode::Open });
+    let mut d = commit(config, store, route, metering, &fallback, Vec::new(), report, now);
+    if d.reply.is_none() {
+        let mode = if any_local { "local" } else { "open" };
+        d.response_headers.push(("x-tollgate-degraded", format!("quota-service-unavailable; failure-mode={mode}")));
+    }
+    d
+}
+
+/// Key verification could not be done: a stale positive entry still identifies the caller.
+fn verify_unavailable<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    route: usize,
+    stale: Option<(String, usize)>,
+    report: QuotaReport,
+    now: Nanos,
+) -> Step {
+    match stale {
+        Some((id, tier)) => with_tier(config, store, route, tier, format!("key:{id}"), false, report, now),
+        None => {
+            let mut d = Decision::refuse(Outcome::QuotaUnavailable, reply::quota_unavailable(), config.mode);
+            d.quota = report;
+            Step::Done(d)
+        }
+    }
+}
+
+/// Charges the local limits (and `extra` fallback buckets) with compare-and-swap, then
+/// concludes with `global` statuses from the quota service added.
+#[allow(clippy::too_many_arguments)]
+fn commit<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    route: usize,
+    metering: Metering,
+    extra: &[Metered],
+    global: Vec<Status>,
+    report: QuotaReport,
+    now: Nanos,
+) -> Decision {
+    let Some(tier) = config.tiers.get(metering.tier) else {
+        return Decision::new(Outcome::Unlimited);
+    };
+    let metered: Vec<Metered> = metering.local.iter().chain(extra).copied().collect();
+    let mut statuses = Vec::new();
+    let mut store_report = UpdateReport::default();
+    if !metered.is_empty() {
+        let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
+        let cost = config.routes.get(route).map_or(1, |r| r.cost);
+        let (result, r) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
+            statuses = evaluate_all(tier, &metered, stored, now, cost);
+            if statuses.iter().all(|s| s.admitted) {
+                next_states(tier, &metered, stored, now, cost)
+            } else {
+                Change::Keep
+            }
+        });
+        store_report = r;
+        if result.is_err() {
+            let mut d = store_failure(config, metering.tier, metering.caller, store_report);
+            d.quota = report;
+            return d;
+        }
+    }
+    statuses.extend(global);
+    conclude(config, &metering, statuses, store_report, report, now)
+}
+
+fn store_failure(config: &Config, tier: usize, caller: String, store_report: UpdateReport) -> Decision {
+    let mut d = Decision {
+        tier: Some(tier),
+        caller: Some(caller),
+        store: store_report,
+        ..Decision::new(Outcome::StoreBypassed)
+    };
+    if config.store.on_contention == ContentionPolicy::Deny {
+        d.outcome = Outcome::StoreRefused;
+        d.reply = Some(reply::unavailable());
+    }
+    d
+}
+
+/// Headers, and the 429 if any limit refused.
+fn conclude(
+    config: &Config,
+    metering: &Metering,
+    mut statuses: Vec<Status>,
+    store_report: UpdateReport,
+    quota: QuotaReport,
+    now: Nanos,
+) -> Decision {
+    let mut decision = Decision {
+        tier: Some(metering.tier),
+        caller: Some(metering.caller.clone()),
+        store: store_report,
+        quota,
+        ..Decision::new(Outcome::Allowed)
+    };
+    let Some(tier) = config.tiers.get(metering.tier) else {
+        return decision;
+    };
+    statuses.sort_by_key(|s| s.index);
+    // A limit counted twice (its fallback bucket beside the service's answer) shows once.
+    statuses.dedup_by_key(|s| s.index);
+    let views: Vec<LimitStatus<'_>> = statuses
+        .iter()
+        .filter_map(|s| {
+            tier.limits.get(s.index).map(|limit| LimitStatus {
                 limit,
-                remaining: e.remaining,
-                reset_after_ns: e.reset_after_ns,
+                remaining: s.remaining,
+                reset_after_ns: s.reset_after_ns,
             })
         })
         .collect();
     // The refusing limit is the one that makes the caller wait longest.
-    let refusal = evaluations
+    let refusal = statuses
         .iter()
         .enumerate()
-        .filter(|(_, (_, e))| !e.admitted)
-        .max_by_key(|(_, (_, e))| e.retry_after_ns)
-        .map(|(pos, (i, e))| (pos, *i, e.retry_after_ns));
-    let focus = refusal.map_or_else(|| tightest(&statuses), |(pos, _, _)| pos);
-    rate_limit_headers(&config.headers, &statuses, focus, now, &mut decision.response_headers);
+        .filter(|(_, s)| !s.admitted)
+        .max_by_key(|(_, s)| s.retry_after_ns)
+        .map(|(p, s)| (p, *s));
+    let focus = refusal.map_or_else(|| tightest(&views), |(pos, _)| pos);
+    rate_limit_headers(&config.headers, &views, focus, now, &mut decision.response_headers);
 
-    let Some((_, limit_index, retry_after_ns)) = refusal else {
+    let Some((_, status)) = refusal else {
         return decision;
     };
-    let Some(limit) = tier.limits.get(limit_index) else {
+    let Some(limit) = tier.limits.get(status.index) else {
         return decision;
     };
     decision.limited_by = Some(limit.name.clone());
     match config.mode {
         Mode::Enforce => {
             decision.outcome = Outcome::Limited;
-            let refusal = Refusal { tier, limit, anonymous, retry_after_ns, now };
+            let refusal =
+                Refusal { tier, limit, anonymous: metering.anonymous, retry_after_ns: status.retry_after_ns, now };
             let headers = std::mem::take(&mut decision.response_headers);
             decision.reply = Some(reply::too_many_requests(config, &refusal, headers));
         }
@@ -184,33 +569,82 @@ pub fn decide<S: SharedStore + ?Sized>(
     decision
 }
 
-/// Evaluates every limit of `tier` selected by `mask` against its stored state.
-fn applied(tier: &Tier, mask: u16, stored: &[StoredLimit], now: Nanos, cost: u64) -> Vec<(usize, Evaluation)> {
-    tier.limits
+/// Evaluates the metered states of `tier` against what is stored.
+fn evaluate_all(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Vec<Status> {
+    metered
         .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(i, limit)| (i, evaluate(limit, state_of(stored, limit.fingerprint), now, cost)))
+        .filter_map(|m| {
+            let limit = tier.limits.get(m.index)?;
+            let e = evaluate(limit, state_of(stored, m.fingerprint), now, cost);
+            Some(Status {
+                index: m.index,
+                admitted: e.admitted,
+                remaining: e.remaining,
+                reset_after_ns: e.reset_after_ns,
+                retry_after_ns: e.retry_after_ns,
+            })
+        })
         .collect()
 }
 
-/// New states for all of the tier's limits: the applied ones advanced, the others kept.
-/// States of limits no longer configured are dropped.
-fn next_states(tier: &Tier, mask: u16, stored: &[StoredLimit], applied: &[(usize, Evaluation)], now: Nanos) -> Change {
-    let mut states = Vec::with_capacity(tier.limits.len());
+/// New states for every state the tier keeps in shared data: the metered ones charged,
+/// the others carried over. States of limits no longer configured are dropped.
+fn next_states(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Change {
+    let mut states = Vec::new();
     let mut idle_at = now;
-    for (i, limit) in tier.limits.iter().enumerate() {
-        let evaluation = if mask & (1 << i) != 0 {
-            applied.iter().find(|(j, _)| *j == i).map(|(_, e)| *e)
-        } else {
-            state_of(stored, limit.fingerprint).map(|s| evaluate(limit, Some(s), now, 0))
-        };
-        if let Some(e) = evaluation.filter(|e| e.idle_at > now) {
-            idle_at = idle_at.max(e.idle_at);
-            states.push(StoredLimit { fingerprint: limit.fingerprint, state: e.state });
+    for (index, limit) in tier.limits.iter().enumerate() {
+        let mut fingerprints = vec![limit.fingerprint];
+        if limit.global == Some(FailureMode::Local) {
+            fingerprints.push(limit.fingerprint ^ FALLBACK_SALT);
+        }
+        if limit.global.is_some() {
+            fingerprints.retain(|f| *f != limit.fingerprint);
+        }
+        for fingerprint in fingerprints {
+            let previous = state_of(stored, fingerprint);
+            let charged = metered.iter().any(|m| m.index == index && m.fingerprint == fingerprint);
+            let e: Option<Evaluation> = if charged {
+                Some(evaluate(limit, previous, now, cost))
+            } else {
+                previous.map(|s| evaluate(limit, Some(s), now, 0))
+            };
+            if let Some(e) = e.filter(|e| e.idle_at > now) {
+                idle_at = idle_at.max(e.idle_at);
+                states.push(StoredLimit { fingerprint, state: e.state });
+            }
         }
     }
     Change::Write { states, idle_at }
+}
+
+fn record_breaker<S: SharedStore + ?Sized>(
+    store: &S,
+    quota: &QuotaService,
+    success: bool,
+    now: Nanos,
+    report: &mut QuotaReport,
+) {
+    match breaker::record(store, &breaker_key(quota), &breaker_config(quota), success, now) {
+        Ok(Transition::Opened) => report.breaker_opened = true,
+        Ok(Transition::Closed) => report.breaker_closed = true,
+        _ => {}
+    }
+}
+
+pub fn breaker_key(quota: &QuotaService) -> String {
+    format!("{BREAKER_KEY_PREFIX}{}", quota.cluster)
+}
+
+fn breaker_config(quota: &QuotaService) -> BreakerConfig {
+    BreakerConfig {
+        failures: quota.breaker_failures,
+        cooldown_ns: quota.breaker_cooldown_ms.saturating_mul(1_000_000),
+        probe_ns: quota.timeout_ms.saturating_add(1_000).saturating_mul(1_000_000),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 #[cfg(test)]

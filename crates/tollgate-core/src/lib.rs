@@ -27,10 +27,12 @@
 //! assert_eq!(third.reply.unwrap().status, 429);
 //! ```
 
+pub mod breaker;
 pub mod config;
 pub mod decision;
 pub mod headers;
 pub mod identity;
+pub mod keycache;
 pub mod limit;
 pub mod quota;
 pub mod reply;

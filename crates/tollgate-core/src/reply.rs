@@ -141,3 +141,14 @@ fn error_reply(status: u16, mut headers: Headers, message: &str, kind: &str, cod
     let body = json!({ "error": { "message": message, "type": kind, "param": Value::Null, "code": code } });
     LocalReply { status, headers, body: body.to_string() }
 }
+
+/// 503 when the quota service cannot answer and the policy is to refuse.
+pub fn quota_unavailable() -> LocalReply {
+    error_reply(
+        503,
+        vec![("retry-after", "1".to_owned())],
+        "The quota service is unavailable, so this request cannot be metered. Retry in 1 s.",
+        "server_error",
+        "quota_service_unavailable",
+    )
+}

@@ -7,8 +7,8 @@ use std::fmt;
 
 use hashbrown::HashMap;
 
-pub use raw::{Algorithm, ContentionPolicy, Mode};
-use raw::{RawConfig, RawIdentity, RawKey, RawLimit, RawRoute, RawStore, RawTier};
+pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
+use raw::{RawConfig, RawIdentity, RawKey, RawLimit, RawQuotaService, RawRoute, RawStore, RawTier, Scope};
 
 use crate::time::NANOS_PER_SEC;
 
@@ -30,6 +30,23 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub headers: HeaderOptions,
     pub store: StoreOptions,
+    /// The quota service, if any limit is global or keys are verified remotely.
+    pub quota: Option<QuotaService>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuotaService {
+    /// The Envoy cluster callouts go to (in Istio: `outbound|PORT||HOST`).
+    pub cluster: String,
+    pub authority: String,
+    pub timeout_ms: u64,
+    pub verify_keys: bool,
+    pub key_cache_ttl_ms: u64,
+    pub negative_cache_ttl_ms: u64,
+    pub key_cache_size: usize,
+    pub max_pending_callouts: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown_ms: u64,
 }
 
 #[derive(Debug)]
@@ -66,6 +83,9 @@ pub struct Limit {
     /// Changes whenever the limit's definition changes, so stored state of an old
     /// definition is never applied to a new one.
     pub fingerprint: u32,
+    /// `None`: counted locally. `Some(mode)`: counted by the quota service, with `mode`
+    /// when it cannot answer.
+    pub global: Option<FailureMode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,8 +193,13 @@ impl Config {
 
     /// The first route matching the request, if any.
     pub fn route(&self, method: &str, path: &str) -> Option<&Route> {
+        self.route_index(method, path).and_then(|i| self.routes.get(i))
+    }
+
+    /// The index of the first route matching the request, if any.
+    pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
-        self.routes.iter().find(|r| r.matches(method, path))
+        self.routes.iter().position(|r| r.matches(method, path))
     }
 }
 
@@ -220,6 +245,17 @@ impl TryFrom<RawConfig> for Config {
             .map(|(i, r)| validate_route(&format!("routes[{i}]"), r, &tiers))
             .collect::<Result<Vec<_>, _>>()?;
         let store = validate_store(&raw.store)?;
+        let quota = raw.quota_service.as_ref().map(validate_quota_service).transpose()?;
+        if quota.is_none() {
+            for tier in &tiers {
+                if let Some(i) = tier.limits.iter().position(|l| l.global.is_some()) {
+                    return err(
+                        format!("tiers.{}.limits[{i}].scope", tier.name),
+                        "a global limit needs a \"quota_service\" to count it",
+                    );
+                }
+            }
+        }
         Ok(Config {
             mode: raw.mode,
             identity,
@@ -233,8 +269,53 @@ impl TryFrom<RawConfig> for Config {
                 problem_json: raw.headers.problem_json,
             },
             store,
+            quota,
         })
     }
+}
+
+fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigError> {
+    const P: &str = "quota_service";
+    if raw.cluster.is_empty() || raw.cluster.len() > 256 {
+        return err(format!("{P}.cluster"), "expected the name of an Envoy cluster");
+    }
+    let authority = raw.authority.clone().unwrap_or_else(|| raw.cluster.clone());
+    if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return err(format!("{P}.authority"), "expected a host name (no spaces or control characters)");
+    }
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        return err(format!("{P}.timeout_ms"), "expected milliseconds from 1 to 60000");
+    }
+    if raw.key_cache_ttl_ms > 86_400_000 {
+        return err(format!("{P}.key_cache_ttl_ms"), "expected milliseconds from 0 to 86400000");
+    }
+    if raw.negative_cache_ttl_ms > 86_400_000 {
+        return err(format!("{P}.negative_cache_ttl_ms"), "expected milliseconds from 0 to 86400000");
+    }
+    if !(1..=1_000_000).contains(&raw.key_cache_size) {
+        return err(format!("{P}.key_cache_size"), "expected a whole number from 1 to 1000000");
+    }
+    if raw.max_pending_callouts == 0 {
+        return err(format!("{P}.max_pending_callouts"), "expected a whole number from 1");
+    }
+    if raw.breaker.failures == 0 {
+        return err(format!("{P}.breaker.failures"), "expected a whole number from 1");
+    }
+    if !(1..=3_600_000).contains(&raw.breaker.cooldown_ms) {
+        return err(format!("{P}.breaker.cooldown_ms"), "expected milliseconds from 1 to 3600000");
+    }
+    Ok(QuotaService {
+        cluster: raw.cluster.clone(),
+        authority,
+        timeout_ms: raw.timeout_ms,
+        verify_keys: raw.verify_keys,
+        key_cache_ttl_ms: raw.key_cache_ttl_ms,
+        negative_cache_ttl_ms: raw.negative_cache_ttl_ms,
+        key_cache_size: raw.key_cache_size,
+        max_pending_callouts: raw.max_pending_callouts,
+        breaker_failures: raw.breaker.failures,
+        breaker_cooldown_ms: raw.breaker.cooldown_ms,
+    })
 }
 
 /// Names that end up in stat names, header values and shared-data keys.
@@ -284,6 +365,16 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
     })?;
     let mut limit = limit_from_parts(path, &raw.name, raw.limit, secs, raw.algorithm, raw.burst)?;
     limit.window.text.clone_from(&raw.window);
+    limit.global = match (raw.scope, raw.failure_mode) {
+        (Scope::Global, mode) => Some(mode.unwrap_or_default()),
+        (Scope::Local, None) => None,
+        (Scope::Local, Some(_)) => {
+            return err(
+                format!("{path}.failure_mode"),
+                "failure_mode applies only to limits with \"scope\": \"global\"",
+            )
+        }
+    };
     Ok(limit)
 }
 
@@ -335,6 +426,7 @@ pub fn limit_from_parts(
         window: Window { text: window_text(window_secs), secs: window_secs },
         kind,
         fingerprint,
+        global: None,
     })
 }
 

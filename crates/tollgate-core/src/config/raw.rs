@@ -21,6 +21,68 @@ pub struct RawConfig {
     pub headers: RawHeaders,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub quota_service: Option<RawQuotaService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotaService {
+    pub cluster: String,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "yes")]
+    pub verify_keys: bool,
+    #[serde(default = "default_key_cache_ttl_ms")]
+    pub key_cache_ttl_ms: u64,
+    #[serde(default = "default_negative_cache_ttl_ms")]
+    pub negative_cache_ttl_ms: u64,
+    #[serde(default = "default_key_cache_size")]
+    pub key_cache_size: usize,
+    #[serde(default = "default_max_pending")]
+    pub max_pending_callouts: u32,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+}
+
+fn default_timeout_ms() -> u64 {
+    200
+}
+fn default_key_cache_ttl_ms() -> u64 {
+    30_000
+}
+fn default_negative_cache_ttl_ms() -> u64 {
+    5_000
+}
+fn default_key_cache_size() -> usize {
+    10_000
+}
+fn default_max_pending() -> u32 {
+    1_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker { failures: default_breaker_failures(), cooldown_ms: default_breaker_cooldown_ms() }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    5_000
 }
 
 /// `enforce` replies 429/401/400; `shadow` decides and reports the same way but never blocks.
@@ -104,6 +166,33 @@ pub struct RawLimit {
     pub algorithm: Algorithm,
     #[serde(default)]
     pub burst: Option<u64>,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub failure_mode: Option<FailureMode>,
+}
+
+/// Where a limit is counted: in this Envoy's shared data, or by the quota service for
+/// every Envoy alike.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Local,
+    Global,
+}
+
+/// What a global limit does when the quota service cannot answer.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Admit, and say so in a response header and a stat.
+    Open,
+    /// Refuse with 503 and `Retry-After`.
+    Closed,
+    /// Count against a bucket of the same size in this Envoy's shared data.
+    #[default]
+    Local,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -140,14 +140,45 @@ where
 
 /// Creates an empty slot unless someone else already has (see the module docs).
 pub fn create_slot<S: SharedStore + ?Sized>(store: &S, key: &str) -> Result<(), StoreError> {
+    create_if_absent(store, key, &encode(&[]))
+}
+
+/// Writes `initial` to `key` only if the key does not exist (see the module docs).
+pub fn create_if_absent<S: SharedStore + ?Sized>(store: &S, key: &str, initial: &[u8]) -> Result<(), StoreError> {
     store.set(SCRATCH_KEY, b"1", None)?;
     let Some((_, fresh_cas)) = store.get(SCRATCH_KEY)? else {
         return Err(StoreError::Host);
     };
-    match store.set(key, &encode(&[]), Some(fresh_cas)) {
+    match store.set(key, initial, Some(fresh_cas)) {
         Ok(()) | Err(StoreError::CasMismatch) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// A compare-and-swap loop over one small value: `change` sees the current bytes (empty
+/// if the key does not exist) and returns the new bytes, or `None` to write nothing.
+pub fn cas_update<S, F>(store: &S, key: &str, retries: u32, mut change: F) -> Result<(), StoreError>
+where
+    S: SharedStore + ?Sized,
+    F: FnMut(&[u8]) -> Option<Vec<u8>>,
+{
+    for _ in 0..=retries {
+        let Some((bytes, cas)) = store.get(key)? else {
+            if change(&[]).is_none() {
+                return Ok(());
+            }
+            create_if_absent(store, key, &[])?;
+            continue;
+        };
+        let Some(next) = change(&bytes) else {
+            return Ok(());
+        };
+        match store.set(key, &next, Some(cas)) {
+            Err(StoreError::CasMismatch) => {}
+            other => return other,
+        }
+    }
+    Err(StoreError::CasMismatch)
 }
 
 /// The slot's next contents: the identity's entry replaced or added, idle entries dropped,
