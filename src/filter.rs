@@ -1,14 +1,18 @@
-//! The root context (configuration, stats) and the per-request HTTP context, which only
-//! gathers the request's facts, asks `tollgate_core::decide`, and carries out the answer.
+//! The root context (configuration, stats, per-worker key cache) and the per-request HTTP
+//! context, which only gathers the request's facts, asks `tollgate_core` what to do,
+//! and carries it out: reply, continue with headers, or call the quota service first.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
-use tollgate_core::decision::Outcome;
-use tollgate_core::{decide, Config, RequestInfo};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use tollgate_core::decision::{self, Answer, Outcome, Pending, Step};
+use tollgate_core::keycache::KeyCache;
+use tollgate_core::{Config, Decision, Nanos, RequestInfo};
 
 use crate::host::{self, HostSharedData};
 use crate::metrics::Metrics;
@@ -21,6 +25,10 @@ pub struct TollgateRoot {
 struct State {
     config: Config,
     metrics: Metrics,
+    /// Keys verified by the quota service, for this worker.
+    keys: RefCell<KeyCache>,
+    /// Callouts in flight from this worker.
+    in_flight: Cell<u32>,
 }
 
 impl Context for TollgateRoot {}
@@ -34,15 +42,18 @@ impl RootContext for TollgateRoot {
         match Config::from_json(&bytes) {
             Ok(config) => {
                 let metrics = Metrics::define(&config);
+                let cache_size = config.quota.as_ref().map_or(1, |q| q.key_cache_size);
                 info!(
-                    "configured: mode={:?} tiers={} keys={} routes={} tracked keys<={}",
+                    "configured: mode={:?} tiers={} keys={} routes={} tracked keys<={} quota service={}",
                     config.mode,
                     config.tiers.len(),
                     config.keys.len(),
                     config.routes.len(),
-                    u64::from(config.store.slots) * tollgate_core::config::SLOT_WAYS as u64
+                    u64::from(config.store.slots) * tollgate_core::config::SLOT_WAYS as u64,
+                    config.quota.as_ref().map_or("none", |q| q.cluster.as_str()),
                 );
-                self.state = Some(Rc::new(State { config, metrics }));
+                let keys = RefCell::new(KeyCache::new(cache_size));
+                self.state = Some(Rc::new(State { config, metrics, keys, in_flight: Cell::new(0) }));
                 true
             }
             Err(e) => {
@@ -54,7 +65,7 @@ impl RootContext for TollgateRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
-        Some(Box::new(TollgateHttp { state, response_headers: Vec::new() }))
+        Some(Box::new(TollgateHttp { state, response_headers: Vec::new(), waiting: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -65,24 +76,119 @@ impl RootContext for TollgateRoot {
 struct TollgateHttp {
     state: Rc<State>,
     response_headers: Vec<(&'static str, String)>,
+    /// The decision waiting for a callout's answer, and when the callout left.
+    waiting: Option<(Pending, Nanos)>,
 }
 
-impl Context for TollgateHttp {}
+impl Context for TollgateHttp {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let Some((pending, sent)) = self.waiting.take() else {
+            return;
+        };
+        let state = Rc::clone(&self.state);
+        state.in_flight.set(state.in_flight.get().saturating_sub(1));
+        let now = host::now();
+        let elapsed_ms = now.0.saturating_sub(sent.0) / 1_000_000;
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok())
+        };
+        let timeout_ms = state.config.quota.as_ref().map_or(0, |q| q.timeout_ms);
+        state.metrics.record_callout(status, elapsed_ms, timeout_ms);
+        let body = match status {
+            Some(_) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten(),
+            None => None,
+        }
+        .unwrap_or_default();
+        let answer = match status {
+            Some(status) => Answer::Response { status, body: &body },
+            None => Answer::Failed,
+        };
+        let step = {
+            let mut keys = state.keys.borrow_mut();
+            decision::resume(&state.config, &HostSharedData, &mut keys, pending, answer, now)
+        };
+        if self.carry_out(step) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let config = &self.state.config;
+        let state = Rc::clone(&self.state);
+        let config = &state.config;
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let mut request = RequestInfo::from_headers(&headers, config.identity.api_key_header.as_deref());
         // The client address is only needed for callers without a credential.
-        let address =
-            if request.authorization.is_empty() && request.api_key.is_empty() { host::source_address() } else { None };
+        let address = if request.authorization.is_empty() && request.api_key.is_empty() {
+            host::source_address()
+        } else {
+            None
+        };
         request.client_address = address.as_deref();
+        let step = {
+            let mut keys = state.keys.borrow_mut();
+            decision::begin(config, &HostSharedData, &mut keys, &request, host::now())
+        };
+        self.carry_out(step)
+    }
 
-        let decision = decide(config, &HostSharedData, &request, host::now());
-        self.state.metrics.record(decision.tier, decision.outcome, &decision.store);
-        log_decision(config, &decision);
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.response_headers.drain(..) {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, &value);
+        }
+        Action::Continue
+    }
+}
 
+impl TollgateHttp {
+    /// Performs a step: a callout (pause), a local reply (pause), or continue.
+    fn carry_out(&mut self, mut step: Step) -> Action {
+        let state = Rc::clone(&self.state);
+        loop {
+            match step {
+                Step::Done(decision) => return self.conclude(decision),
+                Step::Call(call) => {
+                    let Some(quota) = state.config.quota.as_ref() else {
+                        return Action::Continue;
+                    };
+                    let dispatched = if state.in_flight.get() >= quota.max_pending_callouts {
+                        None
+                    } else {
+                        let headers = vec![
+                            (":method", "POST"),
+                            (":path", call.path),
+                            (":authority", quota.authority.as_str()),
+                            ("content-type", "application/json"),
+                        ];
+                        let timeout = Duration::from_millis(quota.timeout_ms);
+                        hostcalls::dispatch_http_call(&quota.cluster, headers, Some(call.body.as_bytes()), vec![], timeout)
+                            .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
+                            .ok()
+                    };
+                    state.metrics.record_dispatch(dispatched.is_some());
+                    if dispatched.is_some() {
+                        state.in_flight.set(state.in_flight.get().saturating_add(1));
+                        self.waiting = Some((call.pending, host::now()));
+                        return Action::Pause;
+                    }
+                    let now = host::now();
+                    let mut keys = state.keys.borrow_mut();
+                    step = decision::resume(&state.config, &HostSharedData, &mut keys, call.pending, Answer::Failed, now);
+                }
+            }
+        }
+    }
+
+    fn conclude(&mut self, decision: Decision) -> Action {
+        let state = Rc::clone(&self.state);
+        state.metrics.record(&decision);
+        log_decision(&state.config, &decision);
         match decision.reply {
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -98,28 +204,30 @@ impl HttpContext for TollgateHttp {
             }
         }
     }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in self.response_headers.drain(..) {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, &value);
-        }
-        Action::Continue
-    }
 }
 
-fn log_decision(config: &Config, decision: &tollgate_core::Decision) {
+fn log_decision(config: &Config, decision: &Decision) {
     let tier = decision.tier.and_then(|t| config.tiers.get(t)).map_or("none", |t| t.name.as_str());
     let caller = decision.caller.as_deref().unwrap_or("-");
     let limit = decision.limited_by.as_deref().unwrap_or("-");
+    let outcome = decision.outcome.as_str();
     match decision.outcome {
-        Outcome::Limited | Outcome::ShadowLimited | Outcome::StoreRefused | Outcome::StoreBypassed => {
-            info!("decision={} tier={tier} limit={limit} caller={caller}", decision.outcome.as_str())
+        Outcome::Limited
+        | Outcome::ShadowLimited
+        | Outcome::StoreRefused
+        | Outcome::StoreBypassed
+        | Outcome::QuotaUnavailable => {
+            info!("decision={outcome} tier={tier} limit={limit} caller={caller}")
         }
         Outcome::Unauthenticated | Outcome::Malformed | Outcome::ShadowRejected => {
-            info!("decision={} tier={tier}", decision.outcome.as_str())
+            info!("decision={outcome} tier={tier}")
         }
-        Outcome::Allowed | Outcome::Unlimited => {
-            debug!("decision={} tier={tier} caller={caller}", decision.outcome.as_str())
-        }
+        Outcome::Allowed | Outcome::Unlimited => debug!("decision={outcome} tier={tier} caller={caller}"),
+    }
+    if decision.quota.breaker_opened {
+        warn!("quota service breaker opened: callouts stop for the cooldown");
+    }
+    if decision.quota.breaker_closed {
+        info!("quota service breaker closed: callouts resume");
     }
 }

@@ -1,26 +1,32 @@
 //! Counters in Envoy's stats (`/stats`, `/stats/prometheus`):
-//! `tollgate.requests.<tier>.<outcome>` (tier `none` before a tier is known) and
-//! `tollgate.store.<event>`.
+//! `tollgate.requests.<tier>.<outcome>` (tier `none` before a tier is known),
+//! `tollgate.store.<event>` and `tollgate.quota.<event>`.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use tollgate_core::config::FailureMode;
 use tollgate_core::decision::Outcome;
-use tollgate_core::store::UpdateReport;
-use tollgate_core::Config;
+use tollgate_core::{Config, Decision};
 
 /// Outcomes a request of a known tier can have.
-const TIER_OUTCOMES: [Outcome; 6] = [
+const TIER_OUTCOMES: [Outcome; 7] = [
     Outcome::Unlimited,
     Outcome::Allowed,
     Outcome::Limited,
     Outcome::ShadowLimited,
     Outcome::StoreBypassed,
     Outcome::StoreRefused,
+    Outcome::QuotaUnavailable,
 ];
 
 /// Outcomes of requests stopped before a tier was known (or on no limited route).
-const UNTIERED_OUTCOMES: [Outcome; 4] =
-    [Outcome::Unlimited, Outcome::Unauthenticated, Outcome::Malformed, Outcome::ShadowRejected];
+const UNTIERED_OUTCOMES: [Outcome; 5] = [
+    Outcome::Unlimited,
+    Outcome::Unauthenticated,
+    Outcome::Malformed,
+    Outcome::ShadowRejected,
+    Outcome::QuotaUnavailable,
+];
 
 /// Pseudo-tier of requests refused before a tier was known.
 pub const NO_TIER: &str = tollgate_core::config::RESERVED_TIER;
@@ -34,10 +40,25 @@ pub struct Metrics {
     evictions_live: Option<u32>,
     corrupt_values: Option<u32>,
     errors: Option<u32>,
+    callouts: Option<u32>,
+    callout_failures: Option<u32>,
+    callout_timeouts: Option<u32>,
+    callout_latency: Option<u32>,
+    short_circuited: Option<u32>,
+    breaker_opened: Option<u32>,
+    breaker_closed: Option<u32>,
+    breaker_open: Option<u32>,
+    degraded_open: Option<u32>,
+    degraded_closed: Option<u32>,
+    degraded_local: Option<u32>,
+}
+
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
 }
 
 fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
+    define(MetricType::Counter, name)
 }
 
 fn bump(id: Option<u32>, by: u32) {
@@ -59,6 +80,8 @@ impl Metrics {
         let requests = std::iter::once(row(NO_TIER, &UNTIERED_OUTCOMES))
             .chain(config.tiers.iter().map(|t| row(&t.name, &TIER_OUTCOMES)))
             .collect();
+        let quota = config.quota.is_some();
+        let q = |name: &str, kind: MetricType| if quota { define(kind, name) } else { None };
         Metrics {
             requests,
             cas_conflicts: counter("tollgate.store.cas_conflicts"),
@@ -66,17 +89,65 @@ impl Metrics {
             evictions_live: counter("tollgate.store.evictions_live"),
             corrupt_values: counter("tollgate.store.corrupt_values"),
             errors: counter("tollgate.store.errors"),
+            callouts: q("tollgate.quota.callouts", MetricType::Counter),
+            callout_failures: q("tollgate.quota.failures", MetricType::Counter),
+            callout_timeouts: q("tollgate.quota.timeouts", MetricType::Counter),
+            callout_latency: q("tollgate.quota.latency_ms", MetricType::Histogram),
+            short_circuited: q("tollgate.quota.short_circuited", MetricType::Counter),
+            breaker_opened: q("tollgate.quota.breaker_opened", MetricType::Counter),
+            breaker_closed: q("tollgate.quota.breaker_closed", MetricType::Counter),
+            breaker_open: q("tollgate.quota.breaker_open", MetricType::Gauge),
+            degraded_open: q("tollgate.quota.failure_mode.open", MetricType::Counter),
+            degraded_closed: q("tollgate.quota.failure_mode.closed", MetricType::Counter),
+            degraded_local: q("tollgate.quota.failure_mode.local", MetricType::Counter),
         }
     }
 
-    pub fn record(&self, tier: Option<usize>, outcome: Outcome, store: &UpdateReport) {
-        let row = tier.map_or(0, |t| t + 1);
-        let id = self.requests.get(row).and_then(|r| r.iter().find(|(o, _)| *o == outcome)).map(|(_, id)| *id);
+    pub fn record(&self, decision: &Decision) {
+        let row = decision.tier.map_or(0, |t| t + 1);
+        let id =
+            self.requests.get(row).and_then(|r| r.iter().find(|(o, _)| *o == decision.outcome)).map(|(_, id)| *id);
         bump(id, 1);
+        let store = &decision.store;
         bump(self.cas_conflicts, store.conflicts);
         bump(self.slots_created, u32::from(store.created_slot));
         bump(self.evictions_live, u32::from(store.evicted_live));
         bump(self.corrupt_values, u32::from(store.corrupt_value));
-        bump(self.errors, u32::from(matches!(outcome, Outcome::StoreBypassed | Outcome::StoreRefused)));
+        bump(self.errors, u32::from(matches!(decision.outcome, Outcome::StoreBypassed | Outcome::StoreRefused)));
+        let quota = &decision.quota;
+        bump(self.short_circuited, u32::from(quota.short_circuited));
+        bump(self.breaker_opened, u32::from(quota.breaker_opened));
+        bump(self.breaker_closed, u32::from(quota.breaker_closed));
+        if let Some(gauge) = self.breaker_open {
+            if quota.breaker_opened || quota.breaker_closed {
+                let _ = hostcalls::record_metric(gauge, u64::from(quota.breaker_opened));
+            }
+        }
+        match quota.degraded {
+            Some(FailureMode::Open) => bump(self.degraded_open, 1),
+            Some(FailureMode::Closed) => bump(self.degraded_closed, 1),
+            Some(FailureMode::Local) => bump(self.degraded_local, 1),
+            None => {}
+        }
+    }
+
+    /// A callout left (or could not be started).
+    pub fn record_dispatch(&self, started: bool) {
+        bump(self.callouts, 1);
+        bump(self.callout_failures, u32::from(!started));
+    }
+
+    /// A callout came back: `status` is `None` when it failed or timed out.
+    pub fn record_callout(&self, status: Option<u16>, elapsed_ms: u64, timeout_ms: u64) {
+        if let Some(id) = self.callout_latency {
+            let _ = hostcalls::record_metric(id, elapsed_ms);
+        }
+        if status != Some(200) {
+            bump(self.callout_failures, 1);
+        }
+        // The host reports a timeout and a reset alike (no headers); the clock tells them apart.
+        if status.is_none() && elapsed_ms.saturating_add(5) >= timeout_ms {
+            bump(self.callout_timeouts, 1);
+        }
     }
 }
