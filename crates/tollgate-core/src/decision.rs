@@ -649,3 +649,6 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod global_tests;
