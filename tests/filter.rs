@@ -1,11 +1,12 @@
-//! The built tollgate.wasm inside a real Envoy (2 worker threads), driven over HTTP.
+//! The built tollgate.wasm inside a real Envoy (2 worker threads), driven over HTTP, with
+//! every limit local (the plugin config of envoy.yaml without its global limits).
 
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{default_plugin_config, Envoy, EnvoyOptions, Reply};
+use common::{local_plugin_config as default_plugin_config, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
 
 const IMAGES: &str = "/v1/images/generations";
@@ -27,7 +28,7 @@ fn statuses(replies: &[Reply]) -> Vec<u16> {
 
 #[test]
 fn free_tier_admits_exactly_five_images_then_429_with_headers_and_advice() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = envoy_with(&default_plugin_config(), 0);
     let replies: Vec<Reply> = (0..7).map(|_| post(&envoy, IMAGES, &[])).collect();
     assert_eq!(statuses(&replies), [200, 200, 200, 200, 200, 429, 429]);
 
@@ -67,7 +68,7 @@ fn free_tier_admits_exactly_five_images_then_429_with_headers_and_advice() {
 
 #[test]
 fn a_premium_token_admits_one_hundred_and_the_api_key_header_is_the_same_key() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = envoy_with(&default_plugin_config(), 0);
     let by_bearer: Vec<u16> = (0..60).map(|_| post(&envoy, IMAGES, &[("authorization", PREMIUM)]).status).collect();
     let by_key: Vec<u16> =
         (0..41).map(|_| post(&envoy, IMAGES, &[("x-api-key", "tg_demo_premium_0123456789")]).status).collect();
@@ -83,7 +84,7 @@ fn a_premium_token_admits_one_hundred_and_the_api_key_header_is_the_same_key() {
 
 #[test]
 fn basic_tier_allows_a_burst_of_twenty_then_refills_at_100_per_minute() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = envoy_with(&default_plugin_config(), 0);
     let burst: Vec<u16> = (0..25).map(|_| post(&envoy, CHAT, &[("authorization", BASIC)]).status).collect();
     assert_eq!(burst.iter().filter(|s| **s == 200).count(), 20);
     assert!(burst[20..].iter().all(|s| *s == 429));
@@ -103,7 +104,7 @@ fn basic_tier_allows_a_burst_of_twenty_then_refills_at_100_per_minute() {
 
 #[test]
 fn an_unknown_token_is_401_and_malformed_credentials_are_400() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = envoy_with(&default_plugin_config(), 0);
     let unknown = post(&envoy, IMAGES, &[("authorization", "Bearer tg_not_a_key")]);
     assert_eq!(unknown.status, 401);
     assert!(unknown.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
@@ -149,7 +150,7 @@ fn no_anonymous_tier_means_a_missing_token_is_401() {
 
 #[test]
 fn cost_zero_and_unlisted_routes_are_untouched() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = envoy_with(&default_plugin_config(), 0);
     for _ in 0..10 {
         let health = envoy.request("GET", "/healthz", &[("authorization", "Bearer tg_not_a_key")]);
         assert_eq!(health.status, 200);
@@ -204,7 +205,7 @@ fn an_invalid_config_is_refused_and_the_log_names_the_field() {
 
 #[test]
 fn two_hundred_concurrent_requests_from_one_key_across_both_workers_admit_exactly_the_limit() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = envoy_with(&default_plugin_config(), 0);
     let admitted = AtomicU32::new(0);
     let limited = AtomicU32::new(0);
     let start = std::sync::Barrier::new(50);

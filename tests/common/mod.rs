@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde_yaml::Value;
 use sha2::{Digest, Sha256};
 
+pub mod services;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// How long Envoy may take to become ready (or to fail) before the test gives up.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -30,11 +32,13 @@ pub struct EnvoyOptions {
     pub plugin_config: Option<String>,
     /// `false` removes the wasm filter (plain Envoy with the same routes).
     pub with_filter: bool,
+    /// Port of the quota service cluster; `None` points it at a port nobody listens on.
+    pub quota_port: Option<u16>,
 }
 
 impl Default for EnvoyOptions {
     fn default() -> Self {
-        Self { concurrency: 2, xff_trusted_hops: 0, plugin_config: None, with_filter: true }
+        Self { concurrency: 2, xff_trusted_hops: 0, plugin_config: None, with_filter: true, quota_port: None }
     }
 }
 
@@ -88,6 +92,25 @@ pub fn default_plugin_config() -> serde_json::Value {
     serde_json::from_str(&value).expect("plugin configuration in envoy.yaml is JSON")
 }
 
+/// The plugin JSON of `envoy.yaml` made local-only: no global limits, no quota service.
+pub fn local_plugin_config() -> serde_json::Value {
+    let mut config = default_plugin_config();
+    if let Some(object) = config.as_object_mut() {
+        object.remove("quota_service");
+    }
+    if let Some(tiers) = config["tiers"].as_object_mut() {
+        for tier in tiers.values_mut() {
+            for limit in tier["limits"].as_array_mut().into_iter().flatten() {
+                if let Some(limit) = limit.as_object_mut() {
+                    limit.remove("scope");
+                    limit.remove("failure_mode");
+                }
+            }
+        }
+    }
+    config
+}
+
 /// The node at a dotted path such as `static_resources.listeners.0.address`.
 fn at<'a>(mut node: &'a mut Value, path: &str) -> &'a mut Value {
     for key in path.split('.') {
@@ -99,6 +122,9 @@ fn at<'a>(mut node: &'a mut Value, path: &str) -> &'a mut Value {
     }
     node
 }
+
+const QUOTA_PORT: &str =
+    "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value";
 
 const HCM: &str = "static_resources.listeners.0.filter_chains.0.filters.0.typed_config";
 
@@ -118,7 +144,7 @@ fn wasm_filter(cfg: &mut Value) -> &mut Value {
 }
 
 /// Two distinct free ports on 127.0.0.1.
-fn free_ports() -> (u16, u16) {
+pub fn free_ports() -> (u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = TcpListener::bind("127.0.0.1:0").expect("bind");
     (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
@@ -175,6 +201,8 @@ impl Envoy {
         *at(&mut cfg, "admin.address.socket_address.port_value") = Value::from(admin_port);
         *at(&mut cfg, "static_resources.listeners.0.address.socket_address.port_value") = Value::from(port);
         *at(&mut cfg, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(opts.xff_trusted_hops);
+        let quota_port = opts.quota_port.unwrap_or_else(|| free_ports().0);
+        *at(&mut cfg, QUOTA_PORT) = Value::from(quota_port);
         if opts.with_filter {
             let wasm = Path::new(ROOT).join("target/wasm32-wasip1/release/tollgate.wasm");
             assert!(wasm.exists(), "{} is missing: run `make wasm` first", wasm.display());
