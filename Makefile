@@ -17,15 +17,11 @@ wasm: ## Build the filter (target/wasm32-wasip1/release/tollgate.wasm)
 	cargo build --release --target wasm32-wasip1 -p tollgate
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
-run: wasm ## Run Envoy with envoy.yaml on :10000 (admin :9901)
-	@echo 'Try, in another terminal:'
-	@echo '  curl -si -X POST localhost:10000/v1/images/generations            # free tier (by IP)'
-	@echo "  curl -si -X POST localhost:10000/v1/images/generations -H 'Authorization: Bearer tg_demo_premium_0123456789'"
-	@echo '  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w "%{http_code}\n" -X POST localhost:10000/v1/images/generations; done   # 6th: 429'
-	@echo '  curl -s localhost:9901/stats/prometheus | grep tollgate'
-	@$(with_envoy) exec "$$ENVOY_BIN" -c envoy.yaml --concurrency 2 --log-level info
+run: wasm ## Run the quota service (:8081; REDIS_URL=redis://... for Redis) and Envoy with envoy.yaml (:10000, admin :9901)
+	@scripts/run.sh
 
 test: wasm ## Run all tests: native (with Envoy), core under wasm, then lint
+	cargo build -p tollgate-quota
 	@$(with_envoy) echo "envoy: $$ENVOY_BIN" && cargo test --workspace
 	scripts/wasm-test.sh
 	$(MAKE) lint

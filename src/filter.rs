@@ -125,11 +125,8 @@ impl HttpContext for TollgateHttp {
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let mut request = RequestInfo::from_headers(&headers, config.identity.api_key_header.as_deref());
         // The client address is only needed for callers without a credential.
-        let address = if request.authorization.is_empty() && request.api_key.is_empty() {
-            host::source_address()
-        } else {
-            None
-        };
+        let address =
+            if request.authorization.is_empty() && request.api_key.is_empty() { host::source_address() } else { None };
         request.client_address = address.as_deref();
         let step = {
             let mut keys = state.keys.borrow_mut();
@@ -167,9 +164,15 @@ impl TollgateHttp {
                             ("content-type", "application/json"),
                         ];
                         let timeout = Duration::from_millis(quota.timeout_ms);
-                        hostcalls::dispatch_http_call(&quota.cluster, headers, Some(call.body.as_bytes()), vec![], timeout)
-                            .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
-                            .ok()
+                        hostcalls::dispatch_http_call(
+                            &quota.cluster,
+                            headers,
+                            Some(call.body.as_bytes()),
+                            vec![],
+                            timeout,
+                        )
+                        .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
+                        .ok()
                     };
                     state.metrics.record_dispatch(dispatched.is_some());
                     if dispatched.is_some() {
@@ -179,7 +182,8 @@ impl TollgateHttp {
                     }
                     let now = host::now();
                     let mut keys = state.keys.borrow_mut();
-                    step = decision::resume(&state.config, &HostSharedData, &mut keys, call.pending, Answer::Failed, now);
+                    step =
+                        decision::resume(&state.config, &HostSharedData, &mut keys, call.pending, Answer::Failed, now);
                 }
             }
         }
@@ -206,9 +210,12 @@ impl TollgateHttp {
     }
 }
 
+/// One line per refused request, at `info` (`--component-log-level wasm:warn` silences it).
+/// Key callers are named by key id; anonymous ones by a hash of their network.
 fn log_decision(config: &Config, decision: &Decision) {
     let tier = decision.tier.and_then(|t| config.tiers.get(t)).map_or("none", |t| t.name.as_str());
-    let caller = decision.caller.as_deref().unwrap_or("-");
+    let caller = decision.caller.as_deref().map_or_else(|| "-".to_owned(), loggable_caller);
+    let caller = caller.as_str();
     let limit = decision.limited_by.as_deref().unwrap_or("-");
     let outcome = decision.outcome.as_str();
     match decision.outcome {
@@ -229,5 +236,16 @@ fn log_decision(config: &Config, decision: &Decision) {
     }
     if decision.quota.breaker_closed {
         info!("quota service breaker closed: callouts resume");
+    }
+}
+
+/// `key:<id>` as is; `ip:<network>` as `ip#<12 hex digits of its SHA-256>`.
+fn loggable_caller(caller: &str) -> String {
+    match caller.strip_prefix("ip:") {
+        Some(network) => {
+            let digest = tollgate_core::identity::hex(&tollgate_core::identity::sha256(network.as_bytes()));
+            format!("ip#{}", digest.get(..12).unwrap_or(&digest))
+        }
+        None => caller.to_owned(),
     }
 }

@@ -105,8 +105,7 @@ impl Metrics {
 
     pub fn record(&self, decision: &Decision) {
         let row = decision.tier.map_or(0, |t| t + 1);
-        let id =
-            self.requests.get(row).and_then(|r| r.iter().find(|(o, _)| *o == decision.outcome)).map(|(_, id)| *id);
+        let id = self.requests.get(row).and_then(|r| r.iter().find(|(o, _)| *o == decision.outcome)).map(|(_, id)| *id);
         bump(id, 1);
         let store = &decision.store;
         bump(self.cas_conflicts, store.conflicts);

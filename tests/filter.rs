@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{local_plugin_config as default_plugin_config, Envoy, EnvoyOptions, Reply};
+use common::{local_plugin_config as default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
 
 const IMAGES: &str = "/v1/images/generations";
@@ -247,7 +247,9 @@ fn the_anonymous_key_follows_source_address_and_ignores_spoofed_forwarded_for() 
     assert_eq!(from("1.2.3.4, 203.0.113.7"), 429, "a new leftmost entry moves no bucket");
     assert_eq!(from("203.0.113.7"), 429);
     assert_eq!(from("203.0.113.8"), 200, "another client");
-    assert!(envoy.log().contains("caller=ip:203.0.113.7/32"));
+    let hashed = format!("caller=ip#{}", &sha256_hex("203.0.113.7/32")[..12]);
+    assert!(envoy.log().contains(&hashed), "refusals are logged with a hashed client");
+    assert!(!envoy.log().contains("203.0.113.7"), "never the address itself");
 
     // With no trusted hop, X-Forwarded-For is ignored altogether: the peer is 127.0.0.1.
     let envoy = envoy_with(&default_plugin_config(), 0);
@@ -265,7 +267,7 @@ fn ipv6_clients_share_one_bucket_per_64() {
     }
     assert_eq!(from("2001:db8:1:2:ffff:ffff:ffff:ffff"), 429, "same /64");
     assert_eq!(from("2001:db8:1:3::1"), 200, "next /64");
-    assert!(envoy.log().contains("caller=ip:2001:db8:1:2::/64"));
+    assert!(envoy.log().contains(&format!("caller=ip#{}", &sha256_hex("2001:db8:1:2::/64")[..12])));
 }
 
 #[test]

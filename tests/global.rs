@@ -1,0 +1,223 @@
+//! Global quotas end to end: real Envoys with the built filter, the real `tollgate-quota`
+//! service, and a real `redis-server`.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::services::{BrokenQuota, Misbehaviour, QuotaService, Redis};
+use common::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
+use serde_json::{json, Value};
+
+const IMAGES: &str = "/v1/images/generations";
+const PREMIUM: &str = "Bearer tg_demo_premium_0123456789";
+const PRO_TOKEN: &str = "tg_test_pro_0123456789";
+const CACHE_TTL_MS: u64 = 1000;
+const COOLDOWN_MS: u64 = 1000;
+
+/// envoy.yaml's plugin config (free and premium daily quotas global), with short cache
+/// and breaker times, and a pro key whose global limit fails closed.
+fn plugin_config() -> Value {
+    let mut config = default_plugin_config();
+    config["quota_service"] = json!({
+        "cluster": "tollgate_quota", "timeout_ms": 250,
+        "key_cache_ttl_ms": CACHE_TTL_MS, "negative_cache_ttl_ms": 5000,
+        "breaker": { "failures": 3, "cooldown_ms": COOLDOWN_MS }
+    });
+    config["tiers"]["pro"] = json!({ "limits": [
+        { "name": "rpm", "limit": 500, "window": "1m", "burst": 100, "scope": "global", "failure_mode": "closed" } ] });
+    config["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "id": "test-pro", "sha256": sha256_hex(PRO_TOKEN), "tier": "pro" }));
+    config
+}
+
+fn envoy_for(quota_port: u16) -> Envoy {
+    Envoy::start(EnvoyOptions {
+        plugin_config: Some(plugin_config().to_string()),
+        quota_port: Some(quota_port),
+        ..EnvoyOptions::default()
+    })
+}
+
+fn post(envoy: &Envoy, auth: Option<&str>) -> Reply {
+    match auth {
+        Some(a) => envoy.request("POST", IMAGES, &[("authorization", a)]),
+        None => envoy.request("POST", IMAGES, &[]),
+    }
+}
+
+#[test]
+fn the_free_tier_holds_five_a_day_across_two_envoys_concurrently() {
+    let redis = Redis::start();
+    let service = QuotaService::start(&redis.url());
+    let envoys = [envoy_for(service.port), envoy_for(service.port)];
+    let admitted = AtomicU32::new(0);
+    let limited = AtomicU32::new(0);
+    let start = std::sync::Barrier::new(20);
+    std::thread::scope(|s| {
+        for i in 0..20 {
+            let (envoys, admitted, limited, start) = (&envoys, &admitted, &limited, &start);
+            s.spawn(move || {
+                start.wait();
+                let r = envoys[i % 2].raw(&format!("POST {IMAGES} HTTP/1.1\nHost: x\n"));
+                match r.status {
+                    200 => admitted.fetch_add(1, Ordering::SeqCst),
+                    429 => {
+                        assert_eq!(r.json()["error"]["limit"], "images-per-day");
+                        limited.fetch_add(1, Ordering::SeqCst)
+                    }
+                    other => panic!("unexpected {other}: {}", r.body),
+                };
+            });
+        }
+    });
+    assert_eq!(admitted.load(Ordering::SeqCst), 5, "exactly five across both Envoys");
+    assert_eq!(limited.load(Ordering::SeqCst), 15);
+    for envoy in &envoys {
+        let r = post(envoy, None);
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        assert!(r.header("x-tollgate-degraded").is_none());
+        assert_eq!(envoy.counter("tollgate.quota.failures"), Some(0));
+    }
+    let metrics = service.metrics();
+    assert!(metrics.contains("tollgate_quota_decisions_total"), "{metrics}");
+}
+
+#[test]
+fn a_key_created_through_the_admin_api_works_at_once_and_revocation_takes_effect_within_the_cache_ttl() {
+    let service = QuotaService::start("memory");
+    let envoy = envoy_for(service.port);
+    let (id, token) = service.create_key("premium", "acme");
+    let bearer = format!("Bearer {token}");
+    let first = post(&envoy, Some(&bearer));
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("99"));
+    assert!(
+        envoy.log().contains(&format!("caller=key:{id}"))
+            || envoy.counter("tollgate.requests.premium.allowed") == Some(1)
+    );
+    assert!(!envoy.log().contains(&token), "the token is never logged");
+    assert!(!service.log().contains(&token), "the token is never logged");
+
+    service.revoke(&id);
+    sleep(Duration::from_millis(CACHE_TTL_MS + 200));
+    let after = post(&envoy, Some(&bearer));
+    assert_eq!(after.status, 401, "{}", after.body);
+    assert_eq!(after.json()["error"]["code"], "invalid_api_key");
+    // A flood of the same bad token is answered from the negative cache.
+    let callouts = envoy.counter("tollgate.quota.callouts").unwrap();
+    for _ in 0..20 {
+        assert_eq!(post(&envoy, Some(&bearer)).status, 401);
+    }
+    let more = envoy.counter("tollgate.quota.callouts").unwrap() - callouts;
+    assert!(more <= 2, "{more} callouts for 20 requests with one revoked token (2 workers, 5 s negative TTL)");
+}
+
+#[test]
+fn a_killed_service_gives_each_failure_mode_and_the_breaker_opens_then_closes() {
+    let mut service = QuotaService::start("memory");
+    let envoy = envoy_for(service.port);
+    let pro = format!("Bearer {PRO_TOKEN}");
+    assert_eq!(post(&envoy, Some(PREMIUM)).status, 200);
+    service.kill();
+
+    // premium: failure_mode open → admitted, and said so.
+    let open = post(&envoy, Some(PREMIUM));
+    assert_eq!(open.status, 200);
+    assert_eq!(open.header("x-tollgate-degraded"), Some("quota-service-unavailable; failure-mode=open"));
+    // pro: failure_mode closed → 503 with Retry-After.
+    let closed = post(&envoy, Some(&pro));
+    assert_eq!(closed.status, 503);
+    assert_eq!(closed.header("retry-after"), Some("1"));
+    assert_eq!(closed.json()["error"]["code"], "quota_service_unavailable");
+    // free: failure_mode local → a local bucket of the same size (5 a day).
+    let free: Vec<Reply> = (0..7).map(|_| post(&envoy, None)).collect();
+    let statuses: Vec<u16> = free.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    assert_eq!(free[0].header("x-tollgate-degraded"), Some("quota-service-unavailable; failure-mode=local"));
+
+    assert!(envoy.counter("tollgate.quota.breaker_opened").unwrap() >= 1);
+    assert!(envoy.counter("tollgate.quota.short_circuited").unwrap() >= 1, "the open breaker stopped callouts");
+    assert!(envoy.counter("tollgate.quota.failure_mode.open").unwrap() >= 1);
+    assert!(envoy.counter("tollgate.quota.failure_mode.closed").unwrap() >= 1);
+    assert!(envoy.counter("tollgate.quota.failure_mode.local").unwrap() >= 5);
+    assert!(envoy.log().contains("quota service breaker opened"));
+
+    // Back: after the cooldown a probe goes through and closes the breaker.
+    service.restart();
+    sleep(Duration::from_millis(COOLDOWN_MS + 300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&envoy, Some(PREMIUM));
+        if r.status == 200 && r.header("x-tollgate-degraded").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the breaker never closed: {:?}", r.headers);
+        sleep(Duration::from_millis(200));
+    }
+    assert!(envoy.counter("tollgate.quota.breaker_closed").unwrap() >= 1);
+    assert_eq!(post(&envoy, Some(&pro)).status, 200);
+}
+
+#[test]
+fn a_hanging_service_times_out_and_the_failure_mode_applies() {
+    let broken = BrokenQuota::start(Misbehaviour::Hang);
+    let envoy = envoy_for(broken.port);
+    let started = Instant::now();
+    let r = post(&envoy, Some(PREMIUM));
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-tollgate-degraded"), Some("quota-service-unavailable; failure-mode=open"));
+    assert_eq!(envoy.counter("tollgate.quota.timeouts"), Some(1));
+    eprintln!("answered after {took:?} with timeout_ms 250");
+    assert!(broken.requests.load(Ordering::SeqCst) >= 1, "the callout reached the service");
+}
+
+#[test]
+fn a_service_answering_500_is_a_failure_with_its_failure_mode() {
+    let broken = BrokenQuota::start(Misbehaviour::Error500);
+    let envoy = envoy_for(broken.port);
+    let closed = post(&envoy, Some(&format!("Bearer {PRO_TOKEN}")));
+    assert_eq!(closed.status, 503);
+    let open = post(&envoy, Some(PREMIUM));
+    assert_eq!((open.status, open.header("x-tollgate-degraded").is_some()), (200, true));
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(2));
+    assert_eq!(envoy.counter("tollgate.quota.timeouts"), Some(0));
+}
+
+#[test]
+fn a_redis_restart_and_a_script_flush_are_survived() {
+    let mut redis = Redis::start();
+    let service = QuotaService::start(&redis.url());
+    let envoy = envoy_for(service.port);
+    for _ in 0..3 {
+        assert_eq!(post(&envoy, Some(PREMIUM)).header("x-tollgate-degraded"), None);
+    }
+    let flushed = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"]).output().unwrap();
+    assert!(flushed.status.success());
+    let r = post(&envoy, Some(PREMIUM));
+    assert_eq!((r.status, r.header("x-tollgate-degraded")), (200, None), "NOSCRIPT is handled by reloading");
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("96"));
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        let r = post(&envoy, Some(PREMIUM));
+        assert!(r.status == 200, "premium fails open, never an error: {} {}", r.status, r.body);
+        if r.header("x-tollgate-degraded").is_none() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the service never came back after the Redis restart");
+        sleep(Duration::from_millis(200));
+    };
+    // Redis came back empty (no persistence here): counting starts again.
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
+    assert!(!service.log().contains("NOSCRIPT"), "{}", service.log());
+}
