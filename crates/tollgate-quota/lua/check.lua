@@ -1,0 +1,120 @@
+-- check.lua: one all-or-nothing decision over every limit of one metered key.
+--
+-- KEYS[1]  tg:{<metered key>}, a hash with one field per limit name. Each value is
+--          "<definition> <a> <b>":
+--            definition  t:<limit>:<window_secs>:<capacity>  (token bucket, GCRA)
+--                        f:<limit>:<window_secs>             (fixed window)
+--            token bucket: a = theoretical arrival time, in microseconds since the epoch; b = 0
+--            fixed window: a = index of the window since the epoch;                     b = units used in it
+--          A field whose definition differs from the requested one is an old limit: it
+--          counts as absent and is replaced by the next admitted request.
+-- ARGV[1]  cost: units every limit must have. 0 only reads: nothing is written.
+-- ARGV[2..] four per limit, in request order: name, definition, x, y where
+--            token bucket: x = interval_us = ceil(window_us / limit), y = depth_us = interval_us * capacity
+--            fixed window: x = window_us, y = limit
+--
+-- Returns { admitted, then per limit: admitted, remaining, reset_after_us, retry_after_us },
+-- admitted being 1 or 0. The arithmetic is tollgate_core::limit::evaluate's, in microseconds.
+--
+-- Why a script: the request is admitted only if every limit admits it, and a refused
+-- request must consume nothing from any limit. Read-then-MULTI from the service could
+-- not guarantee that: between the read and the EXEC another service replica may charge
+-- the same limits, and keys may expire between the commands of a MULTI. A script runs
+-- alone, so the read, the decision and the write are one step, in one round trip.
+--
+-- Why TIME here: every replica of the service then decides on the same clock (Redis 7
+-- replicates scripts by their effects, so replicas and the AOF get the written values).
+-- Time is kept in microseconds: Lua numbers are doubles, exact up to 2^53, which holds
+-- microseconds since the epoch (and any bucket depth tollgate accepts) but not nanoseconds.
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local cost = tonumber(ARGV[1])
+local count = (#ARGV - 1) / 4
+
+local names = {}
+for i = 1, count do
+  names[i] = ARGV[4 * i - 2]
+end
+local stored = redis.call('HMGET', KEYS[1], unpack(names))
+
+local all_admitted = true
+local results = {}
+local writes = {}
+local longest_idle = 0
+
+for i = 1, count do
+  local base = 4 * i - 2
+  local definition = ARGV[base + 1]
+  local x = tonumber(ARGV[base + 2])
+  local y = tonumber(ARGV[base + 3])
+  local a, b
+  if stored[i] then
+    local def, sa, sb = string.match(stored[i], '^(%S+) (%d+) (%d+)$')
+    if def == definition then
+      a, b = tonumber(sa), tonumber(sb)
+    end
+  end
+
+  local admitted, remaining, reset_after, retry_after, state_a, state_b, idle_after
+  if string.sub(definition, 1, 1) == 't' then
+    local interval, depth = x, y
+    local tat = now
+    if a and a > now then tat = a end
+    local new_tat = tat + cost * interval
+    if new_tat - now <= depth then
+      admitted = true
+      remaining = math.floor((depth - (new_tat - now)) / interval)
+      reset_after = new_tat - now
+      retry_after = 0
+      state_a, state_b = new_tat, 0
+      idle_after = new_tat - now
+    else
+      admitted = false
+      remaining = math.floor(math.max(0, depth - (tat - now)) / interval)
+      reset_after = tat - now
+      retry_after = new_tat - now - depth
+    end
+  else
+    local window, quota = x, y
+    local index = math.floor(now / window)
+    local used = 0
+    if a == index then used = b end
+    local reset_at = (index + 1) * window
+    reset_after = reset_at - now
+    admitted = used + cost <= quota
+    if admitted then
+      used = used + cost
+      retry_after = 0
+      state_a, state_b = index, used
+      idle_after = reset_after
+    else
+      retry_after = reset_after
+    end
+    remaining = math.max(0, quota - used)
+  end
+
+  if not admitted then all_admitted = false end
+  results[4 * i - 2] = admitted and 1 or 0
+  results[4 * i - 1] = remaining
+  results[4 * i] = reset_after
+  results[4 * i + 1] = retry_after
+  if admitted then
+    writes[#writes + 1] = names[i]
+    writes[#writes + 1] = string.format('%s %.0f %.0f', definition, state_a, state_b)
+    if idle_after > longest_idle then longest_idle = idle_after end
+  end
+end
+results[1] = all_admitted and 1 or 0
+
+if all_admitted and cost > 0 then
+  redis.call('HSET', KEYS[1], unpack(writes))
+  -- The key lives until every limit in it is full again; limits this request did not
+  -- touch keep the expiry they set.
+  local ttl_ms = math.ceil(longest_idle / 1000)
+  if redis.call('PTTL', KEYS[1]) < ttl_ms then
+    redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  end
+end
+
+return results

@@ -1,0 +1,218 @@
+//! Routes and handlers of the HTTP API.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tollgate_core::quota::{
+    CheckRequest, CheckResponse, CreateKeyRequest, KeyInfo, UsageResponse, VerifyRequest, VerifyResponse,
+};
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, BODY_LIMIT};
+use crate::keys;
+use crate::metrics::{self, Metrics, Op};
+use crate::store::{Store, StoreError};
+use crate::validate;
+
+/// Longest a request waits for the store before answering 503.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Shared by every request.
+pub struct App<S> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S> {
+    store: S,
+    metrics: Metrics,
+    /// SHA-256 of the admin token; the token itself is not kept.
+    admin_token_sha256: Option<[u8; 32]>,
+    /// Unix second of the last logged store error: at most one line per second.
+    last_error_log: AtomicU64,
+}
+
+impl<S> Clone for App<S> {
+    fn clone(&self) -> Self {
+        App { inner: Arc::clone(&self.inner) }
+    }
+}
+
+/// The service's routes over `store`. Without an admin token the admin endpoints answer 403.
+pub fn router<S: Store>(store: S, admin_token: Option<&str>) -> Router {
+    let app = App {
+        inner: Arc::new(Inner {
+            store,
+            metrics: Metrics::new(),
+            admin_token_sha256: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            last_error_log: AtomicU64::new(0),
+        }),
+    };
+    Router::new()
+        .route("/v1/check", post(check::<S>))
+        .route("/v1/keys", post(create_key::<S>).get(list_keys::<S>))
+        .route("/v1/keys/verify", post(verify_key::<S>))
+        .route("/v1/keys/{id}", delete(revoke_key::<S>))
+        .route("/v1/usage/{*key}", get(usage::<S>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route_layer(middleware::from_fn_with_state(app.clone(), count_requests::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+impl<S: Store> App<S> {
+    /// Runs one store operation with a deadline, measuring it.
+    async fn store<T>(&self, op: Op, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(STORE_TIMEOUT, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::transient(format!("no answer within {} s", STORE_TIMEOUT.as_secs()))),
+        };
+        self.inner.metrics.store_call(op, started.elapsed(), result.is_err());
+        if let Err(e) = &result {
+            self.log_store_error(op, e);
+        }
+        result.map_err(ApiError::from)
+    }
+
+    fn log_store_error(&self, op: Op, e: &StoreError) {
+        let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.inner.last_error_log.swap(second, Ordering::Relaxed) != second {
+            tracing::warn!(op = op.as_str(), transient = e.transient, "store error: {}", e.message);
+        }
+    }
+}
+
+/// Present only on requests that carry the admin token.
+struct Admin;
+
+impl<S: Store> FromRequestParts<App<S>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App<S>) -> Result<Self, ApiError> {
+        let Some(expected) = &app.inner.admin_token_sha256 else {
+            return Err(ApiError::admin_disabled());
+        };
+        let token = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+        // Hashing both sides first makes the comparison constant-time whatever the lengths.
+        match token {
+            Some(token) if bool::from(Sha256::digest(token.as_bytes()).as_slice().ct_eq(expected)) => Ok(Admin),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+async fn check<S: Store>(
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<CheckRequest>,
+) -> Result<Json<CheckResponse>, ApiError> {
+    let check = validate::check(request)?;
+    let response = app.store(Op::Check, app.inner.store.check(&check)).await?;
+    app.inner.metrics.decision(validate::tier_of(&check.key), response.admitted);
+    Ok(Json(response))
+}
+
+async fn create_key<S: Store>(
+    State(app): State<App<S>>,
+    _: Admin,
+    ApiJson(request): ApiJson<CreateKeyRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let new_key = keys::new_key(&request.tier, &request.name)?;
+    let created = app.store(Op::CreateKey, keys::store_key(&app.inner.store, new_key)).await?;
+    tracing::info!(id = %created.id, tier = %created.tier, "API key created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn list_keys<S: Store>(State(app): State<App<S>>, _: Admin) -> Result<Json<Vec<KeyInfo>>, ApiError> {
+    let keys = app.store(Op::ListKeys, keys::list(&app.inner.store)).await?;
+    Ok(Json(keys))
+}
+
+async fn revoke_key<S: Store>(
+    State(app): State<App<S>>,
+    _: Admin,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::invalid("id", e.body_text()))?;
+    if app.store(Op::RevokeKey, app.inner.store.revoke_key(&id)).await? {
+        tracing::info!(%id, "API key revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no API key has the id {id:?}")))
+    }
+}
+
+async fn verify_key<S: Store>(
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    let sha256 = validate::sha256_hex(&request.sha256, "sha256")?;
+    let found = app.store(Op::FindKey, app.inner.store.find_key(&sha256)).await?;
+    Ok(Json(match found {
+        Some(record) => VerifyResponse { known: true, id: Some(record.id), tier: Some(record.tier) },
+        None => VerifyResponse { known: false, id: None, tier: None },
+    }))
+}
+
+async fn usage<S: Store>(
+    State(app): State<App<S>>,
+    _: Admin,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<UsageResponse>, ApiError> {
+    let Path(key) = key.map_err(|e| ApiError::invalid("key", e.body_text()))?;
+    validate::metered_key(&key, "key")?;
+    let limits = app.store(Op::Usage, app.inner.store.usage(&key)).await?;
+    Ok(Json(UsageResponse { key, limits }))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz<S: Store>(State(app): State<App<S>>) -> Result<Json<serde_json::Value>, ApiError> {
+    app.store(Op::Ping, app.inner.store.ping()).await?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+async fn metrics<S: Store>(State(app): State<App<S>>) -> Result<Response, ApiError> {
+    let text = app.inner.metrics.encode().map_err(|_| ApiError::internal("metrics could not be encoded"))?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Counts every routed request by its route template and status.
+async fn count_requests<S: Store>(State(app): State<App<S>>, request: Request, next: Next) -> Response {
+    let endpoint = request.extensions().get::<MatchedPath>().map_or_else(String::new, |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    app.inner.metrics.request(&endpoint, response.status().as_u16());
+    response
+}

@@ -1,0 +1,207 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text).
+
+use std::collections::HashSet;
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Distinct tiers labelled by name; decisions of any further tier are counted as `other`,
+/// so that a caller inventing tiers cannot grow the metrics without bound.
+const MAX_TIER_LABELS: usize = 64;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Admitted,
+    Limited,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Op {
+    Check,
+    Usage,
+    CreateKey,
+    FindKey,
+    ListKeys,
+    RevokeKey,
+    Ping,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::Limited => "limited",
+        }
+    }
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Check => "check",
+            Op::Usage => "usage",
+            Op::CreateKey => "create_key",
+            Op::FindKey => "find_key",
+            Op::ListKeys => "list_keys",
+            Op::RevokeKey => "revoke_key",
+            Op::Ping => "ping",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.as_str().encode(encoder)
+    }
+}
+
+impl EncodeLabelValue for Op {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.as_str().encode(encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    tier: String,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: Op,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    store_latency: Family<OpLabels, Histogram>,
+    store_errors: Family<OpLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    tiers: RwLock<HashSet<String>>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let store_latency = Family::<OpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let store_errors = Family::<OpLabels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "tollgate_quota_decisions",
+            "Checks decided, by the metered key's tier and outcome",
+            decisions.clone(),
+        );
+        registry.register_with_unit(
+            "tollgate_quota_store_latency",
+            "Time the store took per operation, failures included",
+            Unit::Seconds,
+            store_latency.clone(),
+        );
+        registry.register("tollgate_quota_store_errors", "Store operations that failed", store_errors.clone());
+        registry.register("tollgate_quota_requests", "HTTP requests answered, by route and status", requests.clone());
+        Metrics { registry, decisions, store_latency, store_errors, requests, tiers: RwLock::default() }
+    }
+
+    pub fn decision(&self, tier: &str, admitted: bool) {
+        let outcome = if admitted { Outcome::Admitted } else { Outcome::Limited };
+        self.decisions.get_or_create(&DecisionLabels { tier: self.tier_label(tier), outcome }).inc();
+    }
+
+    pub fn store_call(&self, op: Op, took: Duration, failed: bool) {
+        let labels = OpLabels { op };
+        self.store_latency.get_or_create(&labels).observe(took.as_secs_f64());
+        if failed {
+            self.store_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn request(&self, endpoint: &str, status: u16) {
+        self.requests.get_or_create(&RequestLabels { endpoint: endpoint.to_owned(), status }).inc();
+    }
+
+    /// The exposition, and its content type.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    fn tier_label(&self, tier: &str) -> String {
+        let known = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
+        if known.contains(tier) {
+            return tier.to_owned();
+        }
+        let full = known.len() >= MAX_TIER_LABELS;
+        drop(known);
+        if full {
+            return "other".to_owned();
+        }
+        let mut known = self.tiers.write().unwrap_or_else(PoisonError::into_inner);
+        if known.len() < MAX_TIER_LABELS {
+            known.insert(tier.to_owned());
+            tier.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_as_documented() {
+        let m = Metrics::new();
+        m.decision("free", true);
+        m.decision("free", false);
+        m.store_call(Op::Check, Duration::from_micros(300), true);
+        m.request("/v1/check", 200);
+        let text = m.encode().unwrap();
+        for expected in [
+            r#"tollgate_quota_decisions_total{tier="free",outcome="admitted"} 1"#,
+            r#"tollgate_quota_decisions_total{tier="free",outcome="limited"} 1"#,
+            r#"tollgate_quota_store_latency_seconds_count{op="check"} 1"#,
+            r#"tollgate_quota_store_errors_total{op="check"} 1"#,
+            r#"tollgate_quota_requests_total{endpoint="/v1/check",status="200"} 1"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn tier_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_TIER_LABELS + 5 {
+            m.decision(&format!("t{i}"), true);
+        }
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"tollgate_quota_decisions_total{tier="other",outcome="admitted"} 5"#), "{text}");
+    }
+}

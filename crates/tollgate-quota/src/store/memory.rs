@@ -1,0 +1,251 @@
+//! The memory backend: `tollgate_core::limit::evaluate` over a map, under one mutex.
+//! For a single instance, development and tests; state is lost on restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tollgate_core::config::Limit;
+use tollgate_core::limit::{evaluate, LimitState};
+use tollgate_core::quota::{CheckResponse, LimitResult, UsageLimit};
+use tollgate_core::Nanos;
+
+use super::{ns_to_ms_ceil, usage_of, Check, Created, KeyRecord, Store, StoreError};
+
+/// Where the memory store reads the time: the system clock, or a clock tests move.
+#[derive(Debug, Clone, Default)]
+enum Clock {
+    #[default]
+    System,
+    Manual(ManualClock),
+}
+
+impl Clock {
+    fn now(&self) -> Nanos {
+        match self {
+            Clock::System => {
+                let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                Nanos(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
+            }
+            Clock::Manual(clock) => clock.now(),
+        }
+    }
+}
+
+/// A clock that moves only when told to (shared by its clones).
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    pub fn starting_at(now: Nanos) -> Self {
+        ManualClock(Arc::new(AtomicU64::new(now.0)))
+    }
+
+    pub fn now(&self) -> Nanos {
+        Nanos(self.0.load(Ordering::SeqCst))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    clock: Clock,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    meters: HashMap<String, Meter>,
+    /// Idle meters are dropped when the map reaches this size (amortised O(1) per check).
+    sweep_at: usize,
+    keys_by_hash: HashMap<String, KeyRecord>,
+    hash_by_id: HashMap<String, String>,
+}
+
+/// Everything stored for one metered key.
+#[derive(Debug)]
+struct Meter {
+    limits: Vec<Metered>,
+    /// From this instant on the meter is equivalent to no meter at all.
+    idle_at: Nanos,
+}
+
+#[derive(Debug)]
+struct Metered {
+    limit: Limit,
+    state: LimitState,
+}
+
+const MIN_SWEEP_AT: usize = 1024;
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    /// A store whose time is `clock`'s, for tests of time-dependent behaviour.
+    pub fn with_clock(clock: ManualClock) -> Self {
+        MemoryStore { clock: Clock::Manual(clock), state: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written decision behind
+        // (states are written after every evaluation succeeded), so the data is usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_now(&self, check: &Check, now: Nanos) -> CheckResponse {
+        let mut state = self.lock();
+        let meter = state.meters.get(&check.key);
+        let evaluations: Vec<_> = check
+            .limits
+            .iter()
+            .map(|limit| {
+                let stored = meter.and_then(|m| m.find(limit)).map(|m| m.state);
+                evaluate(limit, stored, now, check.cost)
+            })
+            .collect();
+        let admitted = evaluations.iter().all(|e| e.admitted);
+        if admitted && check.cost > 0 {
+            state.sweep_if_due(now);
+            if !state.meters.contains_key(&check.key) {
+                state.meters.insert(check.key.clone(), Meter { limits: Vec::new(), idle_at: now });
+            }
+            if let Some(meter) = state.meters.get_mut(&check.key) {
+                for (limit, e) in check.limits.iter().zip(&evaluations) {
+                    meter.idle_at = meter.idle_at.max(e.idle_at);
+                    match meter.limits.iter_mut().find(|m| m.limit.name == limit.name) {
+                        Some(m) if m.limit.fingerprint == limit.fingerprint => m.state = e.state,
+                        Some(m) => *m = Metered { limit: limit.clone(), state: e.state },
+                        None => meter.limits.push(Metered { limit: limit.clone(), state: e.state }),
+                    }
+                }
+            }
+        }
+        let limits = check
+            .limits
+            .iter()
+            .zip(&evaluations)
+            .map(|(limit, e)| LimitResult {
+                name: limit.name.clone(),
+                admitted: e.admitted,
+                remaining: e.remaining,
+                reset_after_ms: ns_to_ms_ceil(e.reset_after_ns),
+                retry_after_ms: ns_to_ms_ceil(e.retry_after_ns),
+            })
+            .collect();
+        CheckResponse { admitted, limits }
+    }
+}
+
+impl Meter {
+    fn find(&self, limit: &Limit) -> Option<&Metered> {
+        self.limits.iter().find(|m| m.limit.name == limit.name && m.limit.fingerprint == limit.fingerprint)
+    }
+}
+
+impl State {
+    fn sweep_if_due(&mut self, now: Nanos) {
+        if self.meters.len() < self.sweep_at.max(MIN_SWEEP_AT) {
+            return;
+        }
+        self.meters.retain(|_, m| m.idle_at > now);
+        self.sweep_at = self.meters.len().saturating_mul(2);
+    }
+}
+
+impl Store for MemoryStore {
+    async fn check(&self, check: &Check) -> Result<CheckResponse, StoreError> {
+        Ok(self.check_now(check, self.clock.now()))
+    }
+
+    async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
+        let now = self.clock.now();
+        let state = self.lock();
+        let Some(meter) = state.meters.get(key).filter(|m| m.idle_at > now) else {
+            return Ok(Vec::new());
+        };
+        Ok(meter.limits.iter().map(|m| usage_of(&m.limit, m.state, now)).collect())
+    }
+
+    async fn create_key(&self, record: &KeyRecord) -> Result<Created, StoreError> {
+        let mut state = self.lock();
+        if state.hash_by_id.contains_key(&record.id) {
+            return Ok(Created::IdTaken);
+        }
+        state.hash_by_id.insert(record.id.clone(), record.sha256.clone());
+        state.keys_by_hash.insert(record.sha256.clone(), record.clone());
+        Ok(Created::Stored)
+    }
+
+    async fn find_key(&self, sha256: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.lock().keys_by_hash.get(sha256).cloned())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.lock().keys_by_hash.values().cloned().collect())
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some(sha256) = state.hash_by_id.remove(id) else {
+            return Ok(false);
+        };
+        state.keys_by_hash.remove(&sha256);
+        Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::quota::LimitSpec;
+
+    fn check(key: &str, limits: &[&str]) -> Check {
+        let limits = limits
+            .iter()
+            .enumerate()
+            .map(|(i, json)| {
+                serde_json::from_str::<LimitSpec>(json).unwrap().to_limit(&format!("limits[{i}]")).unwrap()
+            })
+            .collect();
+        Check { key: key.into(), cost: 1, limits }
+    }
+
+    #[test]
+    fn idle_meters_are_swept_once_the_map_grows() {
+        let clock = ManualClock::starting_at(Nanos::from_secs(1_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        for i in 0..MIN_SWEEP_AT {
+            store.check_now(
+                &check(&format!("free/ip:{i}"), &[r#"{"name":"s","limit":1,"window_secs":1}"#]),
+                clock.now(),
+            );
+        }
+        assert_eq!(store.lock().meters.len(), MIN_SWEEP_AT);
+        clock.advance(Duration::from_secs(2));
+        store.check_now(&check("free/ip:new", &[r#"{"name":"s","limit":1,"window_secs":1}"#]), clock.now());
+        assert_eq!(store.lock().meters.len(), 1, "every idle meter is gone, the new one stays");
+    }
+
+    #[test]
+    fn a_changed_definition_replaces_the_stored_limit() {
+        let clock = ManualClock::starting_at(Nanos::from_secs(1_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        let old = check("k/key:a", &[r#"{"name":"d","algorithm":"fixed_window","limit":1,"window_secs":60}"#]);
+        assert!(store.check_now(&old, clock.now()).admitted);
+        assert!(!store.check_now(&old, clock.now()).admitted);
+        let new = check("k/key:a", &[r#"{"name":"d","algorithm":"fixed_window","limit":2,"window_secs":60}"#]);
+        assert!(store.check_now(&new, clock.now()).admitted);
+        assert_eq!(store.lock().meters.get("k/key:a").unwrap().limits.len(), 1);
+    }
+}

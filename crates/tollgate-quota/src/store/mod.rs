@@ -1,0 +1,274 @@
+//! Where counts and API keys live: one [`Store`] trait, a memory backend for a single
+//! instance and tests, and a Redis backend (one server or a cluster) for replicas.
+
+pub mod memory;
+pub mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::config::{Algorithm, Limit, LimitKind};
+use tollgate_core::limit::{evaluate, LimitState};
+use tollgate_core::quota::{CheckResponse, UsageLimit};
+use tollgate_core::Nanos;
+
+pub use self::memory::{ManualClock, MemoryStore};
+pub use self::redis::RedisStore;
+
+/// A validated `/v1/check` request.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The metered key, `<tier>/key:<id>` or `<tier>/ip:<network>`.
+    pub key: String,
+    pub cost: u64,
+    /// At least one, names unique, in request order.
+    pub limits: Vec<Limit>,
+}
+
+/// An API key as stored: never the token, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    /// Lower-case hex of SHA-256(token).
+    pub sha256: String,
+    pub tier: String,
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// Whether [`Store::create_key`] stored the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Stored,
+    /// Another key has this id already; nothing was written.
+    IdTaken,
+}
+
+/// The operations of the service on its state. Every call is one decision or one lookup;
+/// implementations are shared by all requests (`&self`) and never block the runtime.
+pub trait Store: Send + Sync + 'static {
+    /// One all-or-nothing decision: admitted only if every limit admits, and then every
+    /// limit is charged `cost`; otherwise nothing is charged.
+    fn check(&self, check: &Check) -> impl Future<Output = Result<CheckResponse, StoreError>> + Send;
+
+    /// Every limit stored for a metered key, as of now; empty when nothing is held.
+    fn usage(&self, key: &str) -> impl Future<Output = Result<Vec<UsageLimit>, StoreError>> + Send;
+
+    fn create_key(&self, record: &KeyRecord) -> impl Future<Output = Result<Created, StoreError>> + Send;
+
+    /// The key whose token hashes to `sha256` (lower-case hex).
+    fn find_key(&self, sha256: &str) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    fn list_keys(&self) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// Removes a key; false if no key has this id.
+    fn revoke_key(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Succeeds when the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A store that failed. `transient` errors (connection lost, timeout, cluster
+/// reconfiguring) are worth retrying soon; the others need an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub transient: bool,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        StoreError { transient: true, message: message.into() }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StoreError { transient: false, message: message.into() }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// `--store`: `memory`, `redis://host:port/db` or `redis+cluster://host1:port1,host2:port2`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Memory,
+    /// A `redis://` (or `rediss://`) URL, as the redis crate reads it.
+    Redis(String),
+    /// One `redis://` URL per seed node.
+    Cluster(Vec<String>),
+}
+
+impl FromStr for StoreLocation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "memory" {
+            return Ok(StoreLocation::Memory);
+        }
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            return Ok(StoreLocation::Redis(s.to_owned()));
+        }
+        if let Some(rest) = s.strip_prefix("redis+cluster://") {
+            // Credentials, if any, come once before the node list and apply to every node.
+            let (auth, nodes) = match rest.rsplit_once('@') {
+                Some((auth, nodes)) => (format!("{auth}@"), nodes),
+                None => (String::new(), rest),
+            };
+            let nodes: Vec<String> = nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{auth}{n}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err("redis+cluster:// needs at least one host:port".to_owned());
+            }
+            return Ok(StoreLocation::Cluster(nodes));
+        }
+        Err(format!(
+            "expected `memory`, `redis://host:port/db` or `redis+cluster://host1:port1,host2:port2`, got {:?}",
+            redact(s)
+        ))
+    }
+}
+
+/// Shown in logs: the location without any password.
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Memory => f.write_str("memory"),
+            StoreLocation::Redis(url) => f.write_str(&redact(url)),
+            StoreLocation::Cluster(nodes) => {
+                let hosts: Vec<String> =
+                    nodes.iter().map(|n| redact(n).trim_start_matches("redis://").to_owned()).collect();
+                write!(f, "redis+cluster://{}", hosts.join(","))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `scheme://user:password@host/...` → `scheme://host/...`.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A limit's definition as stored next to its counts: enough to rebuild the limit.
+pub(crate) fn definition(limit: &Limit) -> String {
+    match limit.kind {
+        LimitKind::TokenBucket { capacity, .. } => format!("t:{}:{}:{capacity}", limit.quota, limit.window.secs),
+        LimitKind::FixedWindow { .. } => format!("f:{}:{}", limit.quota, limit.window.secs),
+    }
+}
+
+/// The inverse of [`definition`]; `None` for text that no version of it wrote.
+pub(crate) fn limit_from_definition(name: &str, definition: &str) -> Option<Limit> {
+    let mut parts = definition.split(':');
+    let algorithm = parts.next()?;
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let window_secs: u64 = parts.next()?.parse().ok()?;
+    let (algorithm, burst) = match algorithm {
+        "t" => {
+            let capacity: u64 = parts.next()?.parse().ok()?;
+            (Algorithm::TokenBucket, (capacity != quota).then_some(capacity))
+        }
+        "f" => (Algorithm::FixedWindow, None),
+        _ => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    tollgate_core::config::limit_from_parts("stored", name, quota, window_secs, algorithm, burst).ok()
+}
+
+/// What a stored limit looks like at `now`: counts, units left, time to full.
+pub(crate) fn usage_of(limit: &Limit, state: LimitState, now: Nanos) -> UsageLimit {
+    let e = evaluate(limit, Some(state), now, 0);
+    let (algorithm, burst) = match limit.kind {
+        LimitKind::TokenBucket { .. } => (Algorithm::TokenBucket, limit.burst()),
+        LimitKind::FixedWindow { .. } => (Algorithm::FixedWindow, None),
+    };
+    let used = match limit.kind {
+        LimitKind::TokenBucket { capacity, .. } => capacity.saturating_sub(e.remaining),
+        LimitKind::FixedWindow { .. } => limit.quota.saturating_sub(e.remaining),
+    };
+    UsageLimit {
+        name: limit.name.clone(),
+        algorithm,
+        limit: limit.quota,
+        window_secs: limit.window.secs,
+        burst,
+        used,
+        remaining: e.remaining,
+        reset_after_ms: ns_to_ms_ceil(e.reset_after_ns),
+    }
+}
+
+/// Durations on the wire are whole milliseconds, rounded up: a caller that waits as
+/// told is never early.
+pub(crate) fn ns_to_ms_ceil(ns: u64) -> u64 {
+    ns.div_ceil(1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::quota::LimitSpec;
+
+    fn limit(json: &str) -> Limit {
+        serde_json::from_str::<LimitSpec>(json).unwrap().to_limit("limits[0]").unwrap()
+    }
+
+    #[test]
+    fn definitions_round_trip() {
+        for json in [
+            r#"{"name":"rpm","limit":100,"window_secs":60,"burst":20}"#,
+            r#"{"name":"rpm","limit":100,"window_secs":60}"#,
+            r#"{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":86400}"#,
+        ] {
+            let l = limit(json);
+            let back = limit_from_definition(&l.name, &definition(&l)).unwrap();
+            assert_eq!(
+                (back.kind, back.quota, back.window.secs, back.fingerprint),
+                (l.kind, l.quota, l.window.secs, l.fingerprint)
+            );
+        }
+        assert!(limit_from_definition("x", "t:1:2").is_none());
+        assert!(limit_from_definition("x", "f:1:2:3").is_none());
+        assert!(limit_from_definition("x", "q:1:2").is_none());
+    }
+
+    #[test]
+    fn store_locations_parse_and_hide_passwords() {
+        assert_eq!("memory".parse::<StoreLocation>().unwrap(), StoreLocation::Memory);
+        let single: StoreLocation = "redis://:secret@10.0.0.1:6380/2".parse().unwrap();
+        assert_eq!(single, StoreLocation::Redis("redis://:secret@10.0.0.1:6380/2".into()));
+        assert_eq!(single.to_string(), "redis://10.0.0.1:6380/2");
+        let cluster: StoreLocation = "redis+cluster://u:pw@a:7000, b:7001".parse().unwrap();
+        assert_eq!(cluster, StoreLocation::Cluster(vec!["redis://u:pw@a:7000".into(), "redis://u:pw@b:7001".into()]));
+        assert_eq!(cluster.to_string(), "redis+cluster://a:7000,b:7001");
+        assert!("redis+cluster://".parse::<StoreLocation>().is_err());
+        let err = "postgres://u:pw@h/db".parse::<StoreLocation>().unwrap_err();
+        assert!(!err.contains("pw"), "{err}");
+    }
+}

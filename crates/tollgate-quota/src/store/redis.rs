@@ -1,0 +1,324 @@
+//! The Redis backend: one server through a `ConnectionManager` (multiplexed, reconnects by
+//! itself) or a cluster through the redis crate's async cluster connection.
+//!
+//! Keys:
+//! - `tg:{<metered key>}`: hash, field = limit name, value = "<definition> <a> <b>", written
+//!   only by `lua/check.lua`; it expires when every limit in it is full again.
+//! - `tg:apikey:<sha256>`: string, the key's record as JSON (what `verify` reads).
+//! - `tg:apikeys`: hash, id → the same JSON (what `list` and `revoke` read).
+//!
+//! Every command touches one key, so each works on a cluster. A key is created index first,
+//! lookup second, and revoked lookup first: a failure in between can leave a listed key that
+//! does not verify (revoking it again cleans up), never a key that verifies but is not listed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Script, Value};
+use tokio::sync::OnceCell;
+use tollgate_core::config::{Limit, LimitKind};
+use tollgate_core::limit::LimitState;
+use tollgate_core::quota::{CheckResponse, LimitResult, UsageLimit};
+use tollgate_core::Nanos;
+
+use super::{definition, limit_from_definition, usage_of, Check, Created, KeyRecord, Store, StoreError, StoreLocation};
+
+const KEY_INDEX: &str = "tg:apikeys";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct RedisStore {
+    connection: Connection,
+    check_script: Script,
+    usage_script: Script,
+}
+
+enum Connection {
+    Single(ConnectionManager),
+    /// Connected on first use, so that the service starts (and reports not ready) while
+    /// the cluster is down.
+    Cluster {
+        client: Box<ClusterClient>,
+        connection: OnceCell<ClusterConnection>,
+    },
+}
+
+impl RedisStore {
+    /// Prepares the connection; nothing is sent until the first command, so a store
+    /// that is down makes the service unready rather than failing its start.
+    pub fn open(location: &StoreLocation) -> Result<RedisStore, StoreError> {
+        let connection = match location {
+            StoreLocation::Memory => return Err(StoreError::permanent("`memory` is not a Redis location")),
+            StoreLocation::Redis(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(invalid_location)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                Connection::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid_location)?)
+            }
+            StoreLocation::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(2)
+                    .build()
+                    .map_err(invalid_location)?;
+                Connection::Cluster { client: Box::new(client), connection: OnceCell::new() }
+            }
+        };
+        Ok(RedisStore {
+            connection,
+            check_script: Script::new(include_str!("../../lua/check.lua")),
+            usage_script: Script::new(include_str!("../../lua/usage.lua")),
+        })
+    }
+
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        match &self.connection {
+            Connection::Single(manager) => Ok(Conn::Single(manager.clone())),
+            Connection::Cluster { client, connection } => connection
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .map(|c| Conn::Cluster(c.clone()))
+                .map_err(store_error),
+        }
+    }
+
+    /// Runs `op`, once more if the connection turned out to be dead (the connection
+    /// manager reconnects meanwhile). The only way a retried check counts twice is a Redis
+    /// that ran the script and died before answering: the caller then pays one extra unit.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match op(self.connection().await?).await {
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                op(self.connection().await?).await.map_err(store_error)
+            }
+            result => result.map_err(store_error),
+        }
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.run(|mut c| async move { cmd.query_async(&mut c).await }).await
+    }
+}
+
+/// A limit as check.lua runs it: (x, y) arguments, see the script's header.
+fn script_arguments(limit: &Limit) -> (u64, u64) {
+    match limit.kind {
+        LimitKind::TokenBucket { capacity, .. } => {
+            let (interval_us, depth_us) = micro_bucket(limit.window.secs, limit.quota, capacity);
+            (interval_us, depth_us)
+        }
+        LimitKind::FixedWindow { .. } => (limit.window.secs.saturating_mul(1_000_000), limit.quota),
+    }
+}
+
+/// GCRA's emission interval and bucket depth in whole microseconds (the core's are in
+/// nanoseconds; rounding the interval up keeps "never more than `limit` per window").
+fn micro_bucket(window_secs: u64, quota: u64, capacity: u64) -> (u64, u64) {
+    let interval_us = window_secs.saturating_mul(1_000_000).div_ceil(quota.max(1));
+    (interval_us, interval_us.saturating_mul(capacity))
+}
+
+/// The limit with the script's microsecond arithmetic, for `evaluate` on stored state.
+fn as_scripted(limit: Limit) -> Limit {
+    match limit.kind {
+        LimitKind::TokenBucket { capacity, .. } => {
+            let (interval_us, depth_us) = micro_bucket(limit.window.secs, limit.quota, capacity);
+            let kind = LimitKind::TokenBucket {
+                capacity,
+                interval_ns: interval_us.saturating_mul(1000),
+                depth_ns: depth_us.saturating_mul(1000),
+            };
+            Limit { kind, ..limit }
+        }
+        LimitKind::FixedWindow { .. } => limit,
+    }
+}
+
+fn meter_key(key: &str) -> String {
+    format!("tg:{{{key}}}")
+}
+
+fn lookup_key(sha256: &str) -> String {
+    format!("tg:apikey:{sha256}")
+}
+
+fn micros_to_ms_ceil(us: i64) -> u64 {
+    u64::try_from(us).unwrap_or(0).div_ceil(1000)
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    let transient = !matches!(e.retry_method(), RetryMethod::NoRetry);
+    StoreError { transient, message: format!("redis: {e}") }
+}
+
+fn invalid_location(e: RedisError) -> StoreError {
+    StoreError::permanent(format!("invalid Redis location: {e}"))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::permanent(format!("redis: unexpected {what}"))
+}
+
+impl Store for RedisStore {
+    async fn check(&self, check: &Check) -> Result<CheckResponse, StoreError> {
+        let mut invocation = self.check_script.prepare_invoke();
+        invocation.key(meter_key(&check.key)).arg(check.cost);
+        for limit in &check.limits {
+            let (x, y) = script_arguments(limit);
+            invocation.arg(&limit.name).arg(definition(limit)).arg(x).arg(y);
+        }
+        let invocation = &invocation;
+        let reply: Vec<i64> = self.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+        let (Some(&admitted), Some(per_limit)) = (reply.first(), reply.get(1..)) else {
+            return Err(corrupt("reply from check.lua"));
+        };
+        if per_limit.len() != 4 * check.limits.len() {
+            return Err(corrupt("reply from check.lua"));
+        }
+        let limits = check
+            .limits
+            .iter()
+            .zip(per_limit.chunks_exact(4))
+            .map(|(limit, r)| match *r {
+                [admitted, remaining, reset_after_us, retry_after_us] => Ok(LimitResult {
+                    name: limit.name.clone(),
+                    admitted: admitted == 1,
+                    remaining: u64::try_from(remaining).unwrap_or(0),
+                    reset_after_ms: micros_to_ms_ceil(reset_after_us),
+                    retry_after_ms: micros_to_ms_ceil(retry_after_us),
+                }),
+                _ => Err(corrupt("reply from check.lua")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CheckResponse { admitted: admitted == 1, limits })
+    }
+
+    async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
+        let mut invocation = self.usage_script.prepare_invoke();
+        invocation.key(meter_key(key));
+        let invocation = &invocation;
+        let reply: Vec<String> = self.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+        let [secs, micros, fields @ ..] = reply.as_slice() else {
+            return Err(corrupt("reply from usage.lua"));
+        };
+        let (Ok(secs), Ok(micros)) = (secs.parse::<u64>(), micros.parse::<u64>()) else {
+            return Err(corrupt("TIME"));
+        };
+        let now_us = secs.saturating_mul(1_000_000).saturating_add(micros);
+        let now = Nanos(now_us.saturating_mul(1000));
+        let mut usage = Vec::new();
+        for pair in fields.chunks_exact(2) {
+            let [name, value] = pair else { continue };
+            let mut parts = value.split(' ');
+            let (Some(def), Some(a), Some(b)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(corrupt("value in a meter hash"));
+            };
+            let (Some(limit), Ok(a), Ok(b)) = (limit_from_definition(name, def), a.parse::<u64>(), b.parse::<u64>())
+            else {
+                return Err(corrupt("value in a meter hash"));
+            };
+            let limit = as_scripted(limit);
+            let state = match limit.kind {
+                LimitKind::TokenBucket { .. } => LimitState { a: a.saturating_mul(1000), b },
+                LimitKind::FixedWindow { .. } => LimitState { a, b },
+            };
+            usage.push(usage_of(&limit, state, now));
+        }
+        usage.sort_by(|x, y| x.name.cmp(&y.name));
+        Ok(usage)
+    }
+
+    async fn create_key(&self, record: &KeyRecord) -> Result<Created, StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::permanent(e.to_string()))?;
+        let stored: bool = self.query(redis::cmd("HSETNX").arg(KEY_INDEX).arg(&record.id).arg(&json)).await?;
+        if !stored {
+            return Ok(Created::IdTaken);
+        }
+        self.query::<()>(redis::cmd("SET").arg(lookup_key(&record.sha256)).arg(&json)).await?;
+        Ok(Created::Stored)
+    }
+
+    async fn find_key(&self, sha256: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let json: Option<String> = self.query(redis::cmd("GET").arg(lookup_key(sha256))).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|_| corrupt("API key record"))).transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let entries: HashMap<String, String> = self.query(redis::cmd("HGETALL").arg(KEY_INDEX)).await?;
+        entries.values().map(|json| serde_json::from_str(json).map_err(|_| corrupt("API key record"))).collect()
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let json: Option<String> = self.query(redis::cmd("HGET").arg(KEY_INDEX).arg(id)).await?;
+        let Some(json) = json else {
+            return Ok(false);
+        };
+        let record: KeyRecord = serde_json::from_str(&json).map_err(|_| corrupt("API key record"))?;
+        self.query::<()>(redis::cmd("DEL").arg(lookup_key(&record.sha256))).await?;
+        self.query::<()>(redis::cmd("HDEL").arg(KEY_INDEX).arg(id)).await?;
+        Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<()>(&redis::cmd("PING")).await
+    }
+}
+
+/// One connection handle, standalone or cluster (both multiplexed and cheap to clone).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microsecond_buckets_round_the_interval_up() {
+        assert_eq!(micro_bucket(60, 600, 20), (100_000, 2_000_000));
+        assert_eq!(micro_bucket(1, 3, 3), (333_334, 1_000_002));
+        assert_eq!(meter_key("free/ip:203.0.113.7/32"), "tg:{free/ip:203.0.113.7/32}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Wire requests in, validated values out; every error names the field it is about.
+
+use tollgate_core::config::{MAX_LIMITS_PER_TIER, MAX_QUANTITY};
+use tollgate_core::quota::CheckRequest;
+
+use crate::error::ApiError;
+use crate::store::Check;
+
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Validates a `/v1/check` request the way the filter validates its config.
+pub fn check(request: CheckRequest) -> Result<Check, ApiError> {
+    metered_key(&request.key, "key")?;
+    if request.cost > MAX_QUANTITY {
+        return Err(ApiError::invalid("cost", format!("expected a whole number from 0 to {MAX_QUANTITY}")));
+    }
+    let count = request.limits.len();
+    if !(1..=MAX_LIMITS_PER_TIER).contains(&count) {
+        return Err(ApiError::invalid("limits", format!("expected 1 to {MAX_LIMITS_PER_TIER} limits, got {count}")));
+    }
+    let mut limits = Vec::with_capacity(count);
+    for (i, spec) in request.limits.iter().enumerate() {
+        let path = format!("limits[{i}]");
+        let limit = spec.to_limit(&path).map_err(|e| ApiError::invalid(&e.path, e.message))?;
+        if let Some(first) = limits.iter().position(|l: &tollgate_core::config::Limit| l.name == limit.name) {
+            return Err(ApiError::invalid(
+                &format!("{path}.name"),
+                format!("duplicate limit name {:?} (also limits[{first}])", limit.name),
+            ));
+        }
+        if request.cost > limit.capacity() {
+            return Err(ApiError::invalid(
+                "cost",
+                format!(
+                    "{} exceeds the capacity {} of {path} ({:?}): such a request could never be admitted",
+                    request.cost,
+                    limit.capacity(),
+                    limit.name
+                ),
+            ));
+        }
+        limits.push(limit);
+    }
+    Ok(Check { key: request.key, cost: request.cost, limits })
+}
+
+/// A metered key: `<tier>/<caller>`, 1 to 256 visible ASCII characters without braces
+/// (they would change the key's Redis Cluster hash tag).
+pub fn metered_key(key: &str, path: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::invalid(path, format!("expected 1 to {MAX_KEY_BYTES} bytes, got {}", key.len())));
+    }
+    if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic() || *c == '{' || *c == '}') {
+        return Err(ApiError::invalid(
+            path,
+            format!("expected visible ASCII characters other than braces, got {bad:?}"),
+        ));
+    }
+    let tier = tier_of(key);
+    if !is_tier_name(tier) || tier.len() == key.len() {
+        return Err(ApiError::invalid(
+            path,
+            "expected `<tier>/<caller>` (like `free/ip:203.0.113.7/32`), the tier matching [a-z0-9_-]{1,32}",
+        ));
+    }
+    Ok(())
+}
+
+/// The tier part of a metered key: everything before the first `/`.
+pub fn tier_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(tier, _)| tier)
+}
+
+/// `[a-z0-9_-]{1,32}`, as tier names are in the filter's config.
+pub fn is_tier_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A SHA-256 in hex: 64 hex digits, returned lower-case.
+pub fn sha256_hex(value: &str, path: &str) -> Result<String, ApiError> {
+    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(ApiError::invalid(path, "expected 64 hex digits (the SHA-256 of the token)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> CheckRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn message(json: &str) -> String {
+        check(request(json)).unwrap_err().message
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let ok = r#"{"name":"a","limit":5,"window_secs":60}"#;
+        assert!(message(&format!(r#"{{"key":"","cost":1,"limits":[{ok}]}}"#)).starts_with("key: "));
+        assert!(message(&format!(r#"{{"key":"{}","cost":1,"limits":[{ok}]}}"#, "f/".repeat(200)))
+            .starts_with("key: expected 1 to 256 bytes"));
+        assert!(message(&format!(r#"{{"key":"free","cost":1,"limits":[{ok}]}}"#)).starts_with("key: expected `<tier>/"));
+        assert!(message(&format!(r#"{{"key":"Free/ip:1","cost":1,"limits":[{ok}]}}"#)).starts_with("key: "));
+        assert!(message(&format!(r#"{{"key":"f/{{x}}","cost":1,"limits":[{ok}]}}"#)).starts_with("key: "));
+        assert!(message(&format!(r#"{{"key":"f/a","cost":1000000001,"limits":[{ok}]}}"#)).starts_with("cost: "));
+        assert!(message(r#"{"key":"f/a","cost":1,"limits":[]}"#).starts_with("limits: expected 1 to 16"));
+        let many = vec![ok; 17].join(",");
+        assert!(message(&format!(r#"{{"key":"f/a","cost":1,"limits":[{many}]}}"#)).starts_with("limits: "));
+        assert!(message(&format!(
+            r#"{{"key":"f/a","cost":1,"limits":[{ok},{{"name":"b","limit":5,"window_secs":0}}]}}"#
+        ))
+        .starts_with("limits[1].window: "));
+        assert!(message(&format!(r#"{{"key":"f/a","cost":1,"limits":[{ok},{ok}]}}"#))
+            .starts_with("limits[1].name: duplicate limit name \"a\" (also limits[0])"));
+        assert!(message(&format!(r#"{{"key":"f/a","cost":6,"limits":[{ok}]}}"#)).starts_with("cost: 6 exceeds"));
+    }
+
+    #[test]
+    fn valid_requests_pass() {
+        let c = check(request(
+            r#"{"key":"free/ip:2001:db8::/64","cost":0,"limits":[{"name":"a","limit":5,"window_secs":60}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(tier_of(&c.key), "free");
+        assert_eq!(sha256_hex(&"AB".repeat(32), "sha256").unwrap(), "ab".repeat(32));
+        assert!(sha256_hex("abc", "sha256").is_err());
+    }
+}
