@@ -38,5 +38,9 @@ check-config: ## Check a plugin config: make check-config FILE=path
 	@test -n "$(FILE)" || { echo 'usage: make check-config FILE=path'; exit 2; }
 	cargo run -q -p tollgate-core --bin check-config -- $(FILE)
 
+.PHONY: oci
+oci: wasm ## Package the filter as an OCI image for Istio (target/oci); prints the push command and digest
+	@scripts/oci.sh
+
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean
