@@ -1,0 +1,34 @@
+//! The scenario suite on a real three-master Redis Cluster made for the test.
+
+use std::sync::Arc;
+
+use tollgate_quota::store::{RedisStore, Store};
+
+use crate::redis_server::RedisCluster;
+use crate::scenarios::{self, check, unique_key, Fixture, TestTime};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_holds_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::open(&cluster.location().parse().unwrap()).unwrap();
+    let f = Fixture { store: Arc::new(store), time: TestTime::real() };
+    scenarios::run_all(&f).await;
+
+    // Metered keys spread over the masters, and each multi-limit check stays on one.
+    let limits = r#"[{"name":"a","algorithm":"fixed_window","limit":5,"window_secs":60},
+                     {"name":"b","limit":10,"window_secs":1}]"#;
+    for _ in 0..30 {
+        assert!(f.store.check(&check(&unique_key("free"), 1, limits)).await.unwrap().admitted);
+    }
+    let holding = cluster.nodes.iter().filter(|n| n.cli(&["DBSIZE"]).trim() != "0").count();
+    assert!(holding >= 2, "keys on {holding} of 3 masters");
+
+    // NOSCRIPT on every master is survived.
+    for node in &cluster.nodes {
+        assert_eq!(node.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    }
+    for _ in 0..10 {
+        assert!(f.store.check(&check(&unique_key("free"), 1, limits)).await.unwrap().admitted);
+    }
+    f.store.ping().await.unwrap();
+}

@@ -1,0 +1,127 @@
+//! The scenario suite on a real `redis-server`, and what only Redis has: key layout,
+//! TTLs, NOSCRIPT after `SCRIPT FLUSH`, restarts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate_quota::keys;
+use tollgate_quota::store::{RedisStore, Store};
+
+use crate::redis_server::RedisServer;
+use crate::scenarios::{check, unique_key, Fixture, TestTime};
+
+pub async fn fixture() -> (Fixture<RedisStore>, RedisServer) {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url().parse().unwrap()).unwrap();
+    (Fixture { store: Arc::new(store), time: TestTime::real() }, server)
+}
+
+crate::scenario_tests!(fixture().await);
+
+fn meter_key(key: &str) -> String {
+    format!("tg:{{{key}}}")
+}
+
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    server.cli(&["PTTL", &meter_key(key)]).trim().parse().unwrap()
+}
+
+const MINUTE: &str = r#"{"name":"minute","algorithm":"fixed_window","limit":5,"window_secs":60}"#;
+/// One token every 100 ms.
+const RPS: &str = r#"{"name":"rps","limit":10,"window_secs":1}"#;
+
+#[tokio::test]
+async fn the_ttl_is_the_time_until_every_limit_is_full_again() {
+    let (f, server) = fixture().await;
+    let key = unique_key("free");
+    let sent = Instant::now();
+    let r = f.store.check(&check(&key, 1, &format!("[{MINUTE},{RPS}]"))).await.unwrap();
+    let ttl = pttl(&server, &key);
+    let elapsed = i64::try_from(sent.elapsed().as_millis()).unwrap();
+    let minute_full_in = i64::try_from(r.limits[0].reset_after_ms).unwrap();
+    assert!(
+        ttl <= minute_full_in && ttl >= minute_full_in - elapsed - 1,
+        "PTTL {ttl} ms; the minute window is full again in {minute_full_in} ms"
+    );
+
+    // A request that touches only the short limit does not shorten the key's life.
+    assert!(f.store.check(&check(&key, 1, &format!("[{RPS}]"))).await.unwrap().admitted);
+    assert!(pttl(&server, &key) > 1000);
+
+    // A bucket alone lives as long as its debt: 3 tokens = 300 ms, then the key is gone.
+    let bucket_key = unique_key("free");
+    assert!(f.store.check(&check(&bucket_key, 3, &format!("[{RPS}]"))).await.unwrap().admitted);
+    let ttl = pttl(&server, &bucket_key);
+    assert!((1..=300).contains(&ttl), "PTTL {ttl}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.cli(&["EXISTS", &meter_key(&bucket_key)]).trim(), "0", "idle keys disappear");
+    assert!(f.store.usage(&bucket_key).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_metered_key_is_one_hash_under_its_hash_tag_and_tokens_are_never_stored() {
+    let (f, server) = fixture().await;
+    let key = "free/ip:203.0.113.7/32";
+    f.store.check(&check(key, 1, &format!("[{MINUTE},{RPS}]"))).await.unwrap();
+    assert_eq!(server.cli(&["KEYS", "*"]).trim(), "tg:{free/ip:203.0.113.7/32}");
+    assert_eq!(server.cli(&["TYPE", &meter_key(key)]).trim(), "hash");
+    let fields = server.cli(&["HGETALL", &meter_key(key)]);
+    let lines: Vec<&str> = fields.lines().collect();
+    let value_of = |name: &str| lines[lines.iter().position(|l| *l == name).unwrap() + 1];
+    assert!(value_of("minute").starts_with("f:5:60 "), "{fields}");
+    assert!(value_of("rps").starts_with("t:10:1:10 "), "{fields}");
+
+    let created = keys::store_key(f.store.as_ref(), keys::new_key("premium", "acme").unwrap()).await.unwrap();
+    let sha256 = keys::sha256_hex(created.token.as_bytes());
+    let mut all_keys: Vec<String> = server.cli(&["KEYS", "*"]).lines().map(str::to_owned).collect();
+    all_keys.sort();
+    assert_eq!(all_keys, ["tg:apikey:".to_owned() + &sha256, "tg:apikeys".to_owned(), meter_key(key)]);
+    let stored = server.cli(&["GET", &format!("tg:apikey:{sha256}")]) + &server.cli(&["HGETALL", "tg:apikeys"]);
+    assert!(stored.contains(&created.id) && stored.contains(&sha256));
+    assert!(!stored.contains(&created.token), "only the token's SHA-256 is stored");
+}
+
+#[tokio::test]
+async fn noscript_after_a_script_flush_is_survived() {
+    let (f, server) = fixture().await;
+    let key = unique_key("free");
+    let c = check(&key, 1, &format!("[{MINUTE}]"));
+    assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, 4);
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, 3, "reloaded, and the counts are intact");
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    assert_eq!(f.store.usage(&key).await.unwrap()[0].used, 2);
+}
+
+#[tokio::test]
+async fn a_redis_restart_is_survived() {
+    let (f, mut server) = fixture().await;
+    let key = unique_key("free");
+    let c = check(&key, 1, &format!("[{MINUTE}]"));
+    assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, 4);
+
+    server.restart();
+    // The old connection is dead; the store reconnects and retries by itself.
+    let r = f.store.check(&c).await.expect("the first check after the restart succeeds");
+    assert_eq!(r.limits[0].remaining, 4, "Redis came back empty (no persistence): counting starts again");
+    for expected in (0..4).rev() {
+        assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, expected);
+    }
+    f.store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_redis_is_a_transient_error_until_it_is_back() {
+    let (f, mut server) = fixture().await;
+    f.store.ping().await.unwrap();
+    server.kill();
+    let started = Instant::now();
+    let error = f.store.ping().await.unwrap_err();
+    assert!(error.transient, "{error:?}");
+    let c = check(&unique_key("free"), 1, &format!("[{MINUTE}]"));
+    assert!(f.store.check(&c).await.unwrap_err().transient);
+    assert!(started.elapsed() < Duration::from_secs(5), "failures are quick: {:?}", started.elapsed());
+    server.restart();
+    f.store.ping().await.unwrap();
+    assert!(f.store.check(&c).await.unwrap().admitted);
+}

@@ -1,0 +1,329 @@
+//! The scenario suite, written once: every backend must pass all of it.
+//!
+//! Time: the memory store runs on a manual clock, so its numbers are exact; Redis takes
+//! time from its own `TIME`, so there the suite sleeps (at most a few hundred ms) and
+//! checks bounds computed from the elapsed time it measured around each request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tollgate_core::quota::{CheckRequest, CheckResponse, LimitResult, UsageLimit};
+use tollgate_quota::keys;
+use tollgate_quota::store::{Check, ManualClock, Store};
+use tollgate_quota::validate;
+
+/// A store under test and the clock it runs on.
+pub struct Fixture<S> {
+    pub store: Arc<S>,
+    pub time: TestTime,
+}
+
+pub enum TestTime {
+    Manual { clock: ManualClock, start: tollgate_core::Nanos },
+    Real { start: Instant },
+}
+
+impl TestTime {
+    pub fn real() -> TestTime {
+        TestTime::Real { start: Instant::now() }
+    }
+
+    /// Time since the fixture began.
+    pub fn now(&self) -> Duration {
+        match self {
+            TestTime::Manual { clock, start } => Duration::from_nanos(clock.now().0 - start.0),
+            TestTime::Real { start } => start.elapsed(),
+        }
+    }
+
+    pub async fn sleep(&self, duration: Duration) {
+        match self {
+            TestTime::Manual { clock, .. } => clock.advance(duration),
+            TestTime::Real { .. } => tokio::time::sleep(duration).await,
+        }
+    }
+}
+
+/// A metered key no other scenario (or earlier run on a shared store) uses.
+pub fn unique_key(tier: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{tier}/key:t{nanos}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A validated check from JSON limits, as `/v1/check` would pass it on.
+pub fn check(key: &str, cost: u64, limits: &str) -> Check {
+    let request: CheckRequest =
+        serde_json::from_str(&format!(r#"{{"key":{key:?},"cost":{cost},"limits":{limits}}}"#)).unwrap();
+    validate::check(request).unwrap()
+}
+
+async fn decide<S: Store>(f: &Fixture<S>, check: &Check) -> CheckResponse {
+    let response = f.store.check(check).await.unwrap();
+    assert_eq!(response.limits.len(), check.limits.len());
+    for (result, limit) in response.limits.iter().zip(&check.limits) {
+        assert_eq!(result.name, limit.name, "results come in request order");
+    }
+    response
+}
+
+fn named<'a>(response: &'a CheckResponse, name: &str) -> &'a LimitResult {
+    response.limits.iter().find(|l| l.name == name).unwrap()
+}
+
+fn usage_named<'a>(usage: &'a [UsageLimit], name: &str) -> &'a UsageLimit {
+    usage.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no usage for {name}: {usage:?}"))
+}
+
+/// 366 days: epoch-aligned windows this long do not roll over during a test.
+const LONG: u64 = 366 * 86_400;
+
+pub async fn fixed_window_admits_exactly_the_limit_then_refuses<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("free");
+    let c = check(&key, 1, &format!(r#"[{{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":{LONG}}}]"#));
+    for expected_remaining in (0..5).rev() {
+        let r = decide(f, &c).await;
+        assert!(r.admitted);
+        let day = &r.limits[0];
+        assert_eq!((day.admitted, day.remaining, day.retry_after_ms), (true, expected_remaining, 0));
+        assert!(day.reset_after_ms > 0 && day.reset_after_ms <= LONG * 1000);
+    }
+    let refused = decide(f, &c).await;
+    assert!(!refused.admitted);
+    let day = &refused.limits[0];
+    assert_eq!((day.admitted, day.remaining), (false, 0));
+    assert!(day.retry_after_ms > 0, "a refusal says when to retry");
+    assert_eq!(day.retry_after_ms, day.reset_after_ms, "a fixed window can be retried when it resets");
+    assert!(!decide(f, &c).await.admitted, "and it stays refused");
+
+    let other = check(
+        &unique_key("free"),
+        1,
+        &format!(r#"[{{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":{LONG}}}]"#),
+    );
+    assert_eq!(decide(f, &other).await.limits[0].remaining, 4, "another key has its own count");
+}
+
+pub async fn a_refused_request_consumes_nothing_from_any_limit<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("basic");
+    let wide = format!(r#"{{"name":"wide","algorithm":"fixed_window","limit":10,"window_secs":{LONG}}}"#);
+    // 1000 per 366 days: one token every 8.8 hours, so no refill during the test.
+    let bucket = format!(r#"{{"name":"bucket","limit":1000,"window_secs":{LONG},"burst":4}}"#);
+    let narrow = format!(r#"{{"name":"narrow","algorithm":"fixed_window","limit":2,"window_secs":{LONG}}}"#);
+    let all = check(&key, 1, &format!("[{wide},{bucket},{narrow}]"));
+    assert!(decide(f, &all).await.admitted);
+    assert!(decide(f, &all).await.admitted);
+
+    let refused = decide(f, &all).await;
+    assert!(!refused.admitted, "narrow is spent");
+    assert!(!named(&refused, "narrow").admitted);
+    assert!(named(&refused, "wide").admitted && named(&refused, "bucket").admitted, "the others alone would admit");
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!(usage_named(&usage, "wide").used, 2, "the refusal took nothing from wide");
+    assert_eq!(usage_named(&usage, "bucket").used, 2, "nor from the bucket");
+    assert_eq!(usage_named(&usage, "narrow").used, 2);
+
+    // Without narrow, the same request passes and finds both other limits as two requests left them.
+    let without_narrow = check(&key, 1, &format!("[{wide},{bucket}]"));
+    let r = decide(f, &without_narrow).await;
+    assert!(r.admitted);
+    assert_eq!((named(&r, "wide").remaining, named(&r, "bucket").remaining), (7, 1));
+
+    // A cost the bucket cannot pay is refused and takes nothing from wide either.
+    let expensive = check(&key, 3, &format!("[{wide},{bucket}]"));
+    let r = decide(f, &expensive).await;
+    assert!(!r.admitted && !named(&r, "bucket").admitted && named(&r, "wide").admitted);
+    let wide_only = check(&key, 1, &format!("[{wide}]"));
+    assert_eq!(decide(f, &wide_only).await.limits[0].remaining, 6);
+}
+
+pub async fn token_bucket_allows_a_burst_then_refills<S: Store>(f: &Fixture<S>) {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const BURST: u128 = 5;
+    let key = unique_key("pro");
+    // 10 per second, bursts of 5: one token every 100 ms, at most 5 stored.
+    let c = check(&key, 1, r#"[{"name":"rps","limit":10,"window_secs":1,"burst":5}]"#);
+    let sent_first = f.time.now();
+    let first = decide(f, &c).await;
+    let mut answered_last_admitted = f.time.now();
+    assert!(first.admitted);
+    assert_eq!(first.limits[0].remaining, 4);
+    assert!(first.limits[0].reset_after_ms <= 100);
+    let mut admitted_before = 1u128;
+    loop {
+        let r = decide(f, &c).await;
+        if !r.admitted {
+            let rps = &r.limits[0];
+            assert_eq!(rps.remaining, 0);
+            assert!((1..=100).contains(&rps.retry_after_ms), "{rps:?}");
+            assert!(rps.reset_after_ms <= 500, "{rps:?}");
+            break;
+        }
+        answered_last_admitted = f.time.now();
+        admitted_before += 1;
+        // More than the burst only if the requests took longer than an interval.
+        assert!(admitted_before <= BURST + (f.time.now() - sent_first).as_millis() / INTERVAL.as_millis());
+    }
+
+    f.time.sleep(Duration::from_millis(250)).await;
+    let sent_next = f.time.now();
+    let mut admitted = 0u128;
+    while admitted < 10 && decide(f, &c).await.admitted {
+        admitted += 1;
+    }
+    let answered_last = f.time.now();
+    // Each token comes back one interval after the last admitted request at the latest,
+    // and no more than burst + elapsed / interval requests can ever pass in all.
+    let surely = ((sent_next - answered_last_admitted).as_millis() / INTERVAL.as_millis()).min(BURST);
+    let at_most =
+        (BURST + (answered_last - sent_first).as_millis() / INTERVAL.as_millis() - admitted_before).min(BURST);
+    assert!(
+        (surely..=at_most).contains(&admitted),
+        "{admitted} admitted after the sleep; expected {surely}..={at_most}"
+    );
+}
+
+pub async fn concurrent_checks_admit_exactly_the_limit<S: Store>(f: &Fixture<S>) {
+    for limits in [
+        format!(r#"[{{"name":"day","algorithm":"fixed_window","limit":50,"window_secs":{LONG}}}]"#),
+        format!(r#"[{{"name":"bucket","limit":1000,"window_secs":{LONG},"burst":30}}]"#),
+    ] {
+        let c = Arc::new(check(&unique_key("free"), 1, &limits));
+        let capacity = c.limits[0].capacity();
+        let mut tasks = JoinSet::new();
+        for _ in 0..200 {
+            let (store, c) = (Arc::clone(&f.store), Arc::clone(&c));
+            tasks.spawn(async move { store.check(&c).await.unwrap().admitted });
+        }
+        let mut admitted = 0;
+        while let Some(result) = tasks.join_next().await {
+            admitted += u64::from(result.unwrap());
+        }
+        assert_eq!(admitted, capacity, "200 concurrent checks of {limits}");
+    }
+}
+
+pub async fn api_keys_are_created_verified_listed_and_revoked<S: Store>(f: &Fixture<S>) {
+    let store = f.store.as_ref();
+    let created = keys::store_key(store, keys::new_key("premium", "Acme Corp").unwrap()).await.unwrap();
+    let sha256 = keys::sha256_hex(created.token.as_bytes());
+    let found = store.find_key(&sha256).await.unwrap().expect("the new key verifies");
+    assert_eq!(
+        (found.id.as_str(), found.tier.as_str(), found.name.as_str()),
+        (created.id.as_str(), "premium", "Acme Corp")
+    );
+    assert_eq!(found.sha256, sha256);
+    assert!(store.find_key(&keys::sha256_hex(b"tg_unknown")).await.unwrap().is_none());
+
+    let listed = keys::list(store).await.unwrap();
+    let entry = listed.iter().find(|k| k.id == created.id).expect("the new key is listed");
+    assert_eq!(
+        (entry.tier.as_str(), entry.name.as_str(), entry.created_at),
+        ("premium", "Acme Corp", created.created_at)
+    );
+
+    assert!(store.revoke_key(&created.id).await.unwrap());
+    assert!(store.find_key(&sha256).await.unwrap().is_none(), "a revoked key no longer verifies");
+    assert!(!keys::list(store).await.unwrap().iter().any(|k| k.id == created.id));
+    assert!(!store.revoke_key(&created.id).await.unwrap(), "revoking twice finds nothing");
+}
+
+pub async fn usage_reports_what_was_counted<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("premium");
+    assert!(f.store.usage(&key).await.unwrap().is_empty(), "nothing is held for a new key");
+    let c = check(
+        &key,
+        2,
+        &format!(
+            r#"[{{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":{LONG}}},
+                {{"name":"bucket","limit":100,"window_secs":{LONG},"burst":10}}]"#
+        ),
+    );
+    assert!(decide(f, &c).await.admitted);
+    assert!(decide(f, &c).await.admitted);
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!(usage.len(), 2);
+    let day = usage_named(&usage, "day");
+    assert_eq!((day.used, day.remaining, day.limit, day.window_secs, day.burst), (4, 1, 5, LONG, None));
+    assert_eq!(day.algorithm, tollgate_core::config::Algorithm::FixedWindow);
+    assert!(day.reset_after_ms > 0);
+    let bucket = usage_named(&usage, "bucket");
+    assert_eq!((bucket.used, bucket.remaining, bucket.limit, bucket.burst), (4, 6, 100, Some(10)));
+    assert_eq!(bucket.algorithm, tollgate_core::config::Algorithm::TokenBucket);
+}
+
+pub async fn a_zero_cost_check_only_reads<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("free");
+    let limits = format!(r#"[{{"name":"day","algorithm":"fixed_window","limit":3,"window_secs":{LONG}}}]"#);
+    let read = decide(f, &check(&key, 0, &limits)).await;
+    assert!(read.admitted);
+    assert_eq!(read.limits[0].remaining, 3);
+    assert!(f.store.usage(&key).await.unwrap().is_empty(), "a read stores nothing");
+    assert!(decide(f, &check(&key, 1, &limits)).await.admitted);
+    assert_eq!(decide(f, &check(&key, 0, &limits)).await.limits[0].remaining, 2);
+    assert_eq!(usage_named(&f.store.usage(&key).await.unwrap(), "day").used, 1);
+}
+
+pub async fn a_changed_limit_starts_afresh<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("free");
+    let old =
+        check(&key, 1, &format!(r#"[{{"name":"day","algorithm":"fixed_window","limit":1,"window_secs":{LONG}}}]"#));
+    assert!(decide(f, &old).await.admitted);
+    assert!(!decide(f, &old).await.admitted);
+    let new =
+        check(&key, 1, &format!(r#"[{{"name":"day","algorithm":"fixed_window","limit":3,"window_secs":{LONG}}}]"#));
+    let r = decide(f, &new).await;
+    assert!(r.admitted);
+    assert_eq!(r.limits[0].remaining, 2, "the new definition does not inherit the old count");
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!((usage.len(), usage[0].limit, usage[0].used), (1, 3, 1));
+}
+
+/// Calls `$callback!($args; <every scenario name>)`: the one list of the suite.
+#[macro_export]
+macro_rules! with_every_scenario {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::$callback! {$($args)*;
+            fixed_window_admits_exactly_the_limit_then_refuses,
+            a_refused_request_consumes_nothing_from_any_limit,
+            token_bucket_allows_a_burst_then_refills,
+            concurrent_checks_admit_exactly_the_limit,
+            api_keys_are_created_verified_listed_and_revoked,
+            usage_reports_what_was_counted,
+            a_zero_cost_check_only_reads,
+            a_changed_limit_starts_afresh}
+    };
+}
+
+/// Stamps out one `#[tokio::test]` per scenario for a backend: `$fixture` is an async
+/// expression giving `(Fixture, guard)`; the guard (a Redis server, say) lives as long as the test.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($fixture:expr) => {
+        $crate::with_every_scenario!(scenario_tests!(@each $fixture));
+    };
+    (@each $fixture:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (fixture, _guard) = $fixture;
+                $crate::scenarios::$name(&fixture).await;
+            }
+        )*
+    };
+}
+
+#[macro_export]
+macro_rules! run_each_scenario {
+    ($fixture:expr; $($name:ident),*) => {$(
+        eprintln!("scenario: {}", stringify!($name));
+        $crate::scenarios::$name($fixture).await;
+    )*};
+}
+
+/// Every scenario in turn on one fixture (for a backend too costly to start per test).
+pub async fn run_all<S: Store>(f: &Fixture<S>) {
+    crate::with_every_scenario!(run_each_scenario!(f));
+}
