@@ -119,7 +119,7 @@ impl Metrics {
         registry.register("tollgate_quota_requests", "HTTP requests answered, by route and status", requests.clone());
         // Error counters exist from the start at 0, so that rates and alerts work before the first error.
         for op in [Op::Check, Op::Usage, Op::CreateKey, Op::FindKey, Op::ListKeys, Op::RevokeKey, Op::Ping] {
-            store_errors.get_or_create(&OpLabels { op });
+            let _ = store_errors.get_or_create(&OpLabels { op });
         }
         Metrics { registry, decisions, store_latency, store_errors, requests, tiers: RwLock::default() }
     }
