@@ -1,0 +1,526 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! What ships to users' clusters: every manifest under `deploy/` parses and uses only real
+//! fields of its kind (the field lists in `deploy/schema/`), every plugin configuration in
+//! `deploy/` and in README.md passes the filter's own validation, and `make oci`
+//! (`scripts/oci.sh`) writes an OCI image layout in the form Istio pulls.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tollgate_core::Config;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn root(path: &str) -> PathBuf {
+    Path::new(ROOT).join(path)
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Files under `dir` (recursively) whose name ends with one of `extensions`, sorted.
+fn files_under(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if extensions.iter().any(|ext| path.to_string_lossy().ends_with(ext)) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The documents of a YAML stream (separated by `---` lines), as JSON values; empty
+/// documents are skipped.
+fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
+    let mut documents = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().chain(std::iter::once("---")) {
+        if line.trim_end() == "---" {
+            let value: Value = serde_yaml::from_str(&current).map_err(|e| e.to_string())?;
+            if !value.is_null() {
+                documents.push(value);
+            }
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    Ok(documents)
+}
+
+/// One document of a manifest file under `deploy/`.
+struct Manifest {
+    file: String,
+    index: usize,
+    doc: Value,
+}
+
+impl Manifest {
+    fn kind(&self) -> &str {
+        self.doc["kind"].as_str().unwrap_or("?")
+    }
+
+    fn name(&self) -> String {
+        format!("{} document {} ({} {})", self.file, self.index, self.kind(), self.doc["metadata"]["name"])
+    }
+}
+
+fn manifests_in(file: &str, text: &str) -> Vec<Manifest> {
+    let docs = yaml_documents(text).unwrap_or_else(|e| panic!("{file} is not valid YAML: {e}"));
+    docs.into_iter().enumerate().map(|(index, doc)| Manifest { file: file.to_owned(), index, doc }).collect()
+}
+
+fn deploy_manifests() -> Vec<Manifest> {
+    let files = files_under(&root("deploy"), &[".yaml", ".yml"]);
+    assert!(!files.is_empty(), "no manifests under deploy/");
+    files
+        .iter()
+        .flat_map(|path| {
+            let file = path.strip_prefix(ROOT).unwrap().display().to_string();
+            manifests_in(&file, &read(path))
+        })
+        .collect()
+}
+
+/// The field lists of `deploy/schema/*.json`: per kind its apiVersion and fields, and the
+/// shared definitions they refer to.
+struct Schema {
+    kinds: BTreeMap<String, Kind>,
+    definitions: Map<String, Value>,
+}
+
+struct Kind {
+    api_version: String,
+    fields: Value,
+    source: String,
+}
+
+impl Schema {
+    fn load() -> Schema {
+        let mut schema = Schema { kinds: BTreeMap::new(), definitions: Map::new() };
+        for path in files_under(&root("deploy/schema"), &[".json"]) {
+            let source = path.strip_prefix(ROOT).unwrap().display().to_string();
+            let file: Value = serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{source}: {e}"));
+            for (name, kind) in file["kinds"].as_object().into_iter().flatten() {
+                let api_version = kind["apiVersion"].as_str().expect("apiVersion of a schema kind").to_owned();
+                let kind = Kind { api_version, fields: kind["fields"].clone(), source: source.clone() };
+                assert!(schema.kinds.insert(name.clone(), kind).is_none(), "kind {name} is defined twice");
+            }
+            for (name, definition) in file["definitions"].as_object().into_iter().flatten() {
+                schema.definitions.insert(name.clone(), definition.clone());
+            }
+        }
+        schema
+    }
+
+    /// Every problem of one document: an unknown kind, a wrong apiVersion, a key that is not
+    /// a field of the kind, a value of the wrong type, a missing required field.
+    fn check(&self, doc: &Value) -> Vec<String> {
+        let Some(kind_name) = doc["kind"].as_str() else {
+            return vec!["no `kind`".to_owned()];
+        };
+        let Some(kind) = self.kinds.get(kind_name) else {
+            return vec![format!("no field list for kind {kind_name} in deploy/schema/")];
+        };
+        let mut errors = Vec::new();
+        if doc["apiVersion"].as_str() != Some(kind.api_version.as_str()) {
+            errors.push(format!("apiVersion: {kind_name} is {}, got {}", kind.api_version, doc["apiVersion"]));
+        }
+        if kind_name != "Kustomization" && !doc["metadata"]["name"].is_string() {
+            errors.push("metadata.name: missing".to_owned());
+        }
+        let mut walk = Walk { schema: self, kind: kind_name, source: &kind.source, errors: &mut errors };
+        walk.value(&kind.fields, doc, "");
+        errors
+    }
+}
+
+struct Walk<'a> {
+    schema: &'a Schema,
+    kind: &'a str,
+    source: &'a str,
+    errors: &'a mut Vec<String>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+impl Walk<'_> {
+    fn error(&mut self, path: &str, message: String) {
+        self.errors.push(format!("{path}: {message}"));
+    }
+
+    fn value(&mut self, schema: &Value, value: &Value, path: &str) {
+        match schema {
+            Value::String(leaf) => self.leaf(leaf, value, path),
+            Value::Array(items) => match value {
+                Value::Array(values) => {
+                    for (i, v) in values.iter().enumerate() {
+                        self.value(&items[0], v, &format!("{path}[{i}]"));
+                    }
+                }
+                other => self.error(path, format!("expected a list, got {}", type_name(other))),
+            },
+            Value::Object(spec) if spec.contains_key("$ref") => {
+                let name = spec["$ref"].as_str().unwrap();
+                let definition =
+                    self.schema.definitions.get(name).unwrap_or_else(|| panic!("deploy/schema: no definition {name}"));
+                self.value(definition, value, path);
+            }
+            Value::Object(spec) if spec.contains_key("$enum") => {
+                let allowed: Vec<&str> = spec["$enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+                if !value.as_str().is_some_and(|s| allowed.contains(&s)) {
+                    self.error(path, format!("expected one of {allowed:?}, got {value}"));
+                }
+            }
+            Value::Object(fields) => self.object(fields, value, path),
+            other => panic!("deploy/schema: bad schema node {other}"),
+        }
+    }
+
+    fn object(&mut self, fields: &Map<String, Value>, value: &Value, path: &str) {
+        let Value::Object(map) = value else {
+            self.error(path, format!("expected a map, got {}", type_name(value)));
+            return;
+        };
+        for (key, v) in map {
+            let field = fields.get(key.as_str()).filter(|_| !key.starts_with('$')).or_else(|| fields.get("*"));
+            match field {
+                Some(field) => self.value(field, v, &join(path, key)),
+                None => self.error(
+                    &join(path, key),
+                    format!(
+                        "not a field of {} (field list: {}; if the API reference has it, add it there)",
+                        self.kind, self.source
+                    ),
+                ),
+            }
+        }
+        for required in fields.get("$required").and_then(Value::as_array).into_iter().flatten() {
+            let required = required.as_str().unwrap();
+            if !map.contains_key(required) {
+                self.error(&join(path, required), "missing (required)".to_owned());
+            }
+        }
+    }
+
+    fn leaf(&mut self, leaf: &str, value: &Value, path: &str) {
+        let ok = match leaf {
+            "any" => true,
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "boolean" => value.is_boolean(),
+            "int-or-string" => value.is_string() || value.is_i64() || value.is_u64(),
+            "sha256-hex" => value.as_str().is_some_and(|s| {
+                s.is_empty() || (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            }),
+            other => panic!("deploy/schema: unknown leaf type {other:?}"),
+        };
+        if !ok {
+            let expected = if leaf == "sha256-hex" { "64 lower-case hex digits" } else { leaf };
+            self.error(path, format!("expected {expected}, got {}", type_name(value)));
+        }
+    }
+}
+
+/// The problems of every document in `manifests`, each line naming its document.
+fn problems(schema: &Schema, manifests: &[Manifest]) -> Vec<String> {
+    manifests.iter().flat_map(|m| schema.check(&m.doc).into_iter().map(move |e| format!("{}: {e}", m.name()))).collect()
+}
+
+/// The filter's validation of every WasmPlugin's `pluginConfig` (as Istio hands it over: JSON).
+fn plugin_config_problems(manifests: &[Manifest]) -> Vec<String> {
+    manifests
+        .iter()
+        .filter(|m| m.kind() == "WasmPlugin")
+        .filter_map(|m| {
+            let config = &m.doc["spec"]["pluginConfig"];
+            if config.is_null() {
+                return Some(format!("{}: no spec.pluginConfig", m.name()));
+            }
+            let json = serde_json::to_vec(config).unwrap();
+            Config::from_json(&json)
+                .err()
+                .map(|e| format!("{}: spec.pluginConfig: invalid configuration: {e}", m.name()))
+        })
+        .collect()
+}
+
+fn deploy_file(path: &str) -> (String, String) {
+    (path.to_owned(), read(&root(path)))
+}
+
+#[test]
+fn every_manifest_parses_and_uses_only_real_fields() {
+    let schema = Schema::load();
+    let manifests = deploy_manifests();
+    let kinds: Vec<&str> = manifests.iter().map(Manifest::kind).collect();
+    for expected in ["Namespace", "ConfigMap", "Service", "Deployment", "WasmPlugin", "Kustomization"] {
+        assert!(kinds.contains(&expected), "no {expected} under deploy/ (found {kinds:?})");
+    }
+    let problems = problems(&schema, &manifests);
+    assert!(problems.is_empty(), "manifests under deploy/ have problems:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_plugin_config_in_deploy_passes_validation() {
+    let manifests = deploy_manifests();
+    assert!(manifests.iter().any(|m| m.kind() == "WasmPlugin"), "no WasmPlugin under deploy/");
+    let problems = plugin_config_problems(&manifests);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn wasmplugin_reaches_the_quota_service_by_its_istio_cluster_name() {
+    let manifests = deploy_manifests();
+    let plugin = manifests.iter().find(|m| m.kind() == "WasmPlugin").expect("a WasmPlugin");
+    let quota = &plugin.doc["spec"]["pluginConfig"]["quota_service"];
+    assert_eq!(quota["cluster"], "outbound|8081||tollgate-quota.tollgate.svc.cluster.local");
+    assert_eq!(quota["authority"], "tollgate-quota.tollgate.svc.cluster.local");
+    // The Service that cluster name stands for exists, with that port.
+    let service = manifests
+        .iter()
+        .find(|m| m.kind() == "Service" && m.doc["metadata"]["name"] == "tollgate-quota")
+        .expect("Service tollgate-quota");
+    assert_eq!(service.doc["metadata"]["namespace"], "tollgate");
+    assert_eq!(service.doc["spec"]["ports"][0]["port"], 8081);
+    let spec = &plugin.doc["spec"];
+    assert_eq!(spec["phase"], "AUTHN");
+    assert_eq!(spec["match"][0]["mode"], "CLIENT");
+    assert!(spec["url"].as_str().is_some_and(|u| u.starts_with("oci://")), "url: {}", spec["url"]);
+}
+
+/// The ```json blocks of README.md that are plugin configurations (they have "tiers").
+fn readme_plugin_configs() -> Vec<(usize, String)> {
+    let readme = read(&root("README.md"));
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in readme.lines().enumerate() {
+        match &mut current {
+            None if line.trim() == "```json" => current = Some((n + 2, String::new())),
+            Some(_) if line.trim() == "```" => {
+                let (start, text) = current.take().unwrap();
+                if text.contains("\"tiers\"") {
+                    blocks.push((start, text));
+                }
+            }
+            Some((_, text)) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_plugin_config_in_the_readme_passes_validation() {
+    let blocks = readme_plugin_configs();
+    assert!(!blocks.is_empty(), "README.md has no ```json plugin configuration");
+    let problems: Vec<String> = blocks
+        .iter()
+        .filter_map(|(line, text)| {
+            Config::from_json(text.as_bytes())
+                .err()
+                .map(|e| format!("README.md, ```json block at line {line}: invalid configuration: {e}"))
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// The checker itself: each kind of mistake is caught and named.
+
+fn problems_after_edit(path: &str, from: &str, to: &str) -> Vec<String> {
+    let (file, text) = deploy_file(path);
+    assert!(text.contains(from), "{file} no longer contains {from:?}: update this test");
+    let manifests = manifests_in(&file, &text.replacen(from, to, 1));
+    let mut all = problems(&Schema::load(), &manifests);
+    all.extend(plugin_config_problems(&manifests));
+    all
+}
+
+fn assert_reported(problems: &[String], needle: &str) {
+    assert!(
+        problems.iter().any(|p| p.contains(needle)),
+        "expected a problem mentioning {needle:?}, got:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn checker_reports_a_misspelled_field() {
+    let problems = problems_after_edit("deploy/istio/wasmplugin.yaml", "failStrategy:", "failStratgy:");
+    assert_reported(&problems, "spec.failStratgy: not a field of WasmPlugin");
+}
+
+#[test]
+fn checker_reports_a_misspelled_field_deep_in_a_deployment() {
+    let problems = problems_after_edit("deploy/istio/quota-service.yaml", "secretKeyRef:", "secretKeyRefs:");
+    assert_reported(
+        &problems,
+        "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRefs: not a field of Deployment",
+    );
+}
+
+#[test]
+fn checker_reports_a_value_of_the_wrong_type() {
+    // Kubernetes annotations are strings: an unquoted port number is refused by the API server.
+    let problems = problems_after_edit(
+        "deploy/istio/quota-service.yaml",
+        "prometheus.io/port: \"8081\"",
+        "prometheus.io/port: 8081",
+    );
+    assert_reported(&problems, "spec.template.metadata.annotations.prometheus.io/port: expected string, got a number");
+}
+
+#[test]
+fn checker_reports_a_value_outside_an_enum() {
+    let problems =
+        problems_after_edit("deploy/istio/wasmplugin.yaml", "failStrategy: FAIL_CLOSE", "failStrategy: FAIL_CLOSED");
+    assert_reported(&problems, "spec.failStrategy: expected one of");
+}
+
+#[test]
+fn checker_reports_a_bad_plugin_config() {
+    let problems = problems_after_edit("deploy/istio/wasmplugin.yaml", "limit: 5, window: 1d", "limit: 5, window: 1x");
+    assert_reported(&problems, "spec.pluginConfig: invalid configuration: tiers.free.limits[0].window");
+    let problems = problems_after_edit("deploy/istio/wasmplugin.yaml", "verify_keys: true", "verify_key: true");
+    assert_reported(&problems, "spec.pluginConfig: invalid configuration: quota_service");
+    assert_reported(&problems, "verify_key");
+}
+
+// `make oci`.
+
+struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    fn json(&self, path: &str) -> Value {
+        serde_json::from_str(&read(&self.dir.join(path))).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The blob a descriptor points at, after checking its digest and size.
+    fn blob(&self, descriptor: &Value) -> Vec<u8> {
+        let digest = descriptor["digest"].as_str().expect("descriptor digest");
+        let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("not a sha256 digest: {digest}"));
+        let bytes = fs::read(self.dir.join("blobs/sha256").join(hex)).unwrap_or_else(|e| panic!("blob {digest}: {e}"));
+        assert_eq!(sha256_hex(&bytes), hex, "blob {digest} does not hash to its name");
+        assert_eq!(descriptor["size"].as_u64(), Some(bytes.len() as u64), "size of blob {digest}");
+        bytes
+    }
+}
+
+fn run_oci(wasm: &Path, out: &Path, tag: &str) -> String {
+    let output = Command::new("bash")
+        .arg(root("scripts/oci.sh"))
+        .arg(wasm)
+        .arg(out)
+        .env("TAG", tag)
+        .current_dir(ROOT)
+        .output()
+        .expect("run scripts/oci.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "scripts/oci.sh failed:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// `tool args... < input`, its standard output.
+fn pipe(tool: &str, args: &[&str], input: &Path) -> Vec<u8> {
+    let output = Command::new(tool)
+        .args(args)
+        .stdin(fs::File::open(input).unwrap())
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    assert!(output.status.success(), "{tool} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+#[test]
+fn make_oci_writes_the_image_layout_istio_pulls() {
+    let wasm = root("target/wasm32-wasip1/release/tollgate.wasm");
+    assert!(wasm.exists(), "{} is missing: run `make wasm` first", wasm.display());
+    let module = fs::read(&wasm).unwrap();
+    let scratch = root(&format!("target/it/oci-{}", std::process::id()));
+    let (first, second) = (scratch.join("a"), scratch.join("b"));
+    let stdout = run_oci(&wasm, &first, "1.2.3");
+    let layout = Layout { dir: first.clone() };
+
+    assert_eq!(layout.json("oci-layout"), serde_json::json!({ "imageLayoutVersion": "1.0.0" }));
+
+    let index = layout.json("index.json");
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let entries = index["manifests"].as_array().expect("index manifests");
+    assert_eq!(entries.len(), 1, "one image in the layout");
+    assert_eq!(entries[0]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(entries[0]["annotations"]["org.opencontainers.image.ref.name"], "1.2.3", "the tag oras/skopeo resolve");
+
+    let manifest: Value = serde_json::from_slice(&layout.blob(&entries[0])).expect("manifest JSON");
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+    let layers = manifest["layers"].as_array().expect("manifest layers");
+    assert_eq!(layers.len(), 1, "Istio reads the compat variant's single layer");
+    assert_eq!(layers[0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+
+    // The layer is a gzipped tar holding exactly plugin.wasm, byte for byte the module.
+    layout.blob(&layers[0]);
+    let layer_path = first.join("blobs/sha256").join(&layers[0]["digest"].as_str().unwrap()[7..]);
+    let listing = String::from_utf8(pipe("tar", &["-tzf", "-"], &layer_path)).unwrap();
+    assert_eq!(listing.lines().collect::<Vec<_>>(), ["plugin.wasm"]);
+    let extracted = pipe("tar", &["-xzOf", "-", "plugin.wasm"], &layer_path);
+    assert_eq!(sha256_hex(&extracted), sha256_hex(&module), "plugin.wasm in the layer is not tollgate.wasm");
+
+    // The config describes that layer: its diff_id is the digest of the uncompressed tar.
+    let config: Value = serde_json::from_slice(&layout.blob(&manifest["config"])).expect("config JSON");
+    let tar = pipe("gzip", &["-dc"], &layer_path);
+    assert_eq!(config["rootfs"]["type"], "layers");
+    assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([format!("sha256:{}", sha256_hex(&tar))]));
+    assert!(config["architecture"].is_string() && config["os"].is_string(), "config: {config}");
+
+    // What the WasmPlugin needs is printed: Istio checks `sha256` against the manifest digest.
+    let manifest_hex = &entries[0]["digest"].as_str().unwrap()[7..];
+    assert!(stdout.contains(&format!("sha256: {manifest_hex}")), "stdout lacks the WasmPlugin sha256:\n{stdout}");
+    assert!(stdout.contains(&sha256_hex(&module)), "stdout lacks the module's sha256:\n{stdout}");
+    assert!(stdout.contains("oras cp --from-oci-layout") && stdout.contains("crane push"), "{stdout}");
+
+    // Reproducible: the same module gives the same image digest.
+    run_oci(&wasm, &second, "1.2.3");
+    assert_eq!(read(&first.join("index.json")), read(&second.join("index.json")));
+    fs::remove_dir_all(&scratch).unwrap();
+}
