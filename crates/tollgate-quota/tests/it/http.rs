@@ -59,8 +59,9 @@ fn memory_app() -> Router {
     router(MemoryStore::new(), Some(ADMIN))
 }
 
+/// A fixed window of 366 days: epoch-aligned, it does not roll over during a test.
 fn day(limit: u64) -> Value {
-    json!({ "name": "images-per-day", "algorithm": "fixed_window", "limit": limit, "window_secs": 86400 })
+    json!({ "name": "images-per-day", "algorithm": "fixed_window", "limit": limit, "window_secs": 31_622_400 })
 }
 
 #[tokio::test]

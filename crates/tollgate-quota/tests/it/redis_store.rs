@@ -26,7 +26,8 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
     server.cli(&["PTTL", &meter_key(key)]).trim().parse().unwrap()
 }
 
-const MINUTE: &str = r#"{"name":"minute","algorithm":"fixed_window","limit":5,"window_secs":60}"#;
+/// 366 days: an epoch-aligned window this long does not roll over during a test.
+const YEAR: &str = r#"{"name":"year","algorithm":"fixed_window","limit":5,"window_secs":31622400}"#;
 /// One token every 100 ms.
 const RPS: &str = r#"{"name":"rps","limit":10,"window_secs":1}"#;
 
@@ -35,13 +36,13 @@ async fn the_ttl_is_the_time_until_every_limit_is_full_again() {
     let (f, server) = fixture().await;
     let key = unique_key("free");
     let sent = Instant::now();
-    let r = f.store.check(&check(&key, 1, &format!("[{MINUTE},{RPS}]"))).await.unwrap();
+    let r = f.store.check(&check(&key, 1, &format!("[{YEAR},{RPS}]"))).await.unwrap();
     let ttl = pttl(&server, &key);
     let elapsed = i64::try_from(sent.elapsed().as_millis()).unwrap();
-    let minute_full_in = i64::try_from(r.limits[0].reset_after_ms).unwrap();
+    let year_full_in = i64::try_from(r.limits[0].reset_after_ms).unwrap();
     assert!(
-        ttl <= minute_full_in && ttl >= minute_full_in - elapsed - 1,
-        "PTTL {ttl} ms; the minute window is full again in {minute_full_in} ms"
+        ttl <= year_full_in && ttl >= year_full_in - elapsed - 1,
+        "PTTL {ttl} ms; the year window is full again in {year_full_in} ms"
     );
 
     // A request that touches only the short limit does not shorten the key's life.
@@ -62,13 +63,13 @@ async fn the_ttl_is_the_time_until_every_limit_is_full_again() {
 async fn a_metered_key_is_one_hash_under_its_hash_tag_and_tokens_are_never_stored() {
     let (f, server) = fixture().await;
     let key = "free/ip:203.0.113.7/32";
-    f.store.check(&check(key, 1, &format!("[{MINUTE},{RPS}]"))).await.unwrap();
+    f.store.check(&check(key, 1, &format!("[{YEAR},{RPS}]"))).await.unwrap();
     assert_eq!(server.cli(&["KEYS", "*"]).trim(), "tg:{free/ip:203.0.113.7/32}");
     assert_eq!(server.cli(&["TYPE", &meter_key(key)]).trim(), "hash");
     let fields = server.cli(&["HGETALL", &meter_key(key)]);
     let lines: Vec<&str> = fields.lines().collect();
     let value_of = |name: &str| lines[lines.iter().position(|l| *l == name).unwrap() + 1];
-    assert!(value_of("minute").starts_with("f:5:60 "), "{fields}");
+    assert!(value_of("year").starts_with("f:5:31622400 "), "{fields}");
     assert!(value_of("rps").starts_with("t:10:1:10 "), "{fields}");
 
     let created = keys::store_key(f.store.as_ref(), keys::new_key("premium", "acme").unwrap()).await.unwrap();
@@ -85,7 +86,7 @@ async fn a_metered_key_is_one_hash_under_its_hash_tag_and_tokens_are_never_store
 async fn noscript_after_a_script_flush_is_survived() {
     let (f, server) = fixture().await;
     let key = unique_key("free");
-    let c = check(&key, 1, &format!("[{MINUTE}]"));
+    let c = check(&key, 1, &format!("[{YEAR}]"));
     assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, 4);
     assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
     assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, 3, "reloaded, and the counts are intact");
@@ -97,7 +98,7 @@ async fn noscript_after_a_script_flush_is_survived() {
 async fn a_redis_restart_is_survived() {
     let (f, mut server) = fixture().await;
     let key = unique_key("free");
-    let c = check(&key, 1, &format!("[{MINUTE}]"));
+    let c = check(&key, 1, &format!("[{YEAR}]"));
     assert_eq!(f.store.check(&c).await.unwrap().limits[0].remaining, 4);
 
     server.restart();
@@ -118,7 +119,7 @@ async fn a_stopped_redis_is_a_transient_error_until_it_is_back() {
     let started = Instant::now();
     let error = f.store.ping().await.unwrap_err();
     assert!(error.transient, "{error:?}");
-    let c = check(&unique_key("free"), 1, &format!("[{MINUTE}]"));
+    let c = check(&unique_key("free"), 1, &format!("[{YEAR}]"));
     assert!(f.store.check(&c).await.unwrap_err().transient);
     assert!(started.elapsed() < Duration::from_secs(5), "failures are quick: {:?}", started.elapsed());
     server.restart();
