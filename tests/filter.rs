@@ -62,7 +62,7 @@ fn free_tier_admits_exactly_five_images_then_429_with_headers_and_advice() {
     assert_eq!(envoy.counter("tollgate.requests.free.allowed"), Some(5));
     assert_eq!(envoy.counter("tollgate.requests.free.limited"), Some(2));
     let prometheus = envoy.stats_prometheus();
-    assert!(prometheus.contains("tollgate_requests_free_allowed"), "{prometheus}");
+    assert!(prometheus.contains(r#"tollgate_requests{tier="free",outcome="allowed"} 5"#), "{prometheus}");
     assert!(envoy.log().contains("decision=limited tier=free limit=images-per-day"));
 }
 

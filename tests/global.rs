@@ -176,6 +176,18 @@ fn a_hanging_service_times_out_and_the_failure_mode_applies() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-tollgate-degraded"), Some("quota-service-unavailable; failure-mode=open"));
     eprintln!("answered after {took:?} with timeout_ms 250");
+    if envoy.counter("tollgate.quota.timeouts") != Some(1) {
+        let stats = envoy.stats_prometheus();
+        let interesting: Vec<&str> = stats
+            .lines()
+            .filter(|l| {
+                (l.contains("tollgate_quota") || l.contains("internal_upstream_rq"))
+                    && !l.starts_with('#')
+                    && !l.ends_with(" 0")
+            })
+            .collect();
+        eprintln!("{}", interesting.join("\n"));
+    }
     assert_eq!(envoy.counter("tollgate.quota.timeouts"), Some(1));
     assert!(broken.requests.load(Ordering::SeqCst) >= 1, "the callout reached the service");
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::breaker::{self, Admission, BreakerConfig, Transition};
-use crate::config::{Config, ContentionPolicy, FailureMode, Mode, QuotaService, Tier};
+use crate::config::{Config, ContentionPolicy, FailureMode, LimitKind, Mode, QuotaService, Tier};
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
 use crate::identity::{client_network, credential, hex, Credential};
 use crate::keycache::{CachedKey, KeyCache, Lookup};
@@ -301,16 +301,20 @@ pub fn resume<S: SharedStore + ?Sized>(
             let Some(checked) = checked else {
                 return Step::Done(fallback(config, store, route, metering, report, now));
             };
+            let tier = config.tiers.get(metering.tier);
             let global: Vec<Status> = metering
                 .global
                 .iter()
                 .zip(&checked.limits)
-                .map(|(&index, r)| Status {
-                    index,
-                    admitted: r.admitted,
-                    remaining: r.remaining,
-                    reset_after_ns: r.reset_after_ms.saturating_mul(1_000_000),
-                    retry_after_ns: r.retry_after_ms.saturating_mul(1_000_000),
+                .map(|(&index, r)| {
+                    let kind = tier.and_then(|t| t.limits.get(index)).map(|l| l.kind);
+                    Status {
+                        index,
+                        admitted: r.admitted,
+                        remaining: r.remaining,
+                        reset_after_ns: align(kind, r.reset_after_ms, now),
+                        retry_after_ns: if r.admitted { 0 } else { align(kind, r.retry_after_ms, now) },
+                    }
                 })
                 .collect();
             if !checked.admitted {
@@ -615,6 +619,21 @@ fn next_states(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Na
         }
     }
     Change::Write { states, idle_at }
+}
+
+/// A duration from the quota service, in ns from `now`. Fixed windows end on a multiple
+/// of the window since the epoch: the service's clock and ours differ a little, so snap
+/// to the nearest boundary (a daily window resets at exactly 00:00:00 UTC).
+fn align(kind: Option<LimitKind>, after_ms: u64, now: Nanos) -> u64 {
+    let after_ns = after_ms.saturating_mul(1_000_000);
+    match kind {
+        Some(LimitKind::FixedWindow { window_ns }) if window_ns > 0 => {
+            let at = now.0.saturating_add(after_ns);
+            let boundary = at.saturating_add(window_ns / 2) / window_ns * window_ns;
+            boundary.saturating_sub(now.0)
+        }
+        _ => after_ns,
+    }
 }
 
 fn record_breaker<S: SharedStore + ?Sized>(

@@ -64,7 +64,7 @@ fn resume_with(
 }
 
 fn admitted(remaining: u64) -> Value {
-    json!({ "admitted": true, "limits": [ { "name": "images-per-day", "admitted": true, "remaining": remaining, "reset_after_ms": 3_600_000, "retry_after_ms": 0 } ] })
+    json!({ "admitted": true, "limits": [ { "name": "images-per-day", "admitted": true, "remaining": remaining, "reset_after_ms": 21_600_000, "retry_after_ms": 0 } ] })
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn a_global_limit_asks_the_service_and_reports_its_counts() {
     );
     let d = done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &admitted(4))), T0));
     assert_eq!(d.outcome, Outcome::Allowed);
-    assert_eq!(header(&d, "ratelimit"), Some("\"images-per-day\";r=4;t=3600, \"burst\";r=2;t=4"));
+    assert_eq!(header(&d, "ratelimit"), Some("\"images-per-day\";r=4;t=21600, \"burst\";r=2;t=4"));
     assert_eq!(header(&d, "x-tollgate-degraded"), None);
 }
 
@@ -98,13 +98,13 @@ fn local_limits_refuse_first_without_a_callout() {
 #[test]
 fn a_global_refusal_is_a_429_and_charges_nothing_locally() {
     let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
-    let refused = json!({ "admitted": false, "limits": [ { "name": "images-per-day", "admitted": false, "remaining": 0, "reset_after_ms": 7_200_000, "retry_after_ms": 7_200_000 } ] });
+    let refused = json!({ "admitted": false, "limits": [ { "name": "images-per-day", "admitted": false, "remaining": 0, "reset_after_ms": 21_600_000, "retry_after_ms": 21_600_000 } ] });
     for _ in 0..5 {
         let callout = call(begin(&c, &s, &mut cache, &anonymous(), T0));
         let d = done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &refused)), T0));
         assert_eq!(d.reply.as_ref().unwrap().status, 429);
         assert_eq!(d.limited_by.as_deref(), Some("images-per-day"));
-        assert_eq!(header(&d, "retry-after"), Some("7200"));
+        assert_eq!(header(&d, "retry-after"), Some("21600"));
         assert_eq!(header(&d, "x-ratelimit-resource"), Some("images-per-day"));
     }
     // The local burst (3) was never charged by the refusals.
@@ -266,4 +266,19 @@ fn without_a_transport_decide_treats_callouts_as_failed() {
     let s = FakeSharedData::default();
     let d = decide(&c, &s, &with_token("Bearer tok-premium"), T0);
     assert_eq!(d.quota.degraded, Some(FailureMode::Open));
+}
+
+#[test]
+fn a_global_daily_window_resets_at_exactly_midnight_whatever_the_clock_skew() {
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    // T0 is 18:00 UTC: six hours to midnight. The service's clock is 3 ms behind ours and
+    // it rounds up to whole ms.
+    let now = Nanos(T0.0 + 123_456);
+    let callout = call(begin(&c, &s, &mut cache, &anonymous(), now));
+    let skewed = json!({ "admitted": false, "limits": [ { "name": "images-per-day", "admitted": false, "remaining": 0,
+        "reset_after_ms": 6 * 3_600_000 + 3, "retry_after_ms": 6 * 3_600_000 + 3 } ] });
+    let d = done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &skewed)), now));
+    let midnight = (T0.0 / SEC + 6 * 3600).to_string();
+    assert_eq!(header(&d, "x-ratelimit-reset"), Some(midnight.as_str()));
+    assert_eq!(header(&d, "retry-after"), Some("21600"));
 }
