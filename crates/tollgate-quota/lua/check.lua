@@ -28,19 +28,25 @@
 -- microseconds since the epoch (and any bucket depth tollgate accepts) but not nanoseconds.
 
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now = time[1] * 1000000 + time[2]
 local cost = tonumber(ARGV[1])
 local count = (#ARGV - 1) / 4
+local key = KEYS[1]
+-- Locals: global lookups cost on every call of a hot script.
+local find, sub, format, floor = string.find, string.sub, string.format, math.floor
 
-local names = {}
-for i = 1, count do
-  names[i] = ARGV[4 * i - 2]
+local stored
+if count == 1 then
+  stored = { redis.call('HGET', key, ARGV[2]) }
+else
+  local names = {}
+  for i = 1, count do names[i] = ARGV[4 * i - 2] end
+  stored = redis.call('HMGET', key, unpack(names))
 end
-local stored = redis.call('HMGET', KEYS[1], unpack(names))
 
 local all_admitted = true
-local results = {}
-local writes = {}
+local results = { 1 }
+local writes = { 'HSET', key }
 local longest_idle = 0
 
 for i = 1, count do
@@ -49,39 +55,46 @@ for i = 1, count do
   local x = tonumber(ARGV[base + 2])
   local y = tonumber(ARGV[base + 3])
   local a, b
-  if stored[i] then
-    local def, sa, sb = string.match(stored[i], '^(%S+) (%d+) (%d+)$')
-    if def == definition then
-      a, b = tonumber(sa), tonumber(sb)
+  -- The stored value is "<definition> <a> <b>"; plain finds are cheaper than a pattern.
+  local value = stored[i]
+  if value then
+    local space = find(value, ' ', 1, true)
+    if space and sub(value, 1, space - 1) == definition then
+      local second = find(value, ' ', space + 1, true)
+      if second then
+        a = tonumber(sub(value, space + 1, second - 1))
+        b = tonumber(sub(value, second + 1))
+      end
     end
   end
 
   local admitted, remaining, reset_after, retry_after, state_a, state_b, idle_after
-  if string.sub(definition, 1, 1) == 't' then
+  if sub(definition, 1, 1) == 't' then
     local interval, depth = x, y
     local tat = now
     if a and a > now then tat = a end
     local new_tat = tat + cost * interval
     if new_tat - now <= depth then
       admitted = true
-      remaining = math.floor((depth - (new_tat - now)) / interval)
+      remaining = floor((depth - (new_tat - now)) / interval)
       reset_after = new_tat - now
       retry_after = 0
       state_a, state_b = new_tat, 0
       idle_after = new_tat - now
     else
       admitted = false
-      remaining = math.floor(math.max(0, depth - (tat - now)) / interval)
+      local left = depth - (tat - now)
+      if left < 0 then left = 0 end
+      remaining = floor(left / interval)
       reset_after = tat - now
       retry_after = new_tat - now - depth
     end
   else
     local window, quota = x, y
-    local index = math.floor(now / window)
+    local index = floor(now / window)
     local used = 0
     if a == index then used = b end
-    local reset_at = (index + 1) * window
-    reset_after = reset_at - now
+    reset_after = (index + 1) * window - now
     admitted = used + cost <= quota
     if admitted then
       used = used + cost
@@ -91,30 +104,37 @@ for i = 1, count do
     else
       retry_after = reset_after
     end
-    remaining = math.max(0, quota - used)
+    remaining = quota - used
+    if remaining < 0 then remaining = 0 end
   end
 
-  if not admitted then all_admitted = false end
-  results[4 * i - 2] = admitted and 1 or 0
-  results[4 * i - 1] = remaining
-  results[4 * i] = reset_after
-  results[4 * i + 1] = retry_after
+  local r = 4 * i - 2
   if admitted then
-    writes[#writes + 1] = names[i]
-    writes[#writes + 1] = string.format('%s %.0f %.0f', definition, state_a, state_b)
+    results[r] = 1
+    writes[#writes + 1] = ARGV[base]
+    -- %d, not tostring: tostring keeps only 14 significant digits.
+    writes[#writes + 1] = format('%s %d %d', definition, state_a, state_b)
     if idle_after > longest_idle then longest_idle = idle_after end
+  else
+    results[r] = 0
+    all_admitted = false
   end
-end
-results[1] = all_admitted and 1 or 0
-
-if all_admitted and cost > 0 then
-  redis.call('HSET', KEYS[1], unpack(writes))
-  -- The key lives until every limit in it is full again; limits this request did not
-  -- touch keep the expiry they set.
-  local ttl_ms = math.ceil(longest_idle / 1000)
-  if redis.call('PTTL', KEYS[1]) < ttl_ms then
-    redis.call('PEXPIRE', KEYS[1], ttl_ms)
-  end
+  results[r + 1] = remaining
+  results[r + 2] = reset_after
+  results[r + 3] = retry_after
 end
 
+if all_admitted then
+  if cost > 0 then
+    redis.call(unpack(writes))
+    -- The key lives until every limit in it is full again; limits this request did not
+    -- touch keep the expiry they set.
+    local ttl_ms = floor((longest_idle + 999) / 1000)
+    if redis.call('PTTL', key) < ttl_ms then
+      redis.call('PEXPIRE', key, ttl_ms)
+    end
+  end
+else
+  results[1] = 0
+end
 return results
