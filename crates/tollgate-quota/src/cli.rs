@@ -23,7 +23,8 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(5);
 /// Without a subcommand it serves HTTP: POST /v1/check, POST /v1/keys/verify,
 /// the admin endpoints POST|GET /v1/keys, DELETE /v1/keys/{id}, GET /v1/usage/{key},
 /// and GET /healthz, /readyz, /metrics.
-#[derive(Debug, Parser)]
+// No Debug: it would print the admin token.
+#[derive(Parser)]
 #[command(name = "tollgate-quota", version)]
 pub struct Cli {
     /// Where counts and keys live: `memory` (this process only, lost on exit),
@@ -64,7 +65,8 @@ pub enum KeysCommand {
     },
     /// List every key: id, tier, creation time, name (never tokens).
     List,
-    /// Revoke a key: its token stops verifying at once.
+    /// Revoke a key: the service stops verifying its token at once (gateways that cached it:
+    /// within their key cache TTL).
     Revoke {
         /// The key's id, as `keys list` shows it.
         id: String,
