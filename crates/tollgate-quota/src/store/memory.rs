@@ -170,7 +170,9 @@ impl Store for MemoryStore {
         let Some(meter) = state.meters.get(key).filter(|m| m.idle_at > now) else {
             return Ok(Vec::new());
         };
-        Ok(meter.limits.iter().map(|m| usage_of(&m.limit, m.state, now)).collect())
+        let mut usage: Vec<UsageLimit> = meter.limits.iter().map(|m| usage_of(&m.limit, m.state, now)).collect();
+        usage.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(usage)
     }
 
     async fn create_key(&self, record: &KeyRecord) -> Result<Created, StoreError> {

@@ -54,7 +54,7 @@ pub trait Store: Send + Sync + 'static {
     /// limit is charged `cost`; otherwise nothing is charged.
     fn check(&self, check: &Check) -> impl Future<Output = Result<CheckResponse, StoreError>> + Send;
 
-    /// Every limit stored for a metered key, as of now; empty when nothing is held.
+    /// Every limit stored for a metered key, as of now, by name; empty when nothing is held.
     fn usage(&self, key: &str) -> impl Future<Output = Result<Vec<UsageLimit>, StoreError>> + Send;
 
     fn create_key(&self, record: &KeyRecord) -> impl Future<Output = Result<Created, StoreError>> + Send;

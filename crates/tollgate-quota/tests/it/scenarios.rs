@@ -244,7 +244,8 @@ pub async fn usage_reports_what_was_counted<S: Store>(f: &Fixture<S>) {
     assert!(decide(f, &c).await.admitted);
     assert!(decide(f, &c).await.admitted);
     let usage = f.store.usage(&key).await.unwrap();
-    assert_eq!(usage.len(), 2);
+    let names: Vec<&str> = usage.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["bucket", "day"], "limits come by name");
     let day = usage_named(&usage, "day");
     assert_eq!((day.used, day.remaining, day.limit, day.window_secs, day.burst), (4, 1, 5, LONG, None));
     assert_eq!(day.algorithm, tollgate_core::config::Algorithm::FixedWindow);
