@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! The built tollgate.wasm inside a real Envoy (2 worker threads), driven over HTTP, with
 //! every limit local (the plugin config of envoy.yaml without its global limits).
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Global quotas end to end: real Envoys with the built filter, the real `tollgate-quota`
 //! service, and a real `redis-server`.
 

@@ -1,4 +1,4 @@
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Integration-test harness: runs a real Envoy (from `$ENVOY_BIN`) with the
 //! repository's `envoy.yaml`, adjusted per test, and talks HTTP to it.
 
