@@ -42,5 +42,15 @@ check-config: ## Check a plugin config: make check-config FILE=path
 oci: wasm ## Package the filter as an OCI image for Istio (target/oci); prints the push command and digest
 	@scripts/oci.sh
 
+.PHONY: bench
+# The harness itself is a debug build: a panic unwinds and stops every process it started.
+bench: ## Benchmarks: every configuration under load, rewrites BENCHMARKS.md (~25 min; BENCH_QUICK=1: a smoke run)
+	@bench/setup.sh
+	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench --lib
+	cargo build --release -p tollgate-quota
+	cargo build -p tollgate-bench --bins
+	cargo bench -p tollgate-core --bench hot_path --no-run
+	@$(with_envoy) target/debug/tollgate-bench
+
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean

@@ -1,0 +1,204 @@
+//! Envoy configurations derived from the repository's `envoy.yaml` (same listener, routes
+//! and `direct_response` stand-ins, so every configuration has the same ceiling), and one
+//! Envoy process per run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use serde_yaml::{Mapping, Value};
+
+use crate::procs::{free_port, http_get, wait_until, Proc};
+use crate::scenario::{plugin_config, Filter, Scenario, HUGE};
+
+const HCM: &str = "static_resources.listeners.0.filter_chains.0.filters.0.typed_config";
+const QUOTA_PORT: &str =
+    "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value";
+
+/// `envoy.yaml`, parsed once.
+pub struct Template {
+    config: Value,
+    plugin: Json,
+}
+
+impl Template {
+    pub fn load(root: &Path) -> Template {
+        let text = fs::read_to_string(root.join("envoy.yaml")).expect("read envoy.yaml");
+        let mut config: Value = serde_yaml::from_str(&text).expect("parse envoy.yaml");
+        let plugin_text = at(wasm_filter(&mut config), "typed_config.config.configuration.value")
+            .as_str()
+            .expect("envoy.yaml: the plugin configuration is a string")
+            .to_owned();
+        let plugin = serde_json::from_str(&plugin_text).expect("envoy.yaml: the plugin configuration is JSON");
+        Template { config, plugin }
+    }
+
+    /// The Envoy configuration of `scenario`, listening on `ports`.
+    pub fn render(&self, scenario: &Scenario, ports: &Ports, wasm: &Wasm) -> String {
+        let mut cfg = self.config.clone();
+        *at(&mut cfg, "admin.address.socket_address.port_value") = Value::from(ports.admin);
+        *at(&mut cfg, "static_resources.listeners.0.address.socket_address.port_value") = Value::from(ports.listener);
+        *at(&mut cfg, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(scenario.xff_hops);
+        *at(&mut cfg, QUOTA_PORT) = Value::from(ports.quota);
+
+        let filters = http_filters(&mut cfg);
+        let position = filters.iter().position(is_wasm).expect("envoy.yaml has a wasm filter");
+        match scenario.filter {
+            Filter::None => {
+                filters.remove(position);
+            }
+            Filter::NativeOneBucket => filters[position] = native_filter(false),
+            Filter::NativePerKey => filters[position] = native_filter(true),
+            Filter::WasmNoop => {
+                let config = at(&mut filters[position], "typed_config.config");
+                *at(config, "name") = Value::from("noop");
+                *at(config, "root_id") = Value::from("noop");
+                *at(config, "vm_config.vm_id") = Value::from("noop");
+                *at(config, "vm_config.code.local.filename") = Value::from(path_str(&wasm.noop));
+                *at(config, "configuration.value") = Value::from("");
+            }
+            Filter::TollgateLocal { .. } | Filter::TollgateAnonymous | Filter::TollgateGlobal { .. } => {
+                let plugin = plugin_config(&self.plugin, scenario.filter).expect("a tollgate configuration");
+                let config = at(&mut filters[position], "typed_config.config");
+                *at(config, "vm_config.code.local.filename") = Value::from(path_str(&wasm.tollgate));
+                *at(config, "configuration.value") = Value::from(plugin.to_string());
+            }
+        }
+        serde_yaml::to_string(&cfg).expect("serialize the Envoy configuration")
+    }
+}
+
+/// The `.wasm` files the configurations load.
+pub struct Wasm {
+    pub tollgate: PathBuf,
+    pub noop: PathBuf,
+}
+
+pub struct Ports {
+    pub listener: u16,
+    pub admin: u16,
+    /// Where the `tollgate_quota` cluster points (nobody listens unless the run needs it).
+    pub quota: u16,
+}
+
+impl Ports {
+    pub fn fresh(quota: Option<u16>) -> Ports {
+        Ports { listener: free_port(), admin: free_port(), quota: quota.unwrap_or_else(free_port) }
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// Envoy's native local rate limit: one bucket, or one bucket per `x-api-key` value
+/// (a descriptor entry with an empty value is a wildcard: each value gets its own bucket,
+/// up to `max_dynamic_descriptors`, kept in an LRU). Both add `x-ratelimit-*` headers,
+/// as tollgate does. The buckets never run dry during a run.
+fn native_filter(per_key: bool) -> Value {
+    let bucket = || yaml(&format!("{{ max_tokens: {HUGE}, tokens_per_fill: {HUGE}, fill_interval: 1s }}"));
+    let percent = |key: &str| {
+        yaml(&format!("{{ runtime_key: {key}, default_value: {{ numerator: 100, denominator: HUNDRED }} }}"))
+    };
+    let mut config = Mapping::new();
+    config.insert(
+        "@type".into(),
+        "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit".into(),
+    );
+    config.insert("stat_prefix".into(), "bench_local_ratelimit".into());
+    config.insert("token_bucket".into(), bucket());
+    config.insert("filter_enabled".into(), percent("bench_local_ratelimit_enabled"));
+    config.insert("filter_enforced".into(), percent("bench_local_ratelimit_enforced"));
+    config.insert("enable_x_ratelimit_headers".into(), "DRAFT_VERSION_03".into());
+    if per_key {
+        config.insert(
+            "rate_limits".into(),
+            yaml("[ { actions: [ { request_headers: { header_name: x-api-key, descriptor_key: api_key } } ] } ]"),
+        );
+        let mut descriptor = Mapping::new();
+        descriptor.insert("entries".into(), yaml("[ { key: api_key, value: '' } ]"));
+        descriptor.insert("token_bucket".into(), bucket());
+        config.insert("descriptors".into(), Value::Sequence(vec![Value::Mapping(descriptor)]));
+        config.insert("max_dynamic_descriptors".into(), Value::from(4 * crate::scenario::MANY as u64));
+        config.insert("always_consume_default_token_bucket".into(), Value::from(false));
+    }
+    let mut filter = Mapping::new();
+    filter.insert("name".into(), "envoy.filters.http.local_ratelimit".into());
+    filter.insert("typed_config".into(), Value::Mapping(config));
+    Value::Mapping(filter)
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).expect("valid YAML literal")
+}
+
+/// The node at a dotted path such as `static_resources.listeners.0.address`.
+fn at<'a>(mut node: &'a mut Value, path: &str) -> &'a mut Value {
+    for key in path.split('.') {
+        let next = match key.parse::<usize>() {
+            Ok(i) => node.get_mut(i),
+            Err(_) => node.get_mut(key),
+        };
+        node = next.unwrap_or_else(|| panic!("envoy.yaml: no {path} ({key})"));
+    }
+    node
+}
+
+fn http_filters(cfg: &mut Value) -> &mut Vec<Value> {
+    match at(cfg, &format!("{HCM}.http_filters")) {
+        Value::Sequence(filters) => filters,
+        _ => panic!("envoy.yaml: http_filters is not a list"),
+    }
+}
+
+fn is_wasm(filter: &Value) -> bool {
+    filter.get("name").and_then(Value::as_str) == Some("envoy.filters.http.wasm")
+}
+
+fn wasm_filter(cfg: &mut Value) -> &mut Value {
+    http_filters(cfg).iter_mut().find(|f| is_wasm(f)).expect("envoy.yaml has an envoy.filters.http.wasm filter")
+}
+
+/// A running Envoy: one worker, pinned to `cpu`.
+pub struct Envoy {
+    pub proc: Proc,
+    pub ports: Ports,
+}
+
+impl Envoy {
+    pub fn start(bin: &Path, config: &Path, log: &Path, ports: Ports, cpu: u32, root: &Path) -> Envoy {
+        let args: Vec<String> = vec![
+            "-c".into(),
+            path_str(config).into(),
+            "--concurrency".into(),
+            "1".into(),
+            "--disable-hot-restart".into(),
+            "--log-level".into(),
+            "info".into(),
+        ];
+        let proc = Proc::spawn_pinned(cpu, bin, &args, log, root);
+        let envoy = Envoy { proc, ports };
+        let admin = envoy.ports.admin;
+        let listener = envoy.ports.listener;
+        wait_until(Duration::from_secs(60), &format!("Envoy ({})", log.display()), || {
+            envoy.proc.assert_running(log);
+            http_get(admin, "/ready").is_some_and(|(status, _)| status == 200)
+                && http_get(listener, "/healthz").is_some()
+        });
+        envoy
+    }
+
+    /// Every counter and gauge of the admin interface's `/stats`, as name and value.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let Some((_, body)) = http_get(self.ports.admin, "/stats") else {
+            return Vec::new();
+        };
+        body.lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,639 @@
+//! `BENCHMARKS.md`, written from the results of a run.
+
+use std::fmt::Write;
+
+use crate::run::{Profile, Run};
+use crate::scenario::{baseline, scenarios, Scenario};
+use crate::stats::Spread;
+use crate::Results;
+
+const BASELINE: &str = "no-filter";
+const LOCAL: &str = "tollgate-local-1";
+const LOCAL_10K: &str = "tollgate-local-10k";
+
+struct View<'a> {
+    results: &'a Results,
+}
+
+impl<'a> View<'a> {
+    fn runs(&self, id: &str) -> Vec<&'a Run> {
+        self.results.runs.iter().chain(&self.results.quota_runs).filter(|r| r.id == id).collect()
+    }
+
+    fn spread(&self, id: &str, value: impl Fn(&Run) -> Option<f64>) -> Option<Spread> {
+        Spread::of(self.runs(id).into_iter().filter_map(value))
+    }
+
+    /// Per run: its req/s over the no-filter run just before it.
+    fn ratio(&self, id: &str) -> Option<Spread> {
+        if id == BASELINE {
+            return Some(Spread { median: 1.0, min: 1.0, max: 1.0, count: 1 });
+        }
+        self.spread(id, |r| r.baseline.as_ref().map(|b| r.rps / b.rps))
+    }
+
+    /// Per round: `id`'s ratio to the baseline over `peer`'s (drift cancels in both).
+    fn relative(&self, id: &str, peer: &str) -> Option<Spread> {
+        let per_round = |id: &str| -> Vec<(usize, f64)> {
+            if id == BASELINE {
+                return (0..self.results.settings.rounds).map(|r| (r, 1.0)).collect();
+            }
+            self.runs(id).iter().filter_map(|r| Some((r.round, r.rps / r.baseline.as_ref()?.rps))).collect()
+        };
+        let peers = per_round(peer);
+        Spread::of(per_round(id).into_iter().filter_map(|(round, a)| {
+            let b = peers.iter().find(|(r, _)| *r == round)?.1;
+            Some(a / b)
+        }))
+    }
+
+    /// Per run: latency at one connection minus the no-filter run's just before it.
+    fn added(&self, id: &str, p99: bool) -> Option<Spread> {
+        self.spread(id, |r| {
+            let b = r.baseline.as_ref()?;
+            Some(if p99 { r.idle_p99_us? - b.idle_p99_us } else { r.idle_p50_us? - b.idle_p50_us })
+        })
+    }
+
+    fn median(&self, id: &str, value: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+        self.spread(id, value).map(|s| s.median)
+    }
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value < 0.0 {
+        format!("−{out}")
+    } else {
+        out
+    }
+}
+
+fn with_range(s: Option<Spread>, show: impl Fn(f64) -> String) -> String {
+    match s {
+        Some(s) if s.count > 1 => format!("{} ({}–{})", show(s.median), show(s.min), show(s.max)),
+        Some(s) => show(s.median),
+        None => "–".to_owned(),
+    }
+}
+
+fn ratio_text(s: Option<Spread>) -> String {
+    with_range(s, |v| format!("{v:.2}×"))
+}
+
+fn opt(v: Option<f64>, show: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "–".to_owned(), show)
+}
+
+fn us(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        thousands(v)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn signed_us(v: f64) -> String {
+    if v >= 0.0 {
+        format!("+{}", us(v))
+    } else {
+        format!("−{}", us(-v))
+    }
+}
+
+pub fn render(results: &Results) -> String {
+    let view = View { results };
+    let mut md = String::new();
+    header(&mut md, results);
+    throughput(&mut md, &view);
+    latency(&mut md, &view);
+    global(&mut md, &view);
+    quota(&mut md, &view);
+    profiles(&mut md, &view);
+    costs(&mut md, &view);
+    micro(&mut md, results);
+    sizes(&mut md, results);
+    goals(&mut md, &view);
+    doubts(&mut md, &view);
+    md
+}
+
+fn header(md: &mut String, r: &Results) {
+    let s = &r.settings;
+    let m = &r.machine;
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ =
+        writeln!(md, "<!-- Written by `make bench` (bench/src/report.rs): edits here are lost on the next run. -->\n");
+    let _ = writeln!(
+        md,
+        "What tollgate costs inside Envoy, next to Envoy without a filter, Envoy's native local \
+         rate limit and a proxy-wasm filter that does nothing; and what the quota service decides \
+         per second, next to Redis running the same script. Measured on {} at commit {}, with\n",
+        r.date, r.commit
+    );
+    let _ = writeln!(md, "```sh\n{}\n```\n", r.command);
+    let _ = writeln!(
+        md,
+        "which took {:.0} min{}. `BENCH_QUICK=1 make bench` is a smoke run of a few minutes (its report \
+         goes to `target/bench/BENCHMARKS.quick.md`); the harness is in [`bench/`](bench/). Numbers are never \
+         asserted in tests.\n",
+        r.minutes,
+        if s.quick {
+            " (a quick run: one short round, for checking the harness, not for comparing numbers)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md, "## Setup\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ =
+        writeln!(md, "| machine | {} × {}, {:.1} GiB, {}, Linux {} |", m.cpus, m.model, m.memory_gib, m.os, m.kernel);
+    let _ = writeln!(
+        md,
+        "| machine load | load average {} before, {} after; CPUs {:.0}% busy in the second before the start; {:.1}% of CPU time stolen by the hypervisor during the run |",
+        m.load_before, m.load_after, m.busy_before_pct, m.steal_pct
+    );
+    for (name, version) in &r.versions {
+        let _ = writeln!(md, "| {name} | {version} |");
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "How:\n");
+    let _ = writeln!(
+        md,
+        "- Envoy runs with one worker (`--concurrency 1`) pinned to core 0 (`taskset -c 0`); the load tool, \
+         [wrk](https://github.com/wg/wrk) (`-t1 -c{}`), is pinned to core 1. Every configuration is derived from \
+         the repository's `envoy.yaml` (same listener, routes and `direct_response` stand-ins) and driven with \
+         `POST /v1/images/generations`; the requests come from [`bench/lua/requests.lua`](bench/lua/requests.lua), \
+         formatted once so that 10k variants cost wrk what one does.",
+        s.connections
+    );
+    let _ = writeln!(
+        md,
+        "- Each run starts a fresh Envoy, sends one probe request (it must be answered 200 and carry the filter's \
+         rate-limit header), warms up for {} s, measures {} s at {} connections, then {} s at 1 connection.",
+        s.warmup_secs, s.secs, s.connections, s.idle_secs
+    );
+    let _ = writeln!(
+        md,
+        "- {} round(s). Within a round every configuration runs right after its own no-filter run; a ratio is \
+         taken to that neighbour, so drift of the machine between minutes cancels. Tables show the median over \
+         rounds and, in brackets, the range.",
+        s.rounds
+    );
+    let _ = writeln!(
+        md,
+        "- Envoy CPU µs/request: user + system time of the Envoy process (all threads) over the measured \
+         {} s, from `/proc/<pid>/stat`, divided by the requests served.",
+        s.secs
+    );
+    let _ = writeln!(
+        md,
+        "- Limits are 10⁹ per window: every request is admitted, the runs measure the admit path. A run \
+         with an error, a refusal or a failed callout is listed under [Doubtful runs](#doubtful-runs).\n"
+    );
+}
+
+fn table_scenarios() -> Vec<Scenario> {
+    let mut all = vec![baseline()];
+    all.extend(scenarios());
+    all
+}
+
+fn throughput(md: &mut String, view: &View<'_>) {
+    let _ = writeln!(md, "## Throughput at {} connections\n", view.results.settings.connections);
+    let _ = writeln!(
+        md,
+        "| # | configuration | req/s | × no filter | × native | p50 µs | p99 µs | Envoy CPU µs/req | Envoy core busy | wrk CPU |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for s in table_scenarios() {
+        if view.runs(s.id).is_empty() {
+            continue;
+        }
+        let native = s.native_peer.map_or_else(|| "–".to_owned(), |p| ratio_text(view.relative(s.id, p)));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.group,
+            s.title,
+            with_range(view.spread(s.id, |r| Some(r.rps)), thousands),
+            ratio_text(view.ratio(s.id)),
+            native,
+            opt(view.median(s.id, |r| Some(r.p50_us)), us),
+            opt(view.median(s.id, |r| Some(r.p99_us)), us),
+            opt(view.median(s.id, |r| r.envoy_cpu_us), us),
+            opt(view.median(s.id, |r| Some(r.rps * r.envoy_cpu_us? / 1e4)), |v| format!("{v:.0}%")),
+            opt(view.median(s.id, |r| r.tool_cpu_pct), |v| format!("{v:.0}%")),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n\"× native\" compares with Envoy's native per-key `local_ratelimit` at the same number of keys \
+         (1 key for the global path, 10k for the anonymous path; the one-bucket form for the wasm no-op), each \
+         taken against its own neighbouring no-filter run. Native per key: a `rate_limits` action on `x-api-key` \
+         and a wildcard descriptor (`value: \"\"`), one token bucket per value (`max_dynamic_descriptors` 40,000). \
+         Both native forms add `x-ratelimit-*` headers, as tollgate does. \"Envoy core busy\" is req/s × CPU \
+         time per request: near 100% Envoy's core was the limit; below, Envoy waited (or other work took its \
+         core). \"wrk CPU\" near 100% would mean the load tool, not Envoy, was the limit.\n"
+    );
+}
+
+fn latency(md: &mut String, view: &View<'_>) {
+    let _ = writeln!(md, "## Latency at 1 connection (unloaded)\n");
+    let _ = writeln!(md, "| configuration | p50 µs | p99 µs | added p50 µs | added p99 µs |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for s in table_scenarios() {
+        if view.runs(s.id).is_empty() {
+            continue;
+        }
+        let (added50, added99) = if s.id == BASELINE {
+            ("–".to_owned(), "–".to_owned())
+        } else {
+            (with_range(view.added(s.id, false), signed_us), with_range(view.added(s.id, true), signed_us))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            s.title,
+            opt(view.median(s.id, |r| r.idle_p50_us), us),
+            opt(view.median(s.id, |r| r.idle_p99_us), us),
+            added50,
+            added99
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nwrk `-t1 -c1` for {} s right after the loaded run; \"added\" is the difference to the no-filter run \
+         just before (wrk's latencies have a resolution of 1 µs and include its own time).\n",
+        view.results.settings.idle_secs
+    );
+}
+
+fn global(md: &mut String, view: &View<'_>) {
+    let ids: Vec<Scenario> = scenarios().into_iter().filter(|s| s.group == 6 && !view.runs(s.id).is_empty()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Global path: where the CPU goes\n");
+    let _ = writeln!(
+        md,
+        "| configuration | × no filter | × tollgate local (1 key) | Envoy CPU µs/req | quota service CPU µs/decision | Redis CPU µs/decision |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in ids {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.title,
+            ratio_text(view.ratio(s.id)),
+            ratio_text(view.relative(s.id, LOCAL)),
+            opt(view.median(s.id, |r| r.envoy_cpu_us), us),
+            opt(view.median(s.id, |r| r.quota_cpu_us), us),
+            opt(view.median(s.id, |r| r.redis_cpu_us), us),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe quota service (`target/release/tollgate-quota`) and Redis run on core 1 next to wrk, so Envoy keeps \
+         core 0 to itself. The filter calls the service for every request (\"strict\"). **The default mode is meant \
+         to take leases so that most requests stay local; the filter has no leases yet, so \"default\" is the very \
+         same configuration as \"strict\" here** (its rows show how much two identical configurations differ).\n"
+    );
+}
+
+fn quota(md: &mut String, view: &View<'_>) {
+    let rows = [
+        ("quota-memory", "tollgate-quota, memory store, wrk 50 connections"),
+        ("quota-redis", "tollgate-quota, Redis, wrk 50 connections"),
+        ("redis-evalsha-p1", "redis-benchmark: EVALSHA check.lua, 50 clients"),
+        ("redis-evalsha-p16", "redis-benchmark: EVALSHA check.lua, 50 clients, pipeline 16"),
+    ];
+    if rows.iter().all(|(id, _)| view.runs(id).is_empty()) {
+        return;
+    }
+    let _ = writeln!(md, "## Quota service alone\n");
+    let _ = writeln!(
+        md,
+        "| what | decisions/s | p50 µs | p99 µs | 1 connection p50 / p99 µs | service CPU µs/decision | Redis CPU µs/decision |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for (id, title) in rows {
+        if view.runs(id).is_empty() {
+            continue;
+        }
+        let idle = match (view.median(id, |r| r.idle_p50_us), view.median(id, |r| r.idle_p99_us)) {
+            (Some(a), Some(b)) => format!("{} / {}", us(a), us(b)),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| {title} | {} | {} | {} | {idle} | {} | {} |",
+            with_range(view.spread(id, |r| Some(r.rps)), thousands),
+            opt(view.median(id, |r| Some(r.p50_us)), us),
+            opt(view.median(id, |r| Some(r.p99_us)), us),
+            opt(view.median(id, |r| r.quota_cpu_us), us),
+            opt(view.median(id, |r| r.redis_cpu_us), us),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n`POST /v1/check` with the two limits of the Envoy runs (a token bucket and a daily fixed window), over \
+         10k metered keys. The service runs on core 0 (one tokio worker, as `taskset` leaves it one CPU); Redis on \
+         core 1, shared with wrk. redis-benchmark runs on core 0 in the service's place and calls the service's own \
+         `crates/tollgate-quota/lua/check.lua` (loaded with `SCRIPT LOAD`) with the same `KEYS`/`ARGV` the service \
+         sends, over 10k keys (`-r 10000`): Redis's own ceiling for these decisions. Its latencies have a resolution \
+         of about 8 µs.\n"
+    );
+}
+
+fn costs(md: &mut String, view: &View<'_>) {
+    let cpu = |id: &str| view.median(id, |r| r.envoy_cpu_us);
+    let micro = |name: &str| view.results.micro.iter().find(|m| m.name == name).map(|m| m.median_ns / 1000.0);
+    let profile = |id: &str| view.results.profiles.iter().find(|p| p.id == id);
+    // "By the profile, <what> is X µs in the Envoy binary, Y µs in wasm code and Z µs in the kernel."
+    let split = |md: &mut String, what: &str, id: &str, over: &str| {
+        if let (Some(a), Some(b)) = (profile(id), profile(over)) {
+            let delta = |part: &str| signed_us(part_us(view, a, part) - part_us(view, b, part));
+            let _ = writeln!(
+                md,
+                "  By the profile, {what} is {} µs in the Envoy binary (Envoy, host calls, V8's runtime), {} µs in \
+                 wasm code and {} µs in the kernel.",
+                delta(PARTS[0]),
+                delta(PARTS[1]),
+                delta(PARTS[2])
+            );
+        }
+    };
+    let Some(base) = cpu(BASELINE) else { return };
+    let _ = writeln!(
+        md,
+        "## Where the time goes
+"
+    );
+    let _ = writeln!(
+        md,
+        "Envoy CPU time per request, medians of the measured runs:
+"
+    );
+    let _ = writeln!(md, "- Envoy without a filter: {} µs per request.", us(base));
+    if let Some(native) = cpu("native-per-key-1") {
+        let _ =
+            writeln!(md, "- Envoy's native per-key local rate limit (1 key): {} µs on top.", signed_us(native - base));
+    }
+    let noop = cpu("wasm-noop");
+    if let Some(noop) = noop {
+        let _ = writeln!(
+            md,
+            "- The wasm floor: {} µs on top, for a filter that does nothing but is called into V8 for every \
+             stream event (context create, request and response headers, log, done, delete).",
+            signed_us(noop - base)
+        );
+        split(md, "the floor", "wasm-noop", BASELINE);
+    }
+    if let (Some(local), Some(noop)) = (cpu(LOCAL), noop) {
+        let native_decide = micro("decide/local_1_key");
+        let _ = writeln!(
+            md,
+            "- tollgate's local path (1 key): {} µs on top of the floor{}.",
+            signed_us(local - noop),
+            native_decide.map_or_else(String::new, |d| format!(
+                "; the same decision natively (criterion `decide/local_1_key`) takes {d:.2} µs, and formatting \
+                 the rate-limit headers alone {}",
+                micro("headers/rate_limit_headers_2_limits").map_or_else(|| "–".to_owned(), |h| format!("{h:.2} µs"))
+            ))
+        );
+        split(md, "this", LOCAL, "wasm-noop");
+    }
+    if let (Some(many), Some(one)) = (cpu(LOCAL_10K), cpu(LOCAL)) {
+        let _ = writeln!(md, "- 10k keys instead of 1: {} µs per request.", signed_us(many - one));
+        split(md, "this", LOCAL_10K, LOCAL);
+    }
+    if let (Some(anon), Some(noop)) = (cpu("tollgate-anonymous"), noop) {
+        let _ =
+            writeln!(md, "- The anonymous path (10k client IPs): {} µs on top of the floor.", signed_us(anon - noop));
+    }
+    for id in ["global-strict-memory", "global-strict-redis"] {
+        if let (Some(global), Some(local)) = (cpu(id), cpu(LOCAL)) {
+            let _ = writeln!(
+                md,
+                "- `{id}`: {} µs more in Envoy than the local path (dispatching the callout, an HTTP/1.1 round trip \
+                 to the service, resuming the request), plus {} µs in the quota service{} per decision.",
+                signed_us(global - local),
+                opt(view.median(id, |r| r.quota_cpu_us), us),
+                view.median(id, |r| r.redis_cpu_us).map_or_else(String::new, |v| format!(" and {} µs in Redis", us(v)))
+            );
+            split(md, "the callout", id, LOCAL);
+        }
+    }
+    let _ = writeln!(md);
+}
+
+/// The parts of a profile, in table order.
+const PARTS: [&str; 5] = ["Envoy binary (incl. V8 runtime)", "wasm code (V8 JIT)", "kernel", "libc and vdso", "other"];
+
+/// µs per request spent in `part`: its share of the profiled run's samples, applied to the
+/// median Envoy CPU time per request of the measured runs (the share varies less between
+/// runs than the time does).
+fn part_us(view: &View<'_>, profile: &Profile, part: &str) -> f64 {
+    let cpu = view.median(&profile.id, |r| r.envoy_cpu_us).unwrap_or(profile.envoy_cpu_us);
+    let us = profile.shares.iter().filter(|(p, _)| p == part).map(|(_, pct)| pct).sum::<f64>() / 100.0 * cpu;
+    if us.abs() < 0.05 {
+        0.0
+    } else {
+        us
+    }
+}
+
+fn profiles(md: &mut String, view: &View<'_>) {
+    let results = view.results;
+    if results.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Profile of Envoy's CPU time
+"
+    );
+    let _ = writeln!(md, "| configuration | Envoy CPU µs/req | {} | (profiled run: CPU µs/req) |", PARTS.join(" | "));
+    let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(PARTS.len()));
+    let titles = table_scenarios();
+    for p in &results.profiles {
+        let title = titles.iter().find(|s| s.id == p.id).map_or(p.id.as_str(), |s| s.title);
+        let cpu = view.median(&p.id, |r| r.envoy_cpu_us).unwrap_or(p.envoy_cpu_us);
+        let cells: Vec<String> = PARTS.iter().map(|part| us(part_us(view, p, part))).collect();
+        let _ = writeln!(md, "| {title} | {} | {} | {} |", us(cpu), cells.join(" | "), us(p.envoy_cpu_us));
+    }
+    let _ = writeln!(
+        md,
+        "\nµs per request in each part of Envoy: the share of `perf record -e cpu-clock` samples of Envoy's process \
+         during one extra loaded run per configuration (not one of the measured runs; perf costs a little), \
+         applied to the median CPU time per request of the measured runs. The Envoy \
+         binary is stripped, so perf tells binaries apart, not functions: \"Envoy binary\" holds Envoy, V8's \
+         runtime and the host side of every proxy-wasm call; \"wasm code\" is what V8 compiled from the `.wasm`; \
+         the kernel part is mostly the loopback TCP of the connections.\n"
+    );
+}
+
+fn micro(md: &mut String, results: &Results) {
+    if results.micro.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Micro-benchmarks of the core\n");
+    let _ = writeln!(
+        md,
+        "`cargo bench -p tollgate-core` ([`crates/tollgate-core/benches/hot_path.rs`](crates/tollgate-core/benches/hot_path.rs)), \
+         natively on core 1; the `.wasm` runs the same code under V8, slower. Median and 95% confidence interval.\n"
+    );
+    let _ = writeln!(md, "| benchmark | median | 95% CI |\n|---|---|---|");
+    let show = |ns: f64| if ns >= 1000.0 { format!("{:.2} µs", ns / 1000.0) } else { format!("{ns:.1} ns") };
+    for m in &results.micro {
+        let _ = writeln!(md, "| `{}` | {} | {} – {} |", m.name, show(m.median_ns), show(m.low_ns), show(m.high_ns));
+    }
+    let _ = writeln!(md);
+}
+
+fn sizes(md: &mut String, results: &Results) {
+    let _ = writeln!(md, "## Sizes\n\n| file | bytes |\n|---|---|");
+    for (name, bytes) in &results.sizes {
+        let _ = writeln!(md, "| `{name}` | {} ({:.1} KiB) |", thousands(*bytes as f64), *bytes as f64 / 1024.0);
+    }
+    let _ = writeln!(
+        md,
+        "\n`tollgate.wasm` is built by `make wasm` (release: LTO, one codegen unit, `panic = \"abort\"`, stripped).\n"
+    );
+}
+
+/// "met, 0.05 to spare" / "not met: 0.15 short (21% below the goal)".
+fn verdict(measured: f64, goal: f64, at_least: bool, unit: &str) -> String {
+    let gap = if at_least { measured - goal } else { goal - measured };
+    let pct = (gap / goal * 100.0).abs();
+    if gap >= 0.0 {
+        format!("**met**, {}{unit} to spare", trim(gap))
+    } else if at_least {
+        format!("**not met**: {}{unit} short ({pct:.0}% below the goal)", trim(-gap))
+    } else {
+        format!("**not met**: {}{unit} over ({pct:.0}% above the goal)", trim(-gap))
+    }
+}
+
+fn trim(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        thousands(v)
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn goals(md: &mut String, view: &View<'_>) {
+    let _ = writeln!(md, "## Goals\n");
+    let _ = writeln!(md, "| goal | measured | verdict |\n|---|---|---|");
+    let mut row = |goal: &str, measured: String, verdict: String| {
+        let _ = writeln!(md, "| {goal} | {measured} | {verdict} |");
+    };
+    if let Some(local) = view.ratio(LOCAL) {
+        let many = view.ratio(LOCAL_10K).map_or_else(String::new, |m| format!("; 10k keys {:.2}×", m.median));
+        row(
+            "local path ≥ 0.70× no-filter req/s",
+            format!("{:.2}× (1 key){many}", local.median),
+            verdict(local.median, 0.70, true, "×"),
+        );
+    }
+    if let Some(scale) = view.relative(LOCAL_10K, LOCAL) {
+        row(
+            "local path at 10k keys ≥ 0.95× of itself at 1 key",
+            format!("{:.2}×", scale.median),
+            verdict(scale.median, 0.95, true, "×"),
+        );
+    }
+    if let Some(added) = view.added(LOCAL, false) {
+        let many =
+            view.added(LOCAL_10K, false).map_or_else(String::new, |m| format!("; 10k keys {}", signed_us(m.median)));
+        row(
+            "added unloaded p50 ≤ 30 µs (local path)",
+            format!("{} µs (1 key){many}", signed_us(added.median)),
+            verdict(added.median, 30.0, false, " µs"),
+        );
+    }
+    for (id, store) in [("global-strict-redis", "Redis"), ("global-strict-memory", "memory store")] {
+        if let Some(strict) = view.ratio(id) {
+            row(
+                &format!("strict global path ≥ 0.30× no-filter ({store})"),
+                format!("{:.2}×", strict.median),
+                verdict(strict.median, 0.30, true, "×"),
+            );
+        }
+    }
+    if let Some(default) = view.relative("global-default-redis", LOCAL) {
+        row(
+            "default global path ≥ 0.90× the local path (Redis)",
+            format!("{:.2}× (no leases yet: the same configuration as strict)", default.median),
+            verdict(default.median, 0.90, true, "×"),
+        );
+    }
+    if let Some(quota) = view.spread("quota-redis", |r| Some(r.rps)) {
+        row(
+            "quota service ≥ 40,000 decisions/s against Redis",
+            format!("{} decisions/s", thousands(quota.median)),
+            verdict(quota.median, 40_000.0, true, " decisions/s"),
+        );
+    }
+    if let Some(p99) = view.median("quota-redis", |r| Some(r.p99_us)) {
+        row(
+            "quota service p99 ≤ 2 ms at 50 clients (Redis)",
+            format!("{:.2} ms", p99 / 1000.0),
+            verdict(p99 / 1000.0, 2.0, false, " ms"),
+        );
+    }
+    if let Some((_, bytes)) = view.results.sizes.iter().find(|(n, _)| n == "tollgate.wasm") {
+        let kib = *bytes as f64 / 1024.0;
+        row("tollgate.wasm ≤ 512 KiB", format!("{kib:.1} KiB"), verdict(kib, 512.0, false, " KiB"));
+    }
+    let _ = writeln!(
+        md,
+        "\nFor the costs behind a missed goal see [Where the time goes](#where-the-time-goes): Envoy's CPU time per \
+         request split into the wasm floor, tollgate's own work and the callout, and the core's decision measured \
+         natively.\n"
+    );
+}
+
+fn doubts(md: &mut String, view: &View<'_>) {
+    let _ = writeln!(md, "## Doubtful runs\n");
+    let mut any = false;
+    for run in view.results.runs.iter().chain(&view.results.quota_runs) {
+        if !run.notes.is_empty() {
+            any = true;
+            let _ = writeln!(md, "- round {}, `{}`: {}", run.round + 1, run.id, run.notes.join("; "));
+        }
+    }
+    if !any {
+        let _ = writeln!(md, "None: no errors, refusals or failed callouts in any run.");
+    }
+    let observed: Vec<&Run> =
+        view.results.runs.iter().chain(&view.results.quota_runs).filter(|r| !r.observations.is_empty()).collect();
+    if !observed.is_empty() {
+        let _ = writeln!(md, "\nObserved in the filter's stats (not errors):\n");
+        for run in observed {
+            let _ = writeln!(md, "- round {}, `{}`: {}", run.round + 1, run.id, run.observations.join("; "));
+        }
+    }
+    if let Some(base) = view.spread(BASELINE, |r| Some(r.rps)) {
+        let _ = writeln!(
+            md,
+            "\nNoise: the {} no-filter runs ranged from {} to {} req/s (±{:.0}% around their median) over the whole \
+             benchmark; ratios to the neighbouring no-filter run cancel most of that drift.",
+            base.count,
+            thousands(base.min),
+            thousands(base.max),
+            base.spread_pct()
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! One measured run of a configuration: start what it needs, check that it works, warm
+//! up, measure at full load and at one connection, read the CPU time and the stats.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envoy::{Envoy, Ports, Template, Wasm};
+use crate::load::{redis_benchmark, Wrk, WrkResult};
+use crate::procs::{http_raw, scratch, Proc};
+use crate::scenario::{check_limits, check_script_args, token, Filter, QuotaStore, Scenario, CHECK_PATH, MANY, PATH};
+use crate::services::{redis_cli, Quota, Redis};
+
+/// Envoy runs on this core with its one worker; the load tool (and, for the global path,
+/// the quota service and Redis) on the other.
+pub const ENVOY_CPU: u32 = 0;
+pub const LOAD_CPU: u32 = 1;
+
+/// How long and how hard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    pub warmup_secs: u64,
+    pub secs: u64,
+    pub idle_secs: u64,
+    pub connections: u32,
+    pub quota_clients: u32,
+}
+
+/// One measurement of one configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub round: usize,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub requests: u64,
+    pub errors: u64,
+    /// CPU time per request of Envoy, the quota service and Redis, in µs.
+    pub envoy_cpu_us: Option<f64>,
+    pub quota_cpu_us: Option<f64>,
+    pub redis_cpu_us: Option<f64>,
+    /// The load tool's CPU use, % of its core.
+    pub tool_cpu_pct: Option<f64>,
+    /// Latency at one connection.
+    pub idle_p50_us: Option<f64>,
+    pub idle_p99_us: Option<f64>,
+    /// The no-filter run just before this one.
+    pub baseline: Option<Paired>,
+    /// Anything that makes the run doubtful (refusals, failed callouts, errors).
+    pub notes: Vec<String>,
+    /// Things worth knowing that do not make the run doubtful (stats of the filter).
+    #[serde(default)]
+    pub observations: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Paired {
+    pub rps: f64,
+    pub idle_p50_us: f64,
+    pub idle_p99_us: f64,
+    #[serde(default)]
+    pub envoy_cpu_us: Option<f64>,
+}
+
+pub struct Bench {
+    pub root: PathBuf,
+    pub envoy_bin: PathBuf,
+    pub quota_bin: PathBuf,
+    pub template: Template,
+    pub wasm: Wasm,
+    pub script: PathBuf,
+    pub settings: Settings,
+}
+
+/// Stats whose non-zero value means a run did not measure the admit path it claims to.
+const BAD_STATS: [&str; 12] = [
+    ".limited",
+    ".unauthenticated",
+    ".malformed",
+    ".store_bypassed",
+    ".store_refused",
+    ".quota_unavailable",
+    "tollgate.store.errors",
+    "tollgate.quota.failures",
+    "tollgate.quota.timeouts",
+    "tollgate.quota.short_circuited",
+    "http_local_rate_limit.rate_limited",
+    "http.ingress.downstream_rq_5xx",
+];
+
+impl Bench {
+    fn wrk(&self) -> Wrk<'_> {
+        Wrk { script: &self.script, cpu: LOAD_CPU }
+    }
+
+    /// Starts what `scenario` needs (the quota service and Redis for the global path) and
+    /// its Envoy, checks it with a probe request and warms it up.
+    fn start(&self, scenario: &Scenario, dir: &str) -> (Option<Quota>, Envoy) {
+        let quota = match scenario.filter {
+            Filter::TollgateGlobal { store, .. } => {
+                Some(Quota::start(&self.root, &self.quota_bin, store, LOAD_CPU, LOAD_CPU))
+            }
+            _ => None,
+        };
+        let ports = Ports::fresh(quota.as_ref().map(|q| q.port));
+        let dir = scratch(&self.root, dir);
+        let config = dir.join(format!("{}.yaml", scenario.id));
+        let log = dir.join(format!("{}.log", scenario.id));
+        fs::write(&config, self.template.render(scenario, &ports, &self.wasm)).expect("write the Envoy config");
+        let envoy = Envoy::start(&self.envoy_bin, &config, &log, ports, ENVOY_CPU, &self.root);
+        probe(scenario, envoy.ports.listener);
+        let args = scenario.load.args(PATH);
+        self.wrk().run(
+            envoy.ports.listener,
+            PATH,
+            self.settings.connections,
+            Duration::from_secs(self.settings.warmup_secs),
+            &args,
+        );
+        (quota, envoy)
+    }
+
+    /// One measured run of an Envoy configuration.
+    pub fn envoy_run(&self, scenario: &Scenario, round: usize) -> Run {
+        let (quota, envoy) = self.start(scenario, "envoy");
+        let port = envoy.ports.listener;
+        let args = scenario.load.args(PATH);
+        let conns = self.settings.connections;
+        let procs: Vec<&Proc> =
+            quota.iter().flat_map(|q| [&q.proc].into_iter().chain(q.redis.as_ref().map(|r| &r.proc))).collect();
+        let before: Vec<Duration> = [&envoy.proc].into_iter().chain(procs.iter().copied()).map(Proc::cpu).collect();
+        let loaded = self.wrk().run(port, PATH, conns, Duration::from_secs(self.settings.secs), &args);
+        let after: Vec<Duration> = [&envoy.proc].into_iter().chain(procs.iter().copied()).map(Proc::cpu).collect();
+        let idle = self.wrk().run(port, PATH, 1, Duration::from_secs(self.settings.idle_secs), &args);
+
+        let per_request = |i: usize| per_request_us(before[i], after[i], loaded.requests);
+        let mut run = from_wrk(scenario.id, round, &loaded);
+        run.envoy_cpu_us = Some(per_request(0));
+        if quota.is_some() {
+            run.quota_cpu_us = Some(per_request(1));
+            run.redis_cpu_us = quota.as_ref().and_then(|q| q.redis.as_ref()).map(|_| per_request(2));
+        }
+        run.idle_p50_us = Some(idle.p50_us);
+        run.idle_p99_us = Some(idle.p99_us);
+        if idle.errors > 0 {
+            run.notes.push(format!("{} errors at 1 connection", idle.errors));
+        }
+        let stats = envoy.counters();
+        for (name, value) in &stats {
+            if *value > 0 && BAD_STATS.iter().any(|bad| name.ends_with(bad) || name.contains(bad)) {
+                run.notes.push(format!("{name} = {value}"));
+            }
+        }
+        let find = |suffix: &str| stats.iter().find(|(n, _)| n.ends_with(suffix)).map_or(0, |(_, v)| *v);
+        for name in ["tollgate.store.evictions_live", "tollgate.store.cas_conflicts"] {
+            if find(name) > 0 {
+                run.observations.push(format!("{name} = {} (whole run, warm-up included)", find(name)));
+            }
+        }
+        if matches!(scenario.filter, Filter::TollgateGlobal { .. }) {
+            let (callouts, allowed) = (find("tollgate.quota.callouts"), find("tollgate.requests.bench.allowed"));
+            if callouts < allowed {
+                run.notes.push(format!("{callouts} callouts for {allowed} admitted requests"));
+            }
+        }
+        if matches!(scenario.filter, Filter::TollgateGlobal { .. }) && round == 0 {
+            let callouts = find("tollgate.quota.callouts");
+            run.observations.push(format!(
+                "{callouts} callouts over {} connections to the quota service",
+                find("cluster.tollgate_quota.upstream_cx_total")
+            ));
+        }
+        run
+    }
+
+    /// A run under `perf record` (not one of the measured runs): which binary Envoy's CPU
+    /// time goes to, per request. `None` when perf is missing or not allowed.
+    pub fn profile(&self, scenario: &Scenario) -> Option<Profile> {
+        let perf_ok = Command::new("perf").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !perf_ok {
+            return None;
+        }
+        let (_quota, envoy) = self.start(scenario, "perf");
+        let port = envoy.ports.listener;
+        let args = scenario.load.args(PATH);
+        let conns = self.settings.connections;
+        let data = scratch(&self.root, "perf").join(format!("{}.data", scenario.id));
+        let secs = self.settings.secs.max(2);
+        // perf samples Envoy's core for a little less than wrk's run, so it sees load only.
+        let perf = Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-p", &envoy.proc.pid().to_string(), "-o"])
+            .arg(&data)
+            .args(["--", "sleep", &(secs - 1).to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let before = envoy.proc.cpu();
+        let loaded = self.wrk().run(port, PATH, conns, Duration::from_secs(secs), &args);
+        let after = envoy.proc.cpu();
+        let recorded = perf.wait_with_output().ok()?.status.success();
+        if !recorded {
+            return None;
+        }
+        let report =
+            Command::new("perf").args(["report", "--sort", "dso", "--stdio", "-i"]).arg(&data).output().ok()?;
+        let text = String::from_utf8_lossy(&report.stdout);
+        let mut shares: Vec<(String, f64)> = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.split_whitespace();
+            let (Some(pct), Some(dso)) = (parts.next(), parts.next()) else { continue };
+            let Ok(pct) = pct.trim_end_matches('%').parse::<f64>() else { continue };
+            let part = part_of(dso);
+            match shares.iter_mut().find(|(p, _)| p == part) {
+                Some((_, total)) => *total += pct,
+                None => shares.push((part.to_owned(), pct)),
+            }
+        }
+        Some(Profile {
+            id: scenario.id.to_owned(),
+            envoy_cpu_us: per_request_us(before, after, loaded.requests),
+            shares,
+        })
+    }
+
+    /// The quota service alone against `store`, at `quota_clients` connections: the
+    /// service on Envoy's core, Redis and wrk on the other.
+    pub fn quota_run(&self, store: QuotaStore, round: usize) -> Run {
+        let quota = Quota::start(&self.root, &self.quota_bin, store, ENVOY_CPU, LOAD_CPU);
+        let limits = check_limits().to_string();
+        let body = format!(r#"{{"key":"bench/key:probe","cost":1,"limits":{limits}}}"#);
+        let reply =
+            http_raw(quota.port, &format!("POST {CHECK_PATH} HTTP/1.1\r\nContent-Type: application/json"), &body);
+        match reply {
+            Some(r) if r.status == 200 && r.body.contains(r#""admitted":true"#) => {}
+            Some(r) => panic!("quota service probe: {} {}", r.status, r.body),
+            None => panic!("quota service probe: no answer"),
+        }
+        let args = vec!["check".to_owned(), MANY.to_string(), CHECK_PATH.to_owned(), limits];
+        let clients = self.settings.quota_clients;
+        self.wrk().run(quota.port, CHECK_PATH, clients, Duration::from_secs(self.settings.warmup_secs), &args);
+        let procs: Vec<&Proc> = [&quota.proc].into_iter().chain(quota.redis.as_ref().map(|r| &r.proc)).collect();
+        let before: Vec<Duration> = procs.iter().map(|p| p.cpu()).collect();
+        let loaded = self.wrk().run(quota.port, CHECK_PATH, clients, Duration::from_secs(self.settings.secs), &args);
+        let after: Vec<Duration> = procs.iter().map(|p| p.cpu()).collect();
+        let idle = self.wrk().run(quota.port, CHECK_PATH, 1, Duration::from_secs(self.settings.idle_secs), &args);
+        let mut run = from_wrk(&format!("quota-{}", store.name().to_lowercase()), round, &loaded);
+        run.quota_cpu_us = Some(per_request_us(before[0], after[0], loaded.requests));
+        run.redis_cpu_us = (procs.len() > 1).then(|| per_request_us(before[1], after[1], loaded.requests));
+        run.idle_p50_us = Some(idle.p50_us);
+        run.idle_p99_us = Some(idle.p99_us);
+        run
+    }
+
+    /// `EVALSHA` of the service's own `check.lua` with the same limits, from redis-benchmark
+    /// (on Envoy's core) against Redis (on the other): Redis's ceiling for these decisions.
+    pub fn redis_run(&self, pipeline: u32, round: usize) -> Run {
+        let redis = Redis::start(&self.root, LOAD_CPU);
+        let script = fs::read_to_string(self.root.join("crates/tollgate-quota/lua/check.lua")).expect("read check.lua");
+        let sha = redis.load_script(&script);
+        let mut command = vec!["EVALSHA".to_owned(), sha, "1".to_owned(), "tg:{bench/key:__rand_int__}".to_owned()];
+        command.push("1".to_owned());
+        command.extend(check_script_args());
+        let mut probe: Vec<&str> = command.iter().map(String::as_str).collect();
+        probe[3] = "tg:{bench/key:probe}";
+        let answer = redis_cli(redis.port, &probe).unwrap_or_default();
+        assert!(answer.starts_with('1'), "check.lua did not admit the probe: {answer:?}");
+
+        let clients = self.settings.quota_clients;
+        let calibration = redis_benchmark(ENVOY_CPU, redis.port, clients, pipeline, 20_000, MANY, &command);
+        let wanted = (calibration.rps * self.settings.secs as f64) as u64;
+        let before = redis.proc.cpu();
+        let result = redis_benchmark(ENVOY_CPU, redis.port, clients, pipeline, wanted.max(20_000), MANY, &command);
+        let after = redis.proc.cpu();
+        Run {
+            id: format!("redis-evalsha-p{pipeline}"),
+            round,
+            rps: result.rps,
+            p50_us: result.p50_us,
+            p99_us: result.p99_us,
+            requests: result.requests,
+            redis_cpu_us: Some(per_request_us(before, after, result.requests)),
+            ..Run::default()
+        }
+    }
+}
+
+/// Where Envoy's CPU time went during a profiled run: % of samples per part.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub id: String,
+    pub envoy_cpu_us: f64,
+    pub shares: Vec<(String, f64)>,
+}
+
+/// The part of Envoy a sampled binary stands for (the Envoy binary holds V8 and the host
+/// side of proxy-wasm; code V8 generates from the `.wasm` shows as `[JIT]`).
+pub fn part_of(dso: &str) -> &'static str {
+    if dso.starts_with("[JIT]") || dso.starts_with("//anon") || dso.starts_with("[anon") {
+        "wasm code (V8 JIT)"
+    } else if dso == "envoy" {
+        "Envoy binary (incl. V8 runtime)"
+    } else if dso.starts_with("[kernel") {
+        "kernel"
+    } else if dso.starts_with("libc") || dso.starts_with("libm") || dso.starts_with("ld-") || dso.starts_with("[vdso") {
+        "libc and vdso"
+    } else {
+        "other"
+    }
+}
+
+fn from_wrk(id: &str, round: usize, result: &WrkResult) -> Run {
+    let mut run = Run {
+        id: id.to_owned(),
+        round,
+        rps: result.rps(),
+        p50_us: result.p50_us,
+        p99_us: result.p99_us,
+        requests: result.requests,
+        errors: result.errors,
+        tool_cpu_pct: Some(result.tool_cpu_pct),
+        ..Run::default()
+    };
+    if result.errors > 0 {
+        run.notes.push(format!("{} errors or non-2xx answers under load", result.errors));
+    }
+    run
+}
+
+fn per_request_us(before: Duration, after: Duration, requests: u64) -> f64 {
+    after.saturating_sub(before).as_micros() as f64 / requests.max(1) as f64
+}
+
+/// One request like the run's first: it must be answered 200, and the filter must show
+/// that it ran (its rate-limit header), or the configuration is not what it claims.
+fn probe(scenario: &Scenario, port: u16) {
+    let first = token(0);
+    let header = match scenario.load.mode {
+        "bearer" => format!("Authorization: Bearer {first}"),
+        "apikey" => format!("x-api-key: {first}"),
+        "xff" => "X-Forwarded-For: 10.0.0.0".to_owned(),
+        other => panic!("no probe for mode {other}"),
+    };
+    let reply = http_raw(port, &format!("POST {PATH} HTTP/1.1\r\n{header}"), "")
+        .unwrap_or_else(|| panic!("{}: no answer to the probe request", scenario.id));
+    assert_eq!(reply.status, 200, "{}: probe answered {}: {}", scenario.id, reply.status, reply.body);
+    if let Some(name) = scenario.proof_header {
+        assert!(
+            reply.header(name).is_some(),
+            "{}: the probe's answer has no {name} header: the filter did not run ({:?})",
+            scenario.id,
+            reply.headers
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! What is measured: every configuration of Envoy, the requests sent to it, and the limits
+//! (high enough never to refuse: the benchmark measures the admit path).
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The route every Envoy run is driven on (a `POST` route of `envoy.yaml`, answered by
+/// `direct_response`, limited by tollgate with cost 1).
+pub const PATH: &str = "/v1/images/generations";
+/// The quota service's decision endpoint.
+pub const CHECK_PATH: &str = "/v1/check";
+/// Callers of the "10k keys" configurations.
+pub const MANY: usize = 10_000;
+/// Limit and burst of the benchmark's limits: never reached in a run.
+pub const HUGE: u64 = 1_000_000_000;
+
+/// The Envoy configurations, in the order of the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// No HTTP filter but the router: the ceiling.
+    None,
+    /// Envoy's `local_ratelimit` with one token bucket for everything.
+    NativeOneBucket,
+    /// Envoy's `local_ratelimit` with one bucket per `x-api-key` value (dynamic descriptors).
+    NativePerKey,
+    /// The no-op proxy-wasm filter of `bench/src/lib.rs`.
+    WasmNoop,
+    /// tollgate with local limits only; `keys` static keys.
+    TollgateLocal { keys: usize },
+    /// tollgate's anonymous tier (client-IP keys from `X-Forwarded-For`).
+    TollgateAnonymous,
+    /// tollgate with global limits against the quota service.
+    TollgateGlobal { store: QuotaStore, strict: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaStore {
+    Memory,
+    Redis,
+}
+
+impl QuotaStore {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaStore::Memory => "memory",
+            QuotaStore::Redis => "Redis",
+        }
+    }
+}
+
+/// Which requests wrk sends (`bench/lua/requests.lua`): the mode and how many variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub mode: &'static str,
+    pub variants: usize,
+}
+
+impl Load {
+    pub fn args(self, path: &str) -> Vec<String> {
+        vec![self.mode.to_owned(), self.variants.to_string(), path.to_owned()]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Short stable name: file names, `BENCH_ONLY`, results.json.
+    pub id: &'static str,
+    /// The numbering of configurations (1 = ceiling … 6 = global path).
+    pub group: u8,
+    pub title: &'static str,
+    pub filter: Filter,
+    pub load: Load,
+    /// `xff_num_trusted_hops` of the HTTP connection manager.
+    pub xff_hops: u32,
+    /// A response header that proves the filter ran (checked on a probe request).
+    pub proof_header: Option<&'static str>,
+    /// The native configuration this one is compared with ("× native").
+    pub native_peer: Option<&'static str>,
+}
+
+const BEARER_1: Load = Load { mode: "bearer", variants: 1 };
+
+/// The ceiling every other configuration is interleaved with.
+pub fn baseline() -> Scenario {
+    Scenario {
+        id: "no-filter",
+        group: 1,
+        title: "Envoy, no HTTP filter (ceiling)",
+        filter: Filter::None,
+        load: BEARER_1,
+        xff_hops: 0,
+        proof_header: None,
+        native_peer: None,
+    }
+}
+
+/// Every configuration but the baseline, in table order.
+pub fn scenarios() -> Vec<Scenario> {
+    let native = |id, title, filter, load| Scenario {
+        id,
+        group: 2,
+        title,
+        filter,
+        load,
+        xff_hops: 0,
+        proof_header: Some("x-ratelimit-limit"),
+        native_peer: None,
+    };
+    let tollgate = |id, group, title, filter, load, native_peer| Scenario {
+        id,
+        group,
+        title,
+        filter,
+        load,
+        xff_hops: 0,
+        proof_header: Some("ratelimit-policy"),
+        native_peer: Some(native_peer),
+    };
+    let global = |id, title, store, strict| {
+        tollgate(id, 6, title, Filter::TollgateGlobal { store, strict }, BEARER_1, "native-per-key-1")
+    };
+    vec![
+        native("native-one-bucket", "native local_ratelimit, one bucket", Filter::NativeOneBucket, BEARER_1),
+        native(
+            "native-per-key-1",
+            "native local_ratelimit, bucket per key, 1 key",
+            Filter::NativePerKey,
+            Load { mode: "apikey", variants: 1 },
+        ),
+        native(
+            "native-per-key-10k",
+            "native local_ratelimit, bucket per key, 10k keys",
+            Filter::NativePerKey,
+            Load { mode: "apikey", variants: MANY },
+        ),
+        Scenario {
+            id: "wasm-noop",
+            group: 3,
+            title: "proxy-wasm no-op filter (wasm floor)",
+            filter: Filter::WasmNoop,
+            load: BEARER_1,
+            xff_hops: 0,
+            proof_header: None,
+            native_peer: Some("native-one-bucket"),
+        },
+        tollgate(
+            "tollgate-local-1",
+            4,
+            "tollgate local, 1 key",
+            Filter::TollgateLocal { keys: 1 },
+            BEARER_1,
+            "native-per-key-1",
+        ),
+        tollgate(
+            "tollgate-local-10k",
+            4,
+            "tollgate local, 10k keys",
+            Filter::TollgateLocal { keys: MANY },
+            Load { mode: "bearer", variants: MANY },
+            "native-per-key-10k",
+        ),
+        Scenario {
+            xff_hops: 1,
+            ..tollgate(
+                "tollgate-anonymous",
+                5,
+                "tollgate anonymous, 10k client IPs",
+                Filter::TollgateAnonymous,
+                Load { mode: "xff", variants: MANY },
+                "native-per-key-10k",
+            )
+        },
+        global("global-strict-memory", "tollgate global strict, memory store", QuotaStore::Memory, true),
+        global("global-strict-redis", "tollgate global strict, Redis", QuotaStore::Redis, true),
+        global("global-default-memory", "tollgate global default, memory store", QuotaStore::Memory, false),
+        global("global-default-redis", "tollgate global default, Redis", QuotaStore::Redis, false),
+    ]
+}
+
+/// The bearer token of caller `i` (the wrk script writes the same).
+pub fn token(i: usize) -> String {
+    format!("tg_bench_{i:05}")
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The two limits of the benchmark tier, as the plugin config writes them: a token bucket
+/// and a daily fixed window, both far above what a run sends.
+fn plugin_limits(scope: &str) -> Value {
+    json!([
+        { "name": "rpm", "limit": HUGE, "window": "1m", "burst": HUGE, "scope": scope },
+        { "name": "per-day", "limit": HUGE, "window": "1d", "algorithm": "fixed_window", "scope": scope },
+    ])
+}
+
+/// The same two limits as the filter sends them to the quota service (`limits` of `/v1/check`).
+pub fn check_limits() -> Value {
+    json!([
+        { "name": "rpm", "limit": HUGE, "window_secs": 60, "burst": HUGE },
+        { "name": "per-day", "algorithm": "fixed_window", "limit": HUGE, "window_secs": 86_400 },
+    ])
+}
+
+/// `check.lua`'s ARGV after the cost for the same two limits (see the script's header):
+/// name, definition, x, y per limit; the token bucket's interval is rounded up to whole µs.
+pub fn check_script_args() -> Vec<String> {
+    let interval_us = (60 * 1_000_000u64).div_ceil(HUGE);
+    vec![
+        "rpm".into(),
+        format!("t:{HUGE}:60:{HUGE}"),
+        interval_us.to_string(),
+        (interval_us * HUGE).to_string(),
+        "per-day".into(),
+        format!("f:{HUGE}:86400"),
+        (86_400 * 1_000_000u64).to_string(),
+        HUGE.to_string(),
+    ]
+}
+
+/// The tollgate plugin JSON of a configuration, derived from `envoy.yaml`'s (its routes,
+/// mode and header options) with the benchmark's tier, keys and limits.
+pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
+    let (keys, scope) = match filter {
+        Filter::TollgateLocal { keys } => (keys, "local"),
+        Filter::TollgateAnonymous => (1, "local"),
+        Filter::TollgateGlobal { .. } => (1, "global"),
+        _ => return None,
+    };
+    let keys: Vec<Value> = (0..keys)
+        .map(|i| json!({ "id": format!("bench-{i:05}"), "sha256": sha256_hex(&token(i)), "tier": "bench" }))
+        .collect();
+    let mut limits = plugin_limits(scope);
+    if scope == "global" {
+        // A failed callout must show as an error (503), never as a quietly admitted request.
+        for limit in limits.as_array_mut().into_iter().flatten() {
+            limit["failure_mode"] = json!("closed");
+        }
+    } else {
+        for limit in limits.as_array_mut().into_iter().flatten() {
+            if let Some(limit) = limit.as_object_mut() {
+                limit.remove("scope");
+            }
+        }
+    }
+    let mut config = json!({
+        "mode": base.get("mode").cloned().unwrap_or(json!("enforce")),
+        "identity": { "api_key_header": "x-api-key", "anonymous": { "tier": "bench" } },
+        "keys": keys,
+        "tiers": { "bench": { "limits": limits } },
+        "routes": base.get("routes").cloned().unwrap_or(json!([])),
+        "headers": { "ietf": true, "x_ratelimit": true },
+    });
+    if let Filter::TollgateGlobal { strict, .. } = filter {
+        // "strict" calls the quota service on every request. The default mode will take
+        // leases instead; until the filter has them, both are the same configuration.
+        let _ = strict;
+        config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 1000, "verify_keys": false });
+    }
+    Some(config)
+}
