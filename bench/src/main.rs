@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::envoy::{Template, Wasm};
 use crate::info::Machine;
 use crate::micro::Micro;
-use crate::run::{Bench, Paired, Profile, Run, Settings, LOAD_CPU};
+use crate::run::{Bench, Profile, Run, Settings, LOAD_CPU};
 use crate::scenario::{baseline, scenarios, QuotaStore};
 
 /// Everything a report is written from.
@@ -164,23 +164,17 @@ fn main() {
     let mut quota_runs = Vec::new();
     for round in 0..settings.rounds {
         // Odd rounds go backwards, so no configuration always runs at the same point of a round.
-        let order: Vec<_> = if round % 2 == 0 { configs.iter().collect() } else { configs.iter().rev().collect() };
+        let order: Vec<_> =
+            if round.is_multiple_of(2) { configs.iter().collect() } else { configs.iter().rev().collect() };
         for (i, scenario) in order.into_iter().enumerate() {
             let progress = format!("round {}/{} {:>2}/{}", round + 1, settings.rounds, i + 1, configs.len());
-            let reference = bench.envoy_run(&base, round);
-            eprintln!("bench: {progress} {:<22} {:>8.0} req/s", base.id, reference.rps);
-            let mut run = bench.envoy_run(scenario, round);
-            run.baseline = Some(Paired {
-                rps: reference.rps,
-                idle_p50_us: reference.idle_p50_us.unwrap_or(0.0),
-                idle_p99_us: reference.idle_p99_us.unwrap_or(0.0),
-                envoy_cpu_us: reference.envoy_cpu_us,
-            });
+            let (reference, run) = bench.pair(&base, scenario, round);
             eprintln!(
-                "bench: {progress} {:<22} {:>8.0} req/s  {:.2}× no filter  {}",
+                "bench: {progress} {:<22} {:>8.0} req/s  {:.2}× no filter ({:.0} req/s)  {}",
                 scenario.id,
                 run.rps,
                 run.rps / reference.rps.max(1.0),
+                reference.rps,
                 run.notes.join("; ")
             );
             runs.push(reference);

@@ -24,7 +24,7 @@ impl<'a> View<'a> {
         Spread::of(self.runs(id).into_iter().filter_map(value))
     }
 
-    /// Per run: its req/s over the no-filter run just before it.
+    /// Per run: its req/s over that of the no-filter Envoy of its round.
     fn ratio(&self, id: &str) -> Option<Spread> {
         if id == BASELINE {
             return Some(Spread { median: 1.0, min: 1.0, max: 1.0, count: 1 });
@@ -47,7 +47,7 @@ impl<'a> View<'a> {
         }))
     }
 
-    /// Per run: latency at one connection minus the no-filter run's just before it.
+    /// Per run: latency at one connection minus that of the no-filter Envoy of its round.
     fn added(&self, id: &str, p99: bool) -> Option<Spread> {
         self.spread(id, |r| {
             let b = r.baseline.as_ref()?;
@@ -176,22 +176,29 @@ fn header(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "- Each run starts a fresh Envoy, sends one probe request (it must be answered 200 and carry the filter's \
-         rate-limit header), warms up for {} s, measures {} s at {} connections, then {} s at 1 connection.",
-        s.warmup_secs, s.secs, s.connections, s.idle_secs
+        "- Each configuration is measured next to a no-filter Envoy: in every round a fresh Envoy of each runs, \
+         both pinned to core 0; each gets a probe request (it must be answered 200 and carry the filter's \
+         rate-limit header) and {} s of warm-up; then they take turns under load in slices of {} s in ABBA order, \
+         {} s each at {} connections, then {} s each at 1 connection. Only one is loaded at a time (the other \
+         sleeps in epoll).",
+        s.warmup_secs,
+        s.secs.clamp(1, 2),
+        s.secs,
+        s.connections,
+        s.idle_secs
     );
     let _ = writeln!(
         md,
-        "- {} round(s). Within a round every configuration runs right after its own no-filter run; a ratio is \
-         taken to that neighbour, so drift of the machine between minutes cancels. Tables show the median over \
-         rounds and, in brackets, the range.",
-        s.rounds
+        "- {} round{}. A ratio is taken per round, to the no-filter Envoy that took turns with the configuration: \
+         this machine's speed drifts within seconds, and the slices make the drift hit both alike. Tables show \
+         the median over rounds and, in brackets, the range.",
+        s.rounds,
+        if s.rounds == 1 { "" } else { "s" }
     );
     let _ = writeln!(
         md,
-        "- Envoy CPU µs/request: user + system time of the Envoy process (all threads) over the measured \
-         {} s, from `/proc/<pid>/stat`, divided by the requests served.",
-        s.secs
+        "- Envoy CPU µs/request: user + system time of the Envoy process (all threads) over its loaded slices, \
+         from `/proc/<pid>/stat`, divided by the requests served; p50 and p99 are the median of the slices'."
     );
     let _ = writeln!(
         md,
@@ -237,7 +244,7 @@ fn throughput(md: &mut String, view: &View<'_>) {
         md,
         "\n\"× native\" compares with Envoy's native per-key `local_ratelimit` at the same number of keys \
          (1 key for the global path, 10k for the anonymous path; the one-bucket form for the wasm no-op), each \
-         taken against its own neighbouring no-filter run. Native per key: a `rate_limits` action on `x-api-key` \
+         taken against the no-filter Envoy of its own round. Native per key: a `rate_limits` action on `x-api-key` \
          and a wildcard descriptor (`value: \"\"`), one token bucket per value (`max_dynamic_descriptors` 40,000). \
          Both native forms add `x-ratelimit-*` headers, as tollgate does. \"Envoy core busy\" is req/s × CPU \
          time per request: near 100% Envoy's core was the limit; below, Envoy waited (or other work took its \
@@ -270,8 +277,9 @@ fn latency(md: &mut String, view: &View<'_>) {
     }
     let _ = writeln!(
         md,
-        "\nwrk `-t1 -c1` for {} s right after the loaded run; \"added\" is the difference to the no-filter run \
-         just before (wrk's latencies have a resolution of 1 µs and include its own time).\n",
+        "\nwrk `-t1 -c1`, {} s per configuration and round in slices taken in turns with the no-filter Envoy; \
+         \"added\" is the difference to that Envoy's (wrk's latencies have a resolution of 1 µs and include its \
+         own time).\n",
         view.results.settings.idle_secs
     );
 }
@@ -628,8 +636,8 @@ fn doubts(md: &mut String, view: &View<'_>) {
     if let Some(base) = view.spread(BASELINE, |r| Some(r.rps)) {
         let _ = writeln!(
             md,
-            "\nNoise: the {} no-filter runs ranged from {} to {} req/s (±{:.0}% around their median) over the whole \
-             benchmark; ratios to the neighbouring no-filter run cancel most of that drift.",
+            "\nNoise: the {} no-filter Envoys ranged from {} to {} req/s (±{:.0}% around their median) over the whole \
+             benchmark; taking turns in short slices cancels most of that drift in the ratios.",
             base.count,
             thousands(base.min),
             thousands(base.max),

@@ -1,5 +1,6 @@
-//! One measured run of a configuration: start what it needs, check that it works, warm
-//! up, measure at full load and at one connection, read the CPU time and the stats.
+//! The measurements: a configuration next to its no-filter baseline (start what both
+//! need, check that they work, warm up, let them take turns at full load and at one
+//! connection, read CPU time and stats), the quota service, Redis, and perf profiles.
 
 use std::fs;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::load::{redis_benchmark, Wrk, WrkResult};
 use crate::procs::{http_raw, scratch, Proc};
 use crate::scenario::{check_limits, check_script_args, token, Filter, QuotaStore, Scenario, CHECK_PATH, MANY, PATH};
 use crate::services::{redis_cli, Quota, Redis};
+use crate::stats::Spread;
 
 /// Envoy runs on this core with its one worker; the load tool (and, for the global path,
 /// the quota service and Redis) on the other.
@@ -50,7 +52,7 @@ pub struct Run {
     /// Latency at one connection.
     pub idle_p50_us: Option<f64>,
     pub idle_p99_us: Option<f64>,
-    /// The no-filter run just before this one.
+    /// The no-filter Envoy measured in turns with this one.
     pub baseline: Option<Paired>,
     /// Anything that makes the run doubtful (refusals, failed callouts, errors).
     pub notes: Vec<String>,
@@ -100,8 +102,8 @@ impl Bench {
     }
 
     /// Starts what `scenario` needs (the quota service and Redis for the global path) and
-    /// its Envoy, checks it with a probe request and warms it up.
-    fn start(&self, scenario: &Scenario, dir: &str) -> (Option<Quota>, Envoy) {
+    /// its Envoy, and checks it with a probe request.
+    fn launch(&self, scenario: &Scenario, dir: &str) -> Live {
         let quota = match scenario.filter {
             Filter::TollgateGlobal { store, .. } => {
                 Some(Quota::start(&self.root, &self.quota_bin, store, LOAD_CPU, LOAD_CPU))
@@ -115,48 +117,48 @@ impl Bench {
         fs::write(&config, self.template.render(scenario, &ports, &self.wasm)).expect("write the Envoy config");
         let envoy = Envoy::start(&self.envoy_bin, &config, &log, ports, ENVOY_CPU, &self.root);
         probe(scenario, envoy.ports.listener);
-        let args = scenario.load.args(PATH);
-        self.wrk().run(
-            envoy.ports.listener,
-            PATH,
-            self.settings.connections,
-            Duration::from_secs(self.settings.warmup_secs),
-            &args,
-        );
-        (quota, envoy)
+        Live { envoy, quota, args: scenario.load.args(PATH) }
     }
 
-    /// One measured run of an Envoy configuration.
-    pub fn envoy_run(&self, scenario: &Scenario, round: usize) -> Run {
-        let (quota, envoy) = self.start(scenario, "envoy");
-        let port = envoy.ports.listener;
-        let args = scenario.load.args(PATH);
-        let conns = self.settings.connections;
-        let procs: Vec<&Proc> =
-            quota.iter().flat_map(|q| [&q.proc].into_iter().chain(q.redis.as_ref().map(|r| &r.proc))).collect();
-        let before: Vec<Duration> = [&envoy.proc].into_iter().chain(procs.iter().copied()).map(Proc::cpu).collect();
-        let loaded = self.wrk().run(port, PATH, conns, Duration::from_secs(self.settings.secs), &args);
-        let after: Vec<Duration> = [&envoy.proc].into_iter().chain(procs.iter().copied()).map(Proc::cpu).collect();
-        let idle = self.wrk().run(port, PATH, 1, Duration::from_secs(self.settings.idle_secs), &args);
+    fn load(&self, live: &Live, connections: u32, secs: u64) -> WrkResult {
+        self.wrk().run(live.envoy.ports.listener, PATH, connections, Duration::from_secs(secs), &live.args)
+    }
 
-        let per_request = |i: usize| per_request_us(before[i], after[i], loaded.requests);
-        let mut run = from_wrk(scenario.id, round, &loaded);
-        run.envoy_cpu_us = Some(per_request(0));
-        if quota.is_some() {
-            run.quota_cpu_us = Some(per_request(1));
-            run.redis_cpu_us = quota.as_ref().and_then(|q| q.redis.as_ref()).map(|_| per_request(2));
+    /// One round of `scenario` against the baseline. Both Envoys run at once on Envoy's
+    /// core and take turns under load in short slices (in ABBA order), so that the
+    /// machine's drift, which here moves within seconds, hits both alike.
+    pub fn pair(&self, base: &Scenario, scenario: &Scenario, round: usize) -> (Run, Run) {
+        let live = [self.launch(base, "envoy"), self.launch(scenario, "envoy")];
+        let conns = self.settings.connections;
+        for l in &live {
+            self.load(l, conns, self.settings.warmup_secs);
         }
-        run.idle_p50_us = Some(idle.p50_us);
-        run.idle_p99_us = Some(idle.p99_us);
-        if idle.errors > 0 {
-            run.notes.push(format!("{} errors at 1 connection", idle.errors));
-        }
-        let stats = envoy.counters();
-        for (name, value) in &stats {
-            if *value > 0 && BAD_STATS.iter().any(|bad| name.ends_with(bad) || name.contains(bad)) {
-                run.notes.push(format!("{name} = {value}"));
+        let mut tallies = [Tally::default(), Tally::default()];
+        let order = |slice: u64| if slice.is_multiple_of(2) { [0, 1] } else { [1, 0] };
+        let (slice, slices) = slicing(self.settings.secs);
+        for i in 0..slices {
+            for who in order(i) {
+                let before = live[who].cpu();
+                let result = self.load(&live[who], conns, slice);
+                tallies[who].loaded(&result, &before, &live[who].cpu());
             }
         }
+        let (slice, slices) = slicing(self.settings.idle_secs);
+        for i in 0..slices {
+            for who in order(i) {
+                tallies[who].idle(&self.load(&live[who], 1, slice));
+            }
+        }
+        let [base_tally, tally] = tallies;
+        let reference = base_tally.run(base.id, round, &live[0]);
+        let mut run = tally.run(scenario.id, round, &live[1]);
+        run.baseline = Some(Paired {
+            rps: reference.rps,
+            idle_p50_us: reference.idle_p50_us.unwrap_or(0.0),
+            idle_p99_us: reference.idle_p99_us.unwrap_or(0.0),
+            envoy_cpu_us: reference.envoy_cpu_us,
+        });
+        let stats = live[1].envoy.counters();
         let find = |suffix: &str| stats.iter().find(|(n, _)| n.ends_with(suffix)).map_or(0, |(_, v)| *v);
         for name in ["tollgate.store.evictions_live", "tollgate.store.cas_conflicts"] {
             if find(name) > 0 {
@@ -168,15 +170,13 @@ impl Bench {
             if callouts < allowed {
                 run.notes.push(format!("{callouts} callouts for {allowed} admitted requests"));
             }
+            if round == 0 {
+                let connections = find("cluster.tollgate_quota.upstream_cx_total");
+                run.observations
+                    .push(format!("{callouts} callouts over {connections} connections to the quota service"));
+            }
         }
-        if matches!(scenario.filter, Filter::TollgateGlobal { .. }) && round == 0 {
-            let callouts = find("tollgate.quota.callouts");
-            run.observations.push(format!(
-                "{callouts} callouts over {} connections to the quota service",
-                find("cluster.tollgate_quota.upstream_cx_total")
-            ));
-        }
-        run
+        (reference, run)
     }
 
     /// A run under `perf record` (not one of the measured runs): which binary Envoy's CPU
@@ -186,10 +186,10 @@ impl Bench {
         if !perf_ok {
             return None;
         }
-        let (_quota, envoy) = self.start(scenario, "perf");
-        let port = envoy.ports.listener;
-        let args = scenario.load.args(PATH);
+        let live = self.launch(scenario, "perf");
         let conns = self.settings.connections;
+        self.load(&live, conns, self.settings.warmup_secs);
+        let envoy = &live.envoy;
         let data = scratch(&self.root, "perf").join(format!("{}.data", scenario.id));
         let secs = self.settings.secs.max(2);
         // perf samples Envoy's core for a little less than wrk's run, so it sees load only.
@@ -202,7 +202,7 @@ impl Bench {
             .spawn()
             .ok()?;
         let before = envoy.proc.cpu();
-        let loaded = self.wrk().run(port, PATH, conns, Duration::from_secs(secs), &args);
+        let loaded = self.load(&live, conns, secs);
         let after = envoy.proc.cpu();
         let recorded = perf.wait_with_output().ok()?.status.success();
         if !recorded {
@@ -289,6 +289,100 @@ impl Bench {
             ..Run::default()
         }
     }
+}
+
+/// A configuration's processes while it is measured.
+struct Live {
+    envoy: Envoy,
+    /// The quota service (and Redis) behind a global configuration.
+    quota: Option<Quota>,
+    /// wrk script arguments: which requests to send.
+    args: Vec<String>,
+}
+
+impl Live {
+    /// CPU time so far of Envoy, the quota service and Redis, in that order (as present).
+    fn cpu(&self) -> Vec<Duration> {
+        let quota = self.quota.iter().flat_map(|q| [Some(&q.proc), q.redis.as_ref().map(|r| &r.proc)]).flatten();
+        std::iter::once(&self.envoy.proc).chain(quota).map(Proc::cpu).collect()
+    }
+}
+
+/// What the slices of one configuration add up to.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    seconds: f64,
+    errors: u64,
+    cpu: Vec<Duration>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    tool: Vec<f64>,
+    idle_p50: Vec<f64>,
+    idle_p99: Vec<f64>,
+    idle_errors: u64,
+}
+
+impl Tally {
+    fn loaded(&mut self, result: &WrkResult, before: &[Duration], after: &[Duration]) {
+        self.requests += result.requests;
+        self.seconds += result.seconds;
+        self.errors += result.errors;
+        self.cpu.resize(before.len(), Duration::ZERO);
+        for (total, (b, a)) in self.cpu.iter_mut().zip(before.iter().zip(after)) {
+            *total += a.saturating_sub(*b);
+        }
+        self.p50.push(result.p50_us);
+        self.p99.push(result.p99_us);
+        self.tool.push(result.tool_cpu_pct);
+    }
+
+    fn idle(&mut self, result: &WrkResult) {
+        self.idle_p50.push(result.p50_us);
+        self.idle_p99.push(result.p99_us);
+        self.idle_errors += result.errors;
+    }
+
+    /// The run's figures: req/s over all slices, CPU time over all requests, latencies as
+    /// the median of the slices'.
+    fn run(self, id: &str, round: usize, live: &Live) -> Run {
+        let median = |v: &[f64]| Spread::of(v.iter().copied()).map_or(0.0, |s| s.median);
+        let per_request = |i: usize| self.cpu.get(i).map(|cpu| cpu.as_micros() as f64 / self.requests.max(1) as f64);
+        let mut run = Run {
+            id: id.to_owned(),
+            round,
+            rps: self.requests as f64 / self.seconds.max(1e-9),
+            p50_us: median(&self.p50),
+            p99_us: median(&self.p99),
+            requests: self.requests,
+            errors: self.errors,
+            envoy_cpu_us: per_request(0),
+            quota_cpu_us: live.quota.as_ref().and_then(|_| per_request(1)),
+            redis_cpu_us: live.quota.as_ref().and_then(|q| q.redis.as_ref()).and_then(|_| per_request(2)),
+            tool_cpu_pct: Some(median(&self.tool)),
+            idle_p50_us: Some(median(&self.idle_p50)),
+            idle_p99_us: Some(median(&self.idle_p99)),
+            ..Run::default()
+        };
+        if self.errors > 0 {
+            run.notes.push(format!("{} errors or non-2xx answers under load", self.errors));
+        }
+        if self.idle_errors > 0 {
+            run.notes.push(format!("{} errors at 1 connection", self.idle_errors));
+        }
+        for (name, value) in live.envoy.counters() {
+            if value > 0 && BAD_STATS.iter().any(|bad| name.ends_with(bad) || name.contains(bad)) {
+                run.notes.push(format!("{name} = {value}"));
+            }
+        }
+        run
+    }
+}
+
+/// Slices of at most 2 s that add up to `secs`: (slice length, count).
+fn slicing(secs: u64) -> (u64, u64) {
+    let slice = secs.clamp(1, 2);
+    (slice, (secs / slice).max(1))
 }
 
 /// Where Envoy's CPU time went during a profiled run: % of samples per part.
