@@ -55,6 +55,19 @@ impl<'a> View<'a> {
         })
     }
 
+    /// Per run: Envoy's CPU time per request minus that of the no-filter Envoy of its round.
+    fn added_cpu(&self, id: &str) -> Option<Spread> {
+        if id == BASELINE {
+            return Some(Spread { median: 0.0, min: 0.0, max: 0.0, count: 1 });
+        }
+        self.spread(id, |r| Some(r.envoy_cpu_us? - r.baseline.as_ref()?.envoy_cpu_us?))
+    }
+
+    /// Median added CPU of `id` minus that of `over` (µs per request).
+    fn cpu_over(&self, id: &str, over: &str) -> Option<f64> {
+        Some(self.added_cpu(id)?.median - self.added_cpu(over)?.median)
+    }
+
     fn median(&self, id: &str, value: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
         self.spread(id, value).map(|s| s.median)
     }
@@ -217,9 +230,9 @@ fn throughput(md: &mut String, view: &View<'_>) {
     let _ = writeln!(md, "## Throughput at {} connections\n", view.results.settings.connections);
     let _ = writeln!(
         md,
-        "| # | configuration | req/s | × no filter | × native | p50 µs | p99 µs | Envoy CPU µs/req | Envoy core busy | wrk CPU |"
+        "| # | configuration | req/s | × no filter | × native | p50 µs | p99 µs | Envoy CPU µs/req | added CPU µs/req | Envoy core busy | wrk CPU |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for s in table_scenarios() {
         if view.runs(s.id).is_empty() {
             continue;
@@ -227,7 +240,7 @@ fn throughput(md: &mut String, view: &View<'_>) {
         let native = s.native_peer.map_or_else(|| "–".to_owned(), |p| ratio_text(view.relative(s.id, p)));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.group,
             s.title,
             with_range(view.spread(s.id, |r| Some(r.rps)), thousands),
@@ -236,6 +249,7 @@ fn throughput(md: &mut String, view: &View<'_>) {
             opt(view.median(s.id, |r| Some(r.p50_us)), us),
             opt(view.median(s.id, |r| Some(r.p99_us)), us),
             opt(view.median(s.id, |r| r.envoy_cpu_us), us),
+            if s.id == BASELINE { "–".to_owned() } else { opt(view.added_cpu(s.id).map(|a| a.median), signed_us) },
             opt(view.median(s.id, |r| Some(r.rps * r.envoy_cpu_us? / 1e4)), |v| format!("{v:.0}%")),
             opt(view.median(s.id, |r| r.tool_cpu_pct), |v| format!("{v:.0}%")),
         );
@@ -246,7 +260,8 @@ fn throughput(md: &mut String, view: &View<'_>) {
          (1 key for the global path, 10k for the anonymous path; the one-bucket form for the wasm no-op), each \
          taken against the no-filter Envoy of its own round. Native per key: a `rate_limits` action on `x-api-key` \
          and a wildcard descriptor (`value: \"\"`), one token bucket per value (`max_dynamic_descriptors` 40,000). \
-         Both native forms add `x-ratelimit-*` headers, as tollgate does. \"Envoy core busy\" is req/s × CPU \
+         Both native forms add `x-ratelimit-*` headers, as tollgate does. \"added CPU\" is Envoy's CPU time per \
+         request minus that of the no-filter Envoy of the same round (median over rounds). \"Envoy core busy\" is req/s × CPU \
          time per request: near 100% Envoy's core was the limit; below, Envoy waited (or other work took its \
          core). \"wrk CPU\" near 100% would mean the load tool, not Envoy, was the limit.\n"
     );
@@ -361,56 +376,54 @@ fn quota(md: &mut String, view: &View<'_>) {
     );
 }
 
-fn costs(md: &mut String, view: &View<'_>) {
-    let cpu = |id: &str| view.median(id, |r| r.envoy_cpu_us);
-    let micro = |name: &str| view.results.micro.iter().find(|m| m.name == name).map(|m| m.median_ns / 1000.0);
+/// "X µs in the Envoy binary (...), Y µs in wasm code and Z µs in the kernel": the profile
+/// of `id` minus that of `over`.
+fn profile_split(view: &View<'_>, id: &str, over: &str) -> Option<String> {
     let profile = |id: &str| view.results.profiles.iter().find(|p| p.id == id);
-    // "By the profile, <what> is X µs in the Envoy binary, Y µs in wasm code and Z µs in the kernel."
+    let (a, b) = (profile(id)?, profile(over)?);
+    let delta = |part: &str| signed_us(part_us(view, a, part) - part_us(view, b, part));
+    Some(format!(
+        "{} µs in the Envoy binary (Envoy, host calls, V8's runtime), {} µs in wasm code and {} µs in the kernel",
+        delta(PARTS[0]),
+        delta(PARTS[1]),
+        delta(PARTS[2])
+    ))
+}
+
+fn costs(md: &mut String, view: &View<'_>) {
+    let micro = |name: &str| view.results.micro.iter().find(|m| m.name == name).map(|m| m.median_ns / 1000.0);
     let split = |md: &mut String, what: &str, id: &str, over: &str| {
-        if let (Some(a), Some(b)) = (profile(id), profile(over)) {
-            let delta = |part: &str| signed_us(part_us(view, a, part) - part_us(view, b, part));
-            let _ = writeln!(
-                md,
-                "  By the profile, {what} is {} µs in the Envoy binary (Envoy, host calls, V8's runtime), {} µs in \
-                 wasm code and {} µs in the kernel.",
-                delta(PARTS[0]),
-                delta(PARTS[1]),
-                delta(PARTS[2])
-            );
+        if let Some(text) = profile_split(view, id, over) {
+            let _ = writeln!(md, "  By the profile, {what} is {text}.");
         }
     };
-    let Some(base) = cpu(BASELINE) else { return };
+    let Some(base) = view.median(BASELINE, |r| r.envoy_cpu_us) else { return };
+    let _ = writeln!(md, "## Where the time goes\n");
     let _ = writeln!(
         md,
-        "## Where the time goes
-"
-    );
-    let _ = writeln!(
-        md,
-        "Envoy CPU time per request, medians of the measured runs:
-"
+        "Envoy CPU time per request; differences are taken per round against the no-filter Envoy of that round \
+         (\"added CPU\" above), then between configurations:\n"
     );
     let _ = writeln!(md, "- Envoy without a filter: {} µs per request.", us(base));
-    if let Some(native) = cpu("native-per-key-1") {
+    if let Some(native) = view.added_cpu("native-per-key-1") {
         let _ =
-            writeln!(md, "- Envoy's native per-key local rate limit (1 key): {} µs on top.", signed_us(native - base));
+            writeln!(md, "- Envoy's native per-key local rate limit (1 key): {} µs on top.", signed_us(native.median));
     }
-    let noop = cpu("wasm-noop");
-    if let Some(noop) = noop {
+    if let Some(noop) = view.added_cpu("wasm-noop") {
         let _ = writeln!(
             md,
             "- The wasm floor: {} µs on top, for a filter that does nothing but is called into V8 for every \
              stream event (context create, request and response headers, log, done, delete).",
-            signed_us(noop - base)
+            signed_us(noop.median)
         );
         split(md, "the floor", "wasm-noop", BASELINE);
     }
-    if let (Some(local), Some(noop)) = (cpu(LOCAL), noop) {
+    if let Some(local) = view.cpu_over(LOCAL, "wasm-noop") {
         let native_decide = micro("decide/local_1_key");
         let _ = writeln!(
             md,
             "- tollgate's local path (1 key): {} µs on top of the floor{}.",
-            signed_us(local - noop),
+            signed_us(local),
             native_decide.map_or_else(String::new, |d| format!(
                 "; the same decision natively (criterion `decide/local_1_key`) takes {d:.2} µs, and formatting \
                  the rate-limit headers alone {}",
@@ -419,21 +432,20 @@ fn costs(md: &mut String, view: &View<'_>) {
         );
         split(md, "this", LOCAL, "wasm-noop");
     }
-    if let (Some(many), Some(one)) = (cpu(LOCAL_10K), cpu(LOCAL)) {
-        let _ = writeln!(md, "- 10k keys instead of 1: {} µs per request.", signed_us(many - one));
+    if let Some(many) = view.cpu_over(LOCAL_10K, LOCAL) {
+        let _ = writeln!(md, "- 10k keys instead of 1: {} µs per request.", signed_us(many));
         split(md, "this", LOCAL_10K, LOCAL);
     }
-    if let (Some(anon), Some(noop)) = (cpu("tollgate-anonymous"), noop) {
-        let _ =
-            writeln!(md, "- The anonymous path (10k client IPs): {} µs on top of the floor.", signed_us(anon - noop));
+    if let Some(anon) = view.cpu_over("tollgate-anonymous", "wasm-noop") {
+        let _ = writeln!(md, "- The anonymous path (10k client IPs): {} µs on top of the floor.", signed_us(anon));
     }
     for id in ["global-strict-memory", "global-strict-redis"] {
-        if let (Some(global), Some(local)) = (cpu(id), cpu(LOCAL)) {
+        if let Some(global) = view.cpu_over(id, LOCAL) {
             let _ = writeln!(
                 md,
                 "- `{id}`: {} µs more in Envoy than the local path (dispatching the callout, an HTTP/1.1 round trip \
                  to the service, resuming the request), plus {} µs in the quota service{} per decision.",
-                signed_us(global - local),
+                signed_us(global),
                 opt(view.median(id, |r| r.quota_cpu_us), us),
                 view.median(id, |r| r.redis_cpu_us).map_or_else(String::new, |v| format!(" and {} µs in Redis", us(v)))
             );
@@ -446,12 +458,20 @@ fn costs(md: &mut String, view: &View<'_>) {
 /// The parts of a profile, in table order.
 const PARTS: [&str; 5] = ["Envoy binary (incl. V8 runtime)", "wasm code (V8 JIT)", "kernel", "libc and vdso", "other"];
 
-/// µs per request spent in `part`: its share of the profiled run's samples, applied to the
-/// median Envoy CPU time per request of the measured runs (the share varies less between
-/// runs than the time does).
+/// Envoy's CPU time per request of `id`, drift taken out: the no-filter median plus the
+/// configuration's median added CPU (falls back to the profiled run's own).
+fn steady_cpu(view: &View<'_>, profile: &Profile) -> f64 {
+    match (view.median(BASELINE, |r| r.envoy_cpu_us), view.added_cpu(&profile.id)) {
+        (Some(base), Some(added)) => base + added.median,
+        _ => profile.envoy_cpu_us,
+    }
+}
+
+/// µs per request spent in `part`: its share of the profiled run's samples applied to the
+/// configuration's steady CPU time per request (shares vary less between runs than times).
 fn part_us(view: &View<'_>, profile: &Profile, part: &str) -> f64 {
-    let cpu = view.median(&profile.id, |r| r.envoy_cpu_us).unwrap_or(profile.envoy_cpu_us);
-    let us = profile.shares.iter().filter(|(p, _)| p == part).map(|(_, pct)| pct).sum::<f64>() / 100.0 * cpu;
+    let share: f64 = profile.shares.iter().filter(|(p, _)| p == part).map(|(_, pct)| pct).sum();
+    let us = share / 100.0 * steady_cpu(view, profile);
     if us.abs() < 0.05 {
         0.0
     } else {
@@ -474,7 +494,7 @@ fn profiles(md: &mut String, view: &View<'_>) {
     let titles = table_scenarios();
     for p in &results.profiles {
         let title = titles.iter().find(|s| s.id == p.id).map_or(p.id.as_str(), |s| s.title);
-        let cpu = view.median(&p.id, |r| r.envoy_cpu_us).unwrap_or(p.envoy_cpu_us);
+        let cpu = steady_cpu(view, p);
         let cells: Vec<String> = PARTS.iter().map(|part| us(part_us(view, p, part))).collect();
         let _ = writeln!(md, "| {title} | {} | {} | {} |", us(cpu), cells.join(" | "), us(p.envoy_cpu_us));
     }
@@ -482,7 +502,8 @@ fn profiles(md: &mut String, view: &View<'_>) {
         md,
         "\nµs per request in each part of Envoy: the share of `perf record -e cpu-clock` samples of Envoy's process \
          during one extra loaded run per configuration (not one of the measured runs; perf costs a little), \
-         applied to the median CPU time per request of the measured runs. The Envoy \
+         applied to the configuration's CPU time per request as measured (the no-filter median plus its median \
+         added CPU, so that the differences match the ones above). The Envoy \
          binary is stripped, so perf tells binaries apart, not functions: \"Envoy binary\" holds Envoy, V8's \
          runtime and the host side of every proxy-wasm call; \"wasm code\" is what V8 compiled from the `.wasm`; \
          the kernel part is mostly the loopback TCP of the connections.\n"
@@ -543,9 +564,23 @@ fn trim(v: f64) -> String {
 
 fn goals(md: &mut String, view: &View<'_>) {
     let _ = writeln!(md, "## Goals\n");
-    let _ = writeln!(md, "| goal | measured | verdict |\n|---|---|---|");
-    let mut row = |goal: &str, measured: String, verdict: String| {
-        let _ = writeln!(md, "| {goal} | {measured} | {verdict} |");
+    let _ = writeln!(md, "| goal | measured | verdict | where the cost is |\n|---|---|---|---|");
+    let mut row = |goal: &str, measured: String, verdict: String, cost: String| {
+        let _ = writeln!(md, "| {goal} | {measured} | {verdict} | {cost} |");
+    };
+    let added = |id: &str| view.added_cpu(id).map(|a| a.median);
+    let profiled = |id: &str, over: &str| profile_split(view, id, over).map_or_else(String::new, |t| format!(": {t}"));
+    // Envoy's added CPU for the local path, split into the floor and tollgate's own work.
+    let local_cost = match (added(LOCAL), added("wasm-noop")) {
+        (Some(local), Some(noop)) => format!(
+            "Envoy spends {} µs CPU per request more than without a filter: {} µs the wasm floor, {} µs tollgate's \
+             own work{}",
+            signed_us(local),
+            signed_us(noop),
+            signed_us(local - noop),
+            profiled(LOCAL, "wasm-noop")
+        ),
+        _ => String::new(),
     };
     if let Some(local) = view.ratio(LOCAL) {
         let many = view.ratio(LOCAL_10K).map_or_else(String::new, |m| format!("; 10k keys {:.2}×", m.median));
@@ -553,45 +588,88 @@ fn goals(md: &mut String, view: &View<'_>) {
             "local path ≥ 0.70× no-filter req/s",
             format!("{:.2}× (1 key){many}", local.median),
             verdict(local.median, 0.70, true, "×"),
+            local_cost.clone(),
         );
     }
     if let Some(scale) = view.relative(LOCAL_10K, LOCAL) {
+        let cost = view.cpu_over(LOCAL_10K, LOCAL).map_or_else(String::new, |d| {
+            format!("{} µs CPU per request at 10k keys{}", signed_us(d), profiled(LOCAL_10K, LOCAL))
+        });
         row(
             "local path at 10k keys ≥ 0.95× of itself at 1 key",
             format!("{:.2}×", scale.median),
             verdict(scale.median, 0.95, true, "×"),
+            cost,
         );
     }
-    if let Some(added) = view.added(LOCAL, false) {
+    if let Some(latency) = view.added(LOCAL, false) {
         let many =
-            view.added(LOCAL_10K, false).map_or_else(String::new, |m| format!("; 10k keys {}", signed_us(m.median)));
+            view.added(LOCAL_10K, false).map_or_else(String::new, |m| format!("; 10k keys {} µs", signed_us(m.median)));
+        let cost = added(LOCAL).map_or_else(String::new, |cpu| {
+            format!(
+                "unloaded, the added latency is the added CPU time of the request ({} µs, see above)",
+                signed_us(cpu)
+            )
+        });
         row(
             "added unloaded p50 ≤ 30 µs (local path)",
-            format!("{} µs (1 key){many}", signed_us(added.median)),
-            verdict(added.median, 30.0, false, " µs"),
+            format!("{} µs (1 key){many}", signed_us(latency.median)),
+            verdict(latency.median, 30.0, false, " µs"),
+            cost,
         );
     }
     for (id, store) in [("global-strict-redis", "Redis"), ("global-strict-memory", "memory store")] {
         if let Some(strict) = view.ratio(id) {
+            let busy = view.median(id, |r| Some(r.rps * r.envoy_cpu_us? / 1e4)).unwrap_or(0.0);
+            let cost = view.cpu_over(id, LOCAL).map_or_else(String::new, |d| {
+                format!(
+                    "Envoy's core is the limit ({busy:.0}% busy): the callout adds {} µs of Envoy CPU per request \
+                     over the local path{}; the service spends {} µs{} per decision on the other core",
+                    signed_us(d),
+                    profiled(id, LOCAL),
+                    opt(view.median(id, |r| r.quota_cpu_us), us),
+                    view.median(id, |r| r.redis_cpu_us)
+                        .map_or_else(String::new, |v| format!(" and Redis {} µs", us(v)))
+                )
+            });
             row(
                 &format!("strict global path ≥ 0.30× no-filter ({store})"),
                 format!("{:.2}×", strict.median),
                 verdict(strict.median, 0.30, true, "×"),
+                cost,
             );
         }
     }
     if let Some(default) = view.relative("global-default-redis", LOCAL) {
         row(
             "default global path ≥ 0.90× the local path (Redis)",
-            format!("{:.2}× (no leases yet: the same configuration as strict)", default.median),
+            format!("{:.2}×", default.median),
             verdict(default.median, 0.90, true, "×"),
+            "no leases yet: \"default\" is the strict configuration, with a callout per request (see the row above)"
+                .to_owned(),
         );
     }
+    let quota_cost = || {
+        let service = view.median("quota-redis", |r| r.quota_cpu_us);
+        let redis = view.median("quota-redis", |r| r.redis_cpu_us);
+        let ceiling = view.median("redis-evalsha-p1", |r| Some(r.rps));
+        let pipelined = view.median("redis-evalsha-p16", |r| Some(r.rps));
+        format!(
+            "the service spends {} µs CPU per decision on its one core (at most {} decisions/s), Redis {} µs; \
+             Redis alone runs the script {} times/s for 50 clients, {} pipelined",
+            opt(service, us),
+            opt(service.map(|s| 1e6 / s), thousands),
+            opt(redis, us),
+            opt(ceiling, thousands),
+            opt(pipelined, thousands)
+        )
+    };
     if let Some(quota) = view.spread("quota-redis", |r| Some(r.rps)) {
         row(
             "quota service ≥ 40,000 decisions/s against Redis",
             format!("{} decisions/s", thousands(quota.median)),
             verdict(quota.median, 40_000.0, true, " decisions/s"),
+            quota_cost(),
         );
     }
     if let Some(p99) = view.median("quota-redis", |r| Some(r.p99_us)) {
@@ -599,17 +677,16 @@ fn goals(md: &mut String, view: &View<'_>) {
             "quota service p99 ≤ 2 ms at 50 clients (Redis)",
             format!("{:.2} ms", p99 / 1000.0),
             verdict(p99 / 1000.0, 2.0, false, " ms"),
+            "at 50 clients the service is saturated (as above): the p99 is mostly queueing".to_owned(),
         );
     }
     if let Some((_, bytes)) = view.results.sizes.iter().find(|(n, _)| n == "tollgate.wasm") {
         let kib = *bytes as f64 / 1024.0;
-        row("tollgate.wasm ≤ 512 KiB", format!("{kib:.1} KiB"), verdict(kib, 512.0, false, " KiB"));
+        row("tollgate.wasm ≤ 512 KiB", format!("{kib:.1} KiB"), verdict(kib, 512.0, false, " KiB"), String::new());
     }
     let _ = writeln!(
         md,
-        "\nFor the costs behind a missed goal see [Where the time goes](#where-the-time-goes): Envoy's CPU time per \
-         request split into the wasm floor, tollgate's own work and the callout, and the core's decision measured \
-         natively.\n"
+        "\nMore in [Where the time goes](#where-the-time-goes) and the [profile](#profile-of-envoys-cpu-time).\n"
     );
 }
 
