@@ -51,6 +51,34 @@ pub struct LimitResult {
     pub reset_after_ms: u64,
     /// Milliseconds until the request could pass; 0 when admitted.
     pub retry_after_ms: u64,
+    /// Fixed windows: the index of the window that was charged (or read), counted from the
+    /// epoch on the service's clock (`floor(now / window)`). A lease names it when it gives
+    /// units back, so that a return never lands in a later window. None for token buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+}
+
+/// `POST /v1/return`: gives back units that a lease took with `/v1/check` and did not use.
+///
+/// Every limit gets `units` back: a token bucket as if they had never been taken (never
+/// fuller than full); a fixed window only if its current window is still the one named in
+/// `windows` (a return after the reset changes nothing, so it can never over-admit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnRequest {
+    pub key: String,
+    pub units: u64,
+    pub limits: Vec<LimitSpec>,
+    /// One per limit, in `limits` order: the `window` of the `/v1/check` answer that
+    /// granted the units (None for token buckets).
+    pub windows: Vec<Option<u64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnResponse {
+    /// Per limit, in request order: the units actually given back (0 when its window had passed).
+    pub returned: Vec<u64>,
 }
 
 /// `POST /v1/keys/verify`: the filter sends the token's hash, never the token.

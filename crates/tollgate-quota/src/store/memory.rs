@@ -137,6 +137,7 @@ impl MemoryStore {
                 remaining: e.remaining,
                 reset_after_ms: ns_to_ms_ceil(e.reset_after_ns),
                 retry_after_ms: ns_to_ms_ceil(e.retry_after_ns),
+                window: None,
             })
             .collect();
         CheckResponse { admitted, limits }

@@ -198,6 +198,7 @@ impl Store for RedisStore {
                     remaining: u64::try_from(remaining).unwrap_or(0),
                     reset_after_ms: micros_to_ms_ceil(reset_after_us),
                     retry_after_ms: micros_to_ms_ceil(retry_after_us),
+                    window: None,
                 }),
                 _ => Err(corrupt("reply from check.lua")),
             })
