@@ -234,3 +234,20 @@ fn a_redis_restart_and_a_script_flush_are_survived() {
     assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
     assert!(!service.log().contains("NOSCRIPT"), "{}", service.log());
 }
+
+/// A request with a body (an image prompt) waits for the callout like one without: the
+/// body must not carry the request past a filter that is still waiting for the service.
+#[test]
+fn a_request_with_a_body_waits_for_the_callout() {
+    let broken = BrokenQuota::start(Misbehaviour::Hang);
+    let envoy = envoy_for(broken.port);
+    let prompt = r#"{"model":"img-1","prompt":"a lighthouse at dusk","n":1}"#;
+    let r = envoy.request_with_body(
+        "POST",
+        IMAGES,
+        &[("authorization", &format!("Bearer {PRO_TOKEN}")), ("content-type", "application/json")],
+        prompt,
+    );
+    assert_eq!(r.status, 503, "failure_mode closed: {} {}", r.status, r.body);
+    assert_eq!(envoy.counter("tollgate.quota.timeouts"), Some(1));
+}
