@@ -15,6 +15,7 @@ help: ## List the targets
 
 wasm: ## Build the filter (target/wasm32-wasip1/release/tollgate.wasm)
 	cargo build --release --target wasm32-wasip1 -p tollgate
+	cargo xtask trim-exports $(WASM)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 run: wasm ## Run the quota service (:8081; REDIS_URL=redis://... for Redis) and Envoy with envoy.yaml (:10000, admin :9901)
@@ -47,6 +48,7 @@ oci: wasm ## Package the filter as an OCI image for Istio (target/oci); prints t
 bench: ## Benchmarks: every configuration under load, rewrites BENCHMARKS.md (~25 min; BENCH_QUICK=1: a smoke run)
 	@bench/setup.sh
 	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench --lib
+	cargo xtask trim-exports $(WASM)
 	cargo build --release -p tollgate-quota
 	cargo build -p tollgate-bench --bins
 	cargo bench -p tollgate-core --bench hot_path --no-run
