@@ -2,6 +2,8 @@
 //! draft-ietf-httpapi-ratelimit-headers-10 (one named policy per limit), and the
 //! GitHub-style `X-RateLimit-*` family for the tightest limit.
 
+use std::fmt::Write;
+
 use crate::config::{HeaderOptions, Limit};
 use crate::time::{ceil_secs, Nanos};
 
@@ -28,12 +30,14 @@ pub fn rate_limit_headers(
         return;
     }
     if options.ietf {
-        let mut policy = String::new();
-        let mut state = String::new();
+        // One buffer per header, written in place: this runs for every admitted request.
+        let mut policy = String::with_capacity(48 * statuses.len());
+        let mut state = String::with_capacity(40 * statuses.len());
         for (i, s) in statuses.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            policy.push_str(&format!("{sep}\"{}\";q={};w={}", s.limit.name, s.limit.quota, s.limit.window.secs));
-            state.push_str(&format!("{sep}\"{}\";r={};t={}", s.limit.name, s.remaining, ceil_secs(s.reset_after_ns)));
+            // Writing to a String cannot fail.
+            let _ = write!(policy, "{sep}\"{}\";q={};w={}", s.limit.name, s.limit.quota, s.limit.window.secs);
+            let _ = write!(state, "{sep}\"{}\";r={};t={}", s.limit.name, s.remaining, ceil_secs(s.reset_after_ns));
         }
         out.push(("ratelimit-policy", policy));
         out.push(("ratelimit", state));
