@@ -134,8 +134,71 @@ pub fn render(results: &Results) -> String {
     micro(&mut md, results);
     sizes(&mut md, results);
     goals(&mut md, &view);
+    before_after(&mut md, &view);
     doubts(&mut md, &view);
     md
+}
+
+/// The previous full run's numbers (`bench/before.json`, copied from the table it wrote)
+/// next to this run's, for each configuration an optimisation was meant to change.
+fn before_after(md: &mut String, view: &View<'_>) {
+    let before: serde_json::Value = match serde_json::from_str(include_str!("../before.json")) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(md, "\n_bench/before.json does not parse: {e}_");
+            return;
+        }
+    };
+    let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+    let num = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_f64);
+    let _ = writeln!(md, "\n## Before and after\n");
+    let _ = writeln!(
+        md,
+        "\"Before\" is the run of {}; \"after\" is this run. Both are medians over rounds, each configuration against the no-filter Envoy of its own round.\n",
+        text(&before, "measured")
+    );
+    let _ = writeln!(md, "| change | configuration | before | after |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let configs = before.get("configurations");
+    for change in before.get("changes").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let what = text(change, "what");
+        for id in change.get("configurations").and_then(serde_json::Value::as_array).into_iter().flatten() {
+            let Some(id) = id.as_str() else { continue };
+            let Some(was) = configs.and_then(|c| c.get(id)) else { continue };
+            let (then, now) = if id.starts_with("quota-") {
+                let then = format!(
+                    "{} decisions/s, p99 {} µs, service {} µs/decision",
+                    opt(num(was, "rps"), thousands),
+                    opt(num(was, "p99_us"), us),
+                    opt(num(was, "service_cpu_us"), us)
+                );
+                let now = format!(
+                    "{} decisions/s, p99 {} µs, service {} µs/decision",
+                    opt(view.median(id, |r| Some(r.rps)), thousands),
+                    opt(view.median(id, |r| Some(r.p99_us)), us),
+                    opt(view.median(id, |r| r.quota_cpu_us), us)
+                );
+                (then, now)
+            } else {
+                let then = format!(
+                    "{:.2}×, +{} µs CPU/req, +{} µs p50 (1 conn.), p99 {} µs",
+                    num(was, "ratio").unwrap_or(f64::NAN),
+                    opt(num(was, "added_cpu_us"), us),
+                    opt(num(was, "added_p50_us"), us),
+                    opt(num(was, "p99_us"), us)
+                );
+                let now = format!(
+                    "{}, {} µs CPU/req, {} µs p50 (1 conn.), p99 {} µs",
+                    opt(view.ratio(id).map(|s| s.median), |v| format!("{v:.2}×")),
+                    opt(view.added_cpu(id).map(|s| s.median), signed_us),
+                    opt(view.added(id, false).map(|s| s.median), signed_us),
+                    opt(view.median(id, |r| Some(r.p99_us)), us)
+                );
+                (then, now)
+            };
+            let _ = writeln!(md, "| {what} | `{id}` | {then} | {now} |");
+        }
+    }
 }
 
 fn header(md: &mut String, r: &Results) {
