@@ -11,11 +11,12 @@
 //! `target/bench/BENCHMARKS.quick.md`), `BENCH_ROUNDS`, `BENCH_SECS`, `BENCH_WARMUP_SECS`,
 //! `BENCH_IDLE_SECS`, `BENCH_ONLY=<id>,<id>` (those configurations only, plus the
 //! baseline; `quota` for the quota-service section, `micro` for criterion, `profile` for
-//! the perf profiles; reported to `target/bench`).
+//! the perf profiles, `hostcalls` for the host-call probe; reported to `target/bench`).
 
 #![forbid(unsafe_code)]
 
 mod envoy;
+mod hostcalls;
 mod info;
 mod load;
 mod micro;
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::envoy::{Template, Wasm};
 use crate::info::Machine;
 use crate::micro::Micro;
-use crate::run::{Bench, Profile, Run, Settings, LOAD_CPU};
+use crate::run::{Bench, Profile, Run, Settings, ENVOY_CPU, LOAD_CPU};
 use crate::scenario::{baseline, scenarios, QuotaStore};
 
 /// Everything a report is written from.
@@ -59,6 +60,9 @@ pub struct Results {
     pub profiles: Vec<Profile>,
     /// `.wasm` file name and size in bytes.
     pub sizes: Vec<(String, u64)>,
+    /// What single host calls cost inside Envoy (`bench/probe`).
+    #[serde(default)]
+    pub hostcalls: Vec<hostcalls::HostCall>,
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -234,6 +238,19 @@ fn main() {
     } else {
         Vec::new()
     };
+    let hostcalls = if wanted("hostcalls") {
+        let probe = required(
+            root.join("target/wasm32-wasip1/release/hostcall_probe.wasm"),
+            "cargo build --release --target wasm32-wasip1 -p tollgate-hostcall-probe",
+        );
+        let calls = hostcalls::measure(&bench.envoy_bin, &probe, &root, ENVOY_CPU, settings.quick);
+        for call in &calls {
+            eprintln!("bench: host call {:<22} {:>8.1} ns", call.name, call.ns);
+        }
+        calls
+    } else {
+        Vec::new()
+    };
     let sizes = [&bench.wasm.tollgate, &bench.wasm.noop]
         .iter()
         .map(|p| {
@@ -255,6 +272,7 @@ fn main() {
         micro,
         profiles,
         sizes,
+        hostcalls,
     };
     let partial = only.is_some();
     let results_path =
