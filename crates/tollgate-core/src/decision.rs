@@ -442,10 +442,8 @@ fn check_body(tier: &Tier, metering: &Metering, cost: u64) -> String {
     to_json(&request)
 }
 
-/// How long a refill marker holds: past the callout timeout, the callout has been answered
-/// (or failed) by the host.
 fn stale_ns(quota: &QuotaService) -> u64 {
-    quota.timeout_ms.saturating_add(1_000).saturating_mul(1_000_000)
+    lease::marker_ttl_ns(quota)
 }
 
 /// The global limits of a request decided from a lease (see [`crate::lease`]). `Err`: the

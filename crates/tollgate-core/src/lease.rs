@@ -38,8 +38,8 @@
 //! [`SLOT_WAYS`] per key, like the local buckets: a record with nothing left is dropped at
 //! the next write to its key; when a key is full the least recently used record goes.
 
-use crate::config::{fnv1a64, Limit, LimitKind, MAX_LIMITS_PER_TIER, SLOT_WAYS};
-use crate::quota::{LimitSpec, ReturnRequest};
+use crate::config::{fnv1a64, Limit, LimitKind, QuotaService, MAX_LIMITS_PER_TIER, SLOT_WAYS};
+use crate::quota::{LimitSpec, ReturnRequest, ReturnResponse};
 use crate::store::{cas_update, SharedStore, StoreError};
 use crate::time::Nanos;
 
@@ -283,6 +283,34 @@ pub fn reclaim<S: SharedStore + ?Sized>(
         let request = ReturnRequest { key: held.key.clone(), units, limits: held.limits.clone(), windows };
         (Some(zeroed), Reclaim::Return(request))
     })
+}
+
+/// How long a refill marker holds: past the callout timeout (plus a margin for the host's
+/// timer) the callout has been answered or failed.
+pub fn marker_ttl_ns(quota: &QuotaService) -> u64 {
+    quota.timeout_ms.saturating_add(1_000).saturating_mul(1_000_000)
+}
+
+/// The JSON of a `POST /v1/return`.
+pub fn return_body(request: &ReturnRequest) -> String {
+    serde_json::to_string(request).unwrap_or_default()
+}
+
+/// The units a `/v1/return` answer confirms given back (the most over its limits).
+pub fn returned_units(body: &[u8]) -> Option<u64> {
+    let answer: ReturnResponse = serde_json::from_slice(body).ok()?;
+    Some(answer.returned.iter().copied().max().unwrap_or(0))
+}
+
+/// How often the root context looks for idle leases.
+pub fn tick_ms(quota: &QuotaService) -> u64 {
+    (quota.lease_idle_return_ms / 4).clamp(50, 1_000)
+}
+
+/// Whether any limit of the configuration leases (the root context then ticks).
+pub fn any(config: &crate::Config) -> bool {
+    config.quota.is_some()
+        && config.tiers.iter().any(|t| t.limits.iter().any(|l| l.global.is_some() && l.lease_block > 0))
 }
 
 /// The record as it stands (tests, diagnostics).
