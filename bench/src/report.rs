@@ -325,9 +325,9 @@ fn global(md: &mut String, view: &View<'_>) {
     let _ = writeln!(
         md,
         "\nThe quota service (`target/release/tollgate-quota`) and Redis run on core 1 next to wrk, so Envoy keeps \
-         core 0 to itself. The filter calls the service for every request (\"strict\"). **The default mode is meant \
-         to take leases so that most requests stay local; the filter has no leases yet, so \"default\" is the very \
-         same configuration as \"strict\" here** (its rows show how much two identical configurations differ).\n"
+         core 0 to itself. \"strict\" (`lease_block: 0`) calls the service for every request; \"default\" is the \
+         shipped configuration, which leases units in blocks (1 % of a limit, at most 1000) and decides the other \
+         requests locally: one callout per refill instead of one per request.\n"
     );
 }
 
@@ -645,7 +645,8 @@ fn goals(md: &mut String, view: &View<'_>) {
             "default global path ≥ 0.90× the local path (Redis)",
             format!("{:.2}×", default.median),
             verdict(default.median, 0.90, true, "×"),
-            "no leases yet: \"default\" is the strict configuration, with a callout per request (see the row above)"
+            "leases: a refill callout per block of 1000 units; the other requests are decided from the \
+             Envoy's shared data as on the local path"
                 .to_owned(),
         );
     }
