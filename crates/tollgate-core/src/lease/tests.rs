@@ -215,6 +215,7 @@ fn a_hot_key_takes_one_block_then_decides_locally() {
     assert_eq!(svc.charged, 26 + record.balance, "leased = admitted + unspent");
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn concurrent_workers_never_admit_more_than_was_leased() {
     let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
