@@ -400,10 +400,15 @@ fn with_tier<S: SharedStore + ?Sized>(
     let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
     let mut looked = Vec::new();
-    let (result, store_report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
-        looked = evaluate_all(tier, &metering.local, stored, now, cost);
-        Change::Keep
-    });
+    // Without local limits there is nothing to look at (a global-only tier reads no slot).
+    let (result, store_report) = if metering.local.is_empty() {
+        (Ok(()), UpdateReport::default())
+    } else {
+        store::update(store, &slot, now, config.store.cas_retries, |stored| {
+            looked = evaluate_all(tier, &metering.local, stored, now, cost);
+            Change::Keep
+        })
+    };
     if result.is_err() {
         return Step::Done(store_failure(config, tier_index, metering.caller, store_report));
     }
