@@ -33,7 +33,7 @@ fn max_balance(block: u64) -> u64 {
 /// `idle_ms` before an unused lease is given back.
 fn plugin_config(bulk_failure_mode: &str, idle_ms: u64) -> Value {
     let mut config = default_plugin_config();
-    config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 500, "lease_idle_return_ms": idle_ms,
+    config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 2000, "lease_idle_return_ms": idle_ms,
                 "breaker": { "failures": 3, "cooldown_ms": 500 } });
     config["tiers"]["bulk"] = json!({ "limits": [
         { "name": "per-day", "limit": BULK_LIMIT, "window": "1d", "algorithm": "fixed_window", "scope": "global",
