@@ -398,3 +398,43 @@ fn records_survive_the_codec_and_garbage_reads_as_nothing() {
     assert!(decode(&[1, 1, 0]).is_empty());
     assert!(decode(b"").is_empty());
 }
+
+#[test]
+fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut cache = KeyCache::new(10);
+    let bulk = request("Bearer tok-bulk");
+    run(&c, &s, &service, &bulk, T0); // balance 49
+    for _ in 0..24 {
+        run(&c, &s, &service, &bulk, T0); // balance 25
+    }
+    // This one leaves 24 (< 25) and refills; its answer has not come back yet.
+    let Step::Call(refill) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a refill") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&refill.body).unwrap().cost, 50);
+    // Meanwhile: 24 more from the balance, without a callout.
+    for i in 0..24 {
+        match begin(&c, &s, &mut cache, &bulk, T0) {
+            Step::Done(d) => assert_eq!(d.outcome, Outcome::Allowed, "request {i}"),
+            Step::Call(_) => panic!("request {i} called out while the balance lasted"),
+        }
+    }
+    // Empty, and a refill in flight: an exact check of the request's own cost.
+    let Step::Call(exact) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a callout") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&exact.body).unwrap().cost, 1);
+    // The refill's answer comes back: credited in full (its request was admitted before).
+    let body = service.lock().unwrap().check(&refill.body, T0).unwrap();
+    let d = match resume(&c, &s, &mut cache, refill.pending, Answer::Response { status: 200, body: &body }, T0) {
+        Step::Done(d) => d,
+        Step::Call(_) => panic!("a granted refill needs nothing more"),
+    };
+    assert_eq!((d.outcome, d.quota.leased_units), (Outcome::Allowed, 50));
+    assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 50);
+    let body = service.lock().unwrap().check(&exact.body, T0).unwrap();
+    let Step::Done(d) = resume(&c, &s, &mut cache, exact.pending, Answer::Response { status: 200, body: &body }, T0)
+    else {
+        panic!()
+    };
+    assert_eq!(d.outcome, Outcome::Allowed);
+    // 1 + 24 + 1 + 24 from leases, 1 exact: 51 admitted, 101 charged, 50 held.
+    assert_eq!(service.lock().unwrap().charged, 51 + 50);
+}
