@@ -1,6 +1,9 @@
 //! The decision: a function of (config, request, stored state, callout answers, now). It
 //! returns what the host must do: reply, continue with headers, or call the quota service
 //! and come back with its answer ([`Step::Call`] → [`resume`]). The host performs it.
+//!
+//! Global limits that lease ([`crate::lease`]) are decided from the Envoy's balance without
+//! a callout; only the request that refills it (or one that finds it empty) calls out.
 
 use serde::Serialize;
 
