@@ -12,6 +12,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use tollgate_core::decision::{self, Answer, Outcome, Pending, Step};
 use tollgate_core::keycache::KeyCache;
+use tollgate_core::lease::{self, Held, Reclaim};
 use tollgate_core::{Config, Decision, Nanos, RequestInfo};
 
 use crate::host::{self, HostSharedData};
@@ -29,9 +30,41 @@ struct State {
     keys: RefCell<KeyCache>,
     /// Callouts in flight from this worker.
     in_flight: Cell<u32>,
+    /// Leases this worker refilled, looked at on each tick to give back idle ones.
+    held: RefCell<Vec<Held>>,
 }
 
-impl Context for TollgateRoot {}
+/// Leases a worker remembers at most; past it the oldest is forgotten (its balance is then
+/// not given back: under-admission, never over).
+const MAX_HELD: usize = 4096;
+
+/// The root context's callouts are `POST /v1/return`s.
+impl Context for TollgateRoot {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok())
+        };
+        let units = match status {
+            Some(200) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .and_then(|body| lease::returned_units(&body)),
+            _ => None,
+        };
+        if units.is_none() {
+            warn!("lease return failed (status {status:?}): the units stay counted at the quota service");
+        }
+        state.metrics.record_return(units);
+    }
+}
 
 impl RootContext for TollgateRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -53,12 +86,57 @@ impl RootContext for TollgateRoot {
                     config.quota.as_ref().map_or("none", |q| q.cluster.as_str()),
                 );
                 let keys = RefCell::new(KeyCache::new(cache_size));
-                self.state = Some(Rc::new(State { config, metrics, keys, in_flight: Cell::new(0) }));
+                if let Some(quota) = config.quota.as_ref().filter(|_| lease::any(&config)) {
+                    let _ = hostcalls::set_tick_period(Duration::from_millis(lease::tick_ms(quota)));
+                }
+                let held = RefCell::new(Vec::new());
+                self.state = Some(Rc::new(State { config, metrics, keys, in_flight: Cell::new(0), held }));
                 true
             }
             Err(e) => {
                 error!("invalid configuration: {e}");
                 false
+            }
+        }
+    }
+
+    /// Gives back the balance of leases unused for `lease_idle_return_ms`, from the root
+    /// context: its callouts are not tied to a request's stream.
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let Some(quota) = state.config.quota.as_ref() else {
+            return;
+        };
+        let now = host::now();
+        let idle_ns = quota.lease_idle_return_ms.saturating_mul(1_000_000);
+        let (stale_ns, retries) = (lease::marker_ttl_ns(quota), state.config.store.cas_retries);
+        let mut returns = Vec::new();
+        state.held.borrow_mut().retain(|held| {
+            match lease::reclaim(&HostSharedData, held, idle_ns, stale_ns, retries, now) {
+                Ok(Reclaim::Busy) | Err(_) => true,
+                Ok(Reclaim::Gone) => false,
+                Ok(Reclaim::Return(request)) => {
+                    returns.push(request);
+                    false
+                }
+            }
+        });
+        for request in returns {
+            let headers = vec![
+                (":method", "POST"),
+                (":path", "/v1/return"),
+                (":authority", quota.authority.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let body = lease::return_body(&request);
+            let timeout = Duration::from_millis(quota.timeout_ms);
+            if let Err(e) =
+                hostcalls::dispatch_http_call(&quota.cluster, headers, Some(body.as_bytes()), vec![], timeout)
+            {
+                warn!("lease return to {} failed to start: {e:?}", quota.cluster);
+                state.metrics.record_return(None);
             }
         }
     }
@@ -189,9 +267,18 @@ impl TollgateHttp {
         }
     }
 
-    fn conclude(&mut self, decision: Decision) -> Action {
+    fn conclude(&mut self, mut decision: Decision) -> Action {
         let state = Rc::clone(&self.state);
         state.metrics.record(&decision);
+        if let Some(held) = decision.lease.take() {
+            let mut list = state.held.borrow_mut();
+            if !list.iter().any(|h| h.lease == held.lease) {
+                if list.len() >= MAX_HELD {
+                    list.remove(0);
+                }
+                list.push(held);
+            }
+        }
         log_decision(&state.config, &decision);
         match decision.reply {
             Some(reply) => {

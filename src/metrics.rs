@@ -51,6 +51,12 @@ pub struct Metrics {
     degraded_open: Option<u32>,
     degraded_closed: Option<u32>,
     degraded_local: Option<u32>,
+    lease_admitted: Option<u32>,
+    lease_refills: Option<u32>,
+    lease_units_leased: Option<u32>,
+    lease_returns: Option<u32>,
+    lease_return_failures: Option<u32>,
+    lease_units_returned: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -100,6 +106,12 @@ impl Metrics {
             degraded_open: q("tollgate.quota.failure_mode.open", MetricType::Counter),
             degraded_closed: q("tollgate.quota.failure_mode.closed", MetricType::Counter),
             degraded_local: q("tollgate.quota.failure_mode.local", MetricType::Counter),
+            lease_admitted: q("tollgate.quota.lease.admitted", MetricType::Counter),
+            lease_refills: q("tollgate.quota.lease.refills", MetricType::Counter),
+            lease_units_leased: q("tollgate.quota.lease.units_leased", MetricType::Counter),
+            lease_returns: q("tollgate.quota.lease.returns", MetricType::Counter),
+            lease_return_failures: q("tollgate.quota.lease.return_failures", MetricType::Counter),
+            lease_units_returned: q("tollgate.quota.lease.units_returned", MetricType::Counter),
         }
     }
 
@@ -122,6 +134,9 @@ impl Metrics {
                 let _ = hostcalls::record_metric(gauge, u64::from(quota.breaker_opened));
             }
         }
+        bump(self.lease_admitted, u32::from(quota.from_lease));
+        bump(self.lease_refills, u32::from(quota.leased_units > 0));
+        bump(self.lease_units_leased, u32::try_from(quota.leased_units).unwrap_or(u32::MAX));
         match quota.degraded {
             Some(FailureMode::Open) => bump(self.degraded_open, 1),
             Some(FailureMode::Closed) => bump(self.degraded_closed, 1),
@@ -150,6 +165,16 @@ impl Metrics {
         let near_deadline = elapsed_ms.saturating_mul(10) >= timeout_ms.saturating_mul(9);
         if status == Some(504) || (status.is_none() && near_deadline) {
             bump(self.callout_timeouts, 1);
+        }
+    }
+
+    /// A lease's idle balance was given back (`units` confirmed by the service), or the
+    /// return failed (`None`).
+    pub fn record_return(&self, units: Option<u64>) {
+        bump(self.lease_returns, 1);
+        match units {
+            Some(units) => bump(self.lease_units_returned, u32::try_from(units).unwrap_or(u32::MAX)),
+            None => bump(self.lease_return_failures, 1),
         }
     }
 }

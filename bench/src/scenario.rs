@@ -253,10 +253,40 @@ pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
         "headers": { "ietf": true, "x_ratelimit": true },
     });
     if let Filter::TollgateGlobal { strict, .. } = filter {
-        // "strict" calls the quota service on every request. The default mode will take
-        // leases instead; until the filter has them, both are the same configuration.
-        let _ = strict;
+        // "default" is the shipped configuration: limits this large lease their units in
+        // blocks (1 % of the capacity, at most 1000) and decide locally. "strict" sets
+        // `lease_block: 0`: a callout to the quota service on every request.
+        if strict {
+            for limit in config["tiers"]["bench"]["limits"].as_array_mut().into_iter().flatten() {
+                limit["lease_block"] = json!(0);
+            }
+        }
         config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 1000, "verify_keys": false });
     }
     Some(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn limits(strict: bool) -> Vec<Value> {
+        let filter = Filter::TollgateGlobal { store: QuotaStore::Memory, strict };
+        let config = plugin_config(&json!({}), filter).unwrap();
+        config["tiers"]["bench"]["limits"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn strict_makes_every_limit_exact_and_default_is_the_shipped_lease() {
+        for limit in limits(true) {
+            assert_eq!(limit["lease_block"], json!(0));
+        }
+        for limit in limits(false) {
+            // No lease_block: the filter's default, 1 % of the capacity capped at 1000,
+            // which leases for limits this large (tollgate_core::config::default_lease_block).
+            assert!(limit.get("lease_block").is_none());
+            assert!(limit["limit"].as_u64().unwrap() / 100 >= 1000);
+        }
+    }
 }

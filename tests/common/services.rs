@@ -187,6 +187,29 @@ impl QuotaService {
         assert_eq!(r.status(), 204);
     }
 
+    /// `GET /v1/usage/{key}`: `used` of each limit of a metered key, by limit name (empty
+    /// if the service holds nothing for it).
+    pub fn usage(&self, key: &str) -> Vec<(String, u64)> {
+        let encoded = key.replace('%', "%25").replace('/', "%2F").replace(':', "%3A");
+        let mut r = self
+            .agent
+            .get(&self.url(&format!("/v1/usage/{encoded}")))
+            .header("authorization", &format!("Bearer {}", self.admin_token))
+            .call()
+            .expect("GET /v1/usage");
+        if r.status() == 404 {
+            return Vec::new();
+        }
+        assert_eq!(r.status(), 200, "usage: {}", r.body_mut().read_to_string().unwrap_or_default());
+        let usage: Value = r.body_mut().read_json().expect("usage JSON");
+        usage["limits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| (l["name"].as_str().unwrap_or_default().to_owned(), l["used"].as_u64().unwrap_or(0)))
+            .collect()
+    }
+
     pub fn metrics(&self) -> String {
         let mut r = self.agent.get(&self.url("/metrics")).call().expect("GET /metrics");
         r.body_mut().read_to_string().unwrap_or_default()

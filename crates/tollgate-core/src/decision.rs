@@ -1,14 +1,18 @@
 //! The decision: a function of (config, request, stored state, callout answers, now). It
 //! returns what the host must do: reply, continue with headers, or call the quota service
 //! and come back with its answer ([`Step::Call`] → [`resume`]). The host performs it.
+//!
+//! Global limits that lease ([`crate::lease`]) are decided from the Envoy's balance without
+//! a callout; only the request that refills it (or one that finds it empty) calls out.
 
 use serde::Serialize;
 
 use crate::breaker::{self, Admission, BreakerConfig, Transition};
-use crate::config::{Config, ContentionPolicy, FailureMode, LimitKind, Mode, QuotaService, Tier};
+use crate::config::{Config, ContentionPolicy, FailureMode, Limit, LimitKind, Mode, QuotaService, Tier};
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
 use crate::identity::{client_network, credential, hex, Credential};
 use crate::keycache::{CachedKey, KeyCache, Lookup};
+use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
 use crate::limit::{evaluate, Evaluation};
 use crate::quota::{CheckRequest, CheckResponse, LimitSpec, VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply, Refusal};
@@ -64,6 +68,10 @@ pub struct QuotaReport {
     pub breaker_closed: bool,
     /// The service could not answer and a global limit fell back to this mode.
     pub degraded: Option<FailureMode>,
+    /// Admitted from a lease's balance (no callout of its own, or a refill ahead of need).
+    pub from_lease: bool,
+    /// Units a refill of this request leased (0: no refill granted).
+    pub leased_units: u64,
 }
 
 /// Everything the host needs to act on a request.
@@ -82,6 +90,8 @@ pub struct Decision {
     pub caller: Option<String>,
     pub store: UpdateReport,
     pub quota: QuotaReport,
+    /// A lease this request refilled: the worker remembers it to give it back when idle.
+    pub lease: Option<Held>,
 }
 
 /// Either the decision, or a call to the quota service to make first.
@@ -111,6 +121,19 @@ pub struct Pending {
 enum Stage {
     Verify { hash: [u8; 32], stale: Option<(String, usize)> },
     Check(Metering),
+    Refill(Refill),
+}
+
+/// A refill of a lease in flight.
+#[derive(Debug)]
+struct Refill {
+    metering: Metering,
+    lease: LeaseRef,
+    marker: u64,
+    block: u64,
+    /// `Some`: the request was already admitted from the balance (the record after it);
+    /// `None`: it takes its units from the block.
+    admitted: Option<Lease>,
 }
 
 /// A caller with a tier on a route: what to meter and how it stood before the callout.
@@ -166,6 +189,7 @@ impl Decision {
             caller: None,
             store: UpdateReport::default(),
             quota: QuotaReport::default(),
+            lease: None,
         }
     }
 
@@ -330,6 +354,16 @@ pub fn resume<S: SharedStore + ?Sized>(
             }
             Step::Done(commit(config, store, route, metering, &[], global, report, now))
         }
+        Stage::Refill(refill) => {
+            let checked = match answer {
+                Answer::Response { status: 200, body } => serde_json::from_slice::<CheckResponse>(body)
+                    .ok()
+                    .filter(|r| r.limits.len() == refill.metering.global.len()),
+                _ => None,
+            };
+            record_breaker(store, quota, checked.is_some(), now, &mut report);
+            refilled(config, store, quota, route, refill, checked, report, now)
+        }
     }
 }
 
@@ -369,10 +403,15 @@ fn with_tier<S: SharedStore + ?Sized>(
     let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
     let mut looked = Vec::new();
-    let (result, store_report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
-        looked = evaluate_all(tier, &metering.local, stored, now, cost);
-        Change::Keep
-    });
+    // Without local limits there is nothing to look at (a global-only tier reads no slot).
+    let (result, store_report) = if metering.local.is_empty() {
+        (Ok(()), UpdateReport::default())
+    } else {
+        store::update(store, &slot, now, config.store.cas_retries, |stored| {
+            looked = evaluate_all(tier, &metering.local, stored, now, cost);
+            Change::Keep
+        })
+    };
     if result.is_err() {
         return Step::Done(store_failure(config, tier_index, metering.caller, store_report));
     }
@@ -381,17 +420,231 @@ fn with_tier<S: SharedStore + ?Sized>(
         let statuses = metering.local_status.clone();
         return Step::Done(conclude(config, &metering, statuses, store_report, report, now));
     }
+    let block = lease::request_block(metering.global.iter().filter_map(|&i| tier.limits.get(i)), cost);
+    if block > 0 {
+        match leased(config, store, quota, route, metering, block, report, now) {
+            Ok(step) => return step,
+            Err(exact) => metering = exact,
+        }
+    }
     if breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open {
         report.short_circuited = true;
         return Step::Done(fallback(config, store, route, metering, report, now));
     }
+    exact_check(tier, route, cost, metering, report)
+}
+
+/// A `/v1/check` of the request's own cost: the exact path.
+fn exact_check(tier: &Tier, route: usize, cost: u64, metering: Metering, report: QuotaReport) -> Step {
+    let body = check_body(tier, &metering, cost);
+    let pending = Pending { route, stage: Stage::Check(metering), quota: report };
+    Step::Call(Callout { path: "/v1/check", body, pending })
+}
+
+fn check_body(tier: &Tier, metering: &Metering, cost: u64) -> String {
     let request = CheckRequest {
         key: format!("{}/{}", tier.name, metering.caller),
         cost,
         limits: metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(LimitSpec::of).collect(),
     };
-    let pending = Pending { route, stage: Stage::Check(metering), quota: report };
-    Step::Call(Callout { path: "/v1/check", body: to_json(&request), pending })
+    to_json(&request)
+}
+
+fn stale_ns(quota: &QuotaService) -> u64 {
+    lease::marker_ttl_ns(quota)
+}
+
+/// The global limits of a request decided from a lease (see [`crate::lease`]). `Err`: the
+/// lease cannot decide it; go exact.
+#[allow(clippy::too_many_arguments)]
+fn leased<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    quota: &QuotaService,
+    route: usize,
+    metering: Metering,
+    block: u64,
+    mut report: QuotaReport,
+    now: Nanos,
+) -> Result<Step, Metering> {
+    let Some(tier) = config.tiers.get(metering.tier) else {
+        return Err(metering);
+    };
+    let cost = config.routes.get(route).map_or(1, |r| r.cost);
+    let lease_ref = LeaseRef::new(
+        &tier.name,
+        &metering.caller,
+        metering.global.iter().filter_map(|&i| tier.limits.get(i)),
+        config.store.slots,
+    );
+    let (stale, retries) = (stale_ns(quota), config.store.cas_retries);
+    let Ok(taken) = lease::take(store, &lease_ref, cost, block, true, stale, retries, now) else {
+        return Err(metering);
+    };
+    let breaker_open =
+        |store: &S| breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open;
+    match taken {
+        Take::Empty { refill: None } => Err(metering),
+        Take::Admitted { lease, refill } => {
+            report.from_lease = true;
+            let marker = match refill {
+                Some(marker) if !breaker_open(store) => marker,
+                other => {
+                    if let Some(marker) = other {
+                        let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
+                    }
+                    let statuses = lease_statuses(tier, &metering.global, &lease, now);
+                    return Ok(Step::Done(commit(config, store, route, metering, &[], statuses, report, now)));
+                }
+            };
+            let body = check_body(tier, &metering, block);
+            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: Some(lease) };
+            Ok(Step::Call(Callout {
+                path: "/v1/check",
+                body,
+                pending: Pending { route, stage: Stage::Refill(refill), quota: report },
+            }))
+        }
+        Take::Empty { refill: Some(marker) } => {
+            if breaker_open(store) {
+                let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
+                report.short_circuited = true;
+                return Ok(Step::Done(fallback(config, store, route, metering, report, now)));
+            }
+            let body = check_body(tier, &metering, block);
+            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: None };
+            Ok(Step::Call(Callout {
+                path: "/v1/check",
+                body,
+                pending: Pending { route, stage: Stage::Refill(refill), quota: report },
+            }))
+        }
+    }
+}
+
+/// The answer to a refill: credit the lease, or settle it and decide otherwise.
+#[allow(clippy::too_many_arguments)]
+fn refilled<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    quota: &QuotaService,
+    route: usize,
+    refill: Refill,
+    checked: Option<CheckResponse>,
+    mut report: QuotaReport,
+    now: Nanos,
+) -> Step {
+    let Refill { metering, lease: lease_ref, marker, block, admitted } = refill;
+    let Some(tier) = config.tiers.get(metering.tier) else {
+        return Step::Done(Decision::new(Outcome::Unlimited));
+    };
+    let cost = config.routes.get(route).map_or(1, |r| r.cost);
+    let (stale, retries) = (stale_ns(quota), config.store.cas_retries);
+    let limits: Vec<&Limit> = metering.global.iter().filter_map(|&i| tier.limits.get(i)).collect();
+    match checked {
+        Some(answer) if answer.admitted => {
+            let grants: Vec<Grant> = limits
+                .iter()
+                .zip(&answer.limits)
+                .map(|(limit, r)| {
+                    let reset_at = now.0.saturating_add(align(Some(limit.kind), r.reset_after_ms, now));
+                    let window = r.window.or(match limit.kind {
+                        LimitKind::FixedWindow { window_ns } if window_ns > 0 => {
+                            Some((reset_at / window_ns).saturating_sub(1))
+                        }
+                        _ => None,
+                    });
+                    Grant { remaining: r.remaining, reset_at, window }
+                })
+                .collect();
+            let expires_at = lease::expiry(&limits, &grants);
+            let own = if admitted.is_some() { 0 } else { cost };
+            report.leased_units = block;
+            report.from_lease = true;
+            let credited = lease::credit(
+                store,
+                &lease_ref,
+                marker,
+                block.saturating_sub(own),
+                &grants,
+                expires_at,
+                stale,
+                retries,
+                now,
+            )
+            .ok()
+            .flatten();
+            let statuses = match &credited {
+                Some(l) => lease_statuses(tier, &metering.global, l, now),
+                None => metering
+                    .global
+                    .iter()
+                    .zip(&grants)
+                    .map(|(&index, g)| Status {
+                        index,
+                        admitted: true,
+                        remaining: g.remaining,
+                        reset_after_ns: g.reset_at.saturating_sub(now.0),
+                        retry_after_ns: 0,
+                    })
+                    .collect(),
+            };
+            let held = Held {
+                lease: lease_ref,
+                key: format!("{}/{}", tier.name, metering.caller),
+                limits: limits.iter().map(|l| LimitSpec::of(l)).collect(),
+            };
+            let mut d = commit(config, store, route, metering, &[], statuses, report, now);
+            d.lease = Some(held);
+            Step::Done(d)
+        }
+        Some(answer) => {
+            // Not a whole block left: spend what the lease holds, then decide exactly until
+            // a block could be granted again.
+            let wait_ms = answer.limits.iter().filter(|r| !r.admitted).map(|r| r.retry_after_ms).max().unwrap_or(0);
+            let until = now.saturating_add(wait_ms.saturating_mul(1_000_000));
+            let _ = lease::settle(store, &lease_ref, marker, until, stale, retries, now);
+            match admitted {
+                Some(l) => {
+                    let statuses = lease_statuses(tier, &metering.global, &l, now);
+                    Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
+                }
+                None => exact_check(tier, route, cost, metering, report),
+            }
+        }
+        None => {
+            let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
+            match admitted {
+                Some(l) => {
+                    let statuses = lease_statuses(tier, &metering.global, &l, now);
+                    Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
+                }
+                None => Step::Done(fallback(config, store, route, metering, report, now)),
+            }
+        }
+    }
+}
+
+/// Global limits as a lease shows them: the service's remaining at the grant plus the
+/// balance not yet spent here, and the reset of the grant (an approximation: other
+/// Envoys' spending since the grant is not seen).
+fn lease_statuses(tier: &Tier, global: &[usize], lease: &Lease, now: Nanos) -> Vec<Status> {
+    let balance = lease.live_balance(now);
+    global
+        .iter()
+        .enumerate()
+        .filter(|(_, &index)| tier.limits.get(index).is_some())
+        .map(|(p, &index)| {
+            let grant = lease.grants.get(p).copied().unwrap_or_default();
+            Status {
+                index,
+                admitted: true,
+                remaining: grant.remaining.saturating_add(balance),
+                reset_after_ns: grant.reset_at.saturating_sub(now.0),
+                retry_after_ns: 0,
+            }
+        })
+        .collect()
 }
 
 /// The quota service could not answer for global limits: each falls back to its

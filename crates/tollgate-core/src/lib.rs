@@ -33,6 +33,7 @@ pub mod decision;
 pub mod headers;
 pub mod identity;
 pub mod keycache;
+pub mod lease;
 pub mod limit;
 pub mod quota;
 pub mod reply;

@@ -13,8 +13,9 @@
 --            token bucket: x = interval_us = ceil(window_us / limit), y = depth_us = interval_us * capacity
 --            fixed window: x = window_us, y = limit
 --
--- Returns { admitted, then per limit: admitted, remaining, reset_after_us, retry_after_us },
--- admitted being 1 or 0. The arithmetic is tollgate_core::limit::evaluate's, in microseconds.
+-- Returns { admitted, then per limit: admitted, remaining, reset_after_us, retry_after_us, window },
+-- admitted being 1 or 0, window the fixed window's index (floor(now / window_us)) and -1
+-- for a token bucket. The arithmetic is tollgate_core::limit::evaluate's, in microseconds.
 --
 -- Why a script: the request is admitted only if every limit admits it, and a refused
 -- request must consume nothing from any limit. Read-then-MULTI from the service could
@@ -69,6 +70,7 @@ for i = 1, count do
   end
 
   local admitted, remaining, reset_after, retry_after, state_a, state_b, idle_after
+  local window_index = -1
   if sub(definition, 1, 1) == 't' then
     local interval, depth = x, y
     local tat = now
@@ -92,6 +94,7 @@ for i = 1, count do
   else
     local window, quota = x, y
     local index = floor(now / window)
+    window_index = index
     local used = 0
     if a == index then used = b end
     reset_after = (index + 1) * window - now
@@ -108,7 +111,7 @@ for i = 1, count do
     if remaining < 0 then remaining = 0 end
   end
 
-  local r = 4 * i - 2
+  local r = 5 * i - 3
   if admitted then
     results[r] = 1
     writes[#writes + 1] = ARGV[base]
@@ -122,6 +125,7 @@ for i = 1, count do
   results[r + 1] = remaining
   results[r + 2] = reset_after
   results[r + 3] = retry_after
+  results[r + 4] = window_index
 end
 
 if all_admitted then

@@ -17,7 +17,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tollgate_core::quota::{
-    CheckRequest, CheckResponse, CreateKeyRequest, KeyInfo, UsageResponse, VerifyRequest, VerifyResponse,
+    CheckRequest, CheckResponse, CreateKeyRequest, KeyInfo, ReturnRequest, ReturnResponse, UsageResponse,
+    VerifyRequest, VerifyResponse,
 };
 
 use crate::error::ApiError;
@@ -62,6 +63,7 @@ pub fn router<S: Store>(store: S, admin_token: Option<&str>) -> Router {
     };
     Router::new()
         .route("/v1/check", post(check::<S>))
+        .route("/v1/return", post(give_back::<S>))
         .route("/v1/keys", post(create_key::<S>).get(list_keys::<S>))
         .route("/v1/keys/verify", post(verify_key::<S>))
         .route("/v1/keys/{id}", delete(revoke_key::<S>))
@@ -132,6 +134,16 @@ async fn check<S: Store>(
     let response = app.store(Op::Check, app.inner.store.check(&check)).await?;
     app.inner.metrics.decision(validate::tier_of(&check.key), response.admitted);
     Ok(Json(response))
+}
+
+async fn give_back<S: Store>(
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<ReturnRequest>,
+) -> Result<Json<ReturnResponse>, ApiError> {
+    let ret = validate::give_back(request)?;
+    let returned = app.store(Op::Return, app.inner.store.give_back(&ret)).await?;
+    app.inner.metrics.give_back(validate::tier_of(&ret.key), returned.iter().sum());
+    Ok(Json(ReturnResponse { returned }))
 }
 
 async fn create_key<S: Store>(

@@ -23,6 +23,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Op {
     Check,
+    Return,
     Usage,
     CreateKey,
     FindKey,
@@ -41,9 +42,13 @@ impl Outcome {
 }
 
 impl Op {
+    pub const ALL: [Op; 8] =
+        [Op::Check, Op::Return, Op::Usage, Op::CreateKey, Op::FindKey, Op::ListKeys, Op::RevokeKey, Op::Ping];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Check => "check",
+            Op::Return => "return",
             Op::Usage => "usage",
             Op::CreateKey => "create_key",
             Op::FindKey => "find_key",
@@ -73,6 +78,11 @@ struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: Op,
 }
@@ -86,6 +96,8 @@ struct RequestLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    returns: Family<TierLabels, Counter>,
+    returned_units: Family<TierLabels, Counter>,
     store_latency: Family<OpLabels, Histogram>,
     store_errors: Family<OpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
@@ -101,6 +113,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
+        let returns = Family::<TierLabels, Counter>::default();
+        let returned_units = Family::<TierLabels, Counter>::default();
         let store_latency = Family::<OpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let store_errors = Family::<OpLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -108,6 +122,12 @@ impl Metrics {
             "tollgate_quota_decisions",
             "Checks decided, by the metered key's tier and outcome",
             decisions.clone(),
+        );
+        registry.register("tollgate_quota_returns", "Returns (/v1/return) answered, by tier", returns.clone());
+        registry.register(
+            "tollgate_quota_returned_units",
+            "Units given back by returns, summed over their limits, by tier",
+            returned_units.clone(),
         );
         registry.register_with_unit(
             "tollgate_quota_store_latency",
@@ -118,10 +138,26 @@ impl Metrics {
         registry.register("tollgate_quota_store_errors", "Store operations that failed", store_errors.clone());
         registry.register("tollgate_quota_requests", "HTTP requests answered, by route and status", requests.clone());
         // Error counters exist from the start at 0, so that rates and alerts work before the first error.
-        for op in [Op::Check, Op::Usage, Op::CreateKey, Op::FindKey, Op::ListKeys, Op::RevokeKey, Op::Ping] {
+        for op in Op::ALL {
             let _ = store_errors.get_or_create(&OpLabels { op });
         }
-        Metrics { registry, decisions, store_latency, store_errors, requests, tiers: RwLock::default() }
+        Metrics {
+            registry,
+            decisions,
+            returns,
+            returned_units,
+            store_latency,
+            store_errors,
+            requests,
+            tiers: RwLock::default(),
+        }
+    }
+
+    /// A return that gave back `units` in all (summed over its limits).
+    pub fn give_back(&self, tier: &str, units: u64) {
+        let labels = TierLabels { tier: self.tier_label(tier) };
+        self.returns.get_or_create(&labels).inc();
+        self.returned_units.get_or_create(&labels).inc_by(units);
     }
 
     pub fn decision(&self, tier: &str, admitted: bool) {
@@ -187,6 +223,7 @@ mod tests {
         m.decision("free", false);
         m.store_call(Op::Check, Duration::from_micros(300), true);
         m.request("/v1/check", 200);
+        m.give_back("free", 3);
         let text = m.encode().unwrap();
         for expected in [
             r#"tollgate_quota_decisions_total{tier="free",outcome="admitted"} 1"#,
@@ -194,6 +231,9 @@ mod tests {
             r#"tollgate_quota_store_latency_seconds_count{op="check"} 1"#,
             r#"tollgate_quota_store_errors_total{op="check"} 1"#,
             r#"tollgate_quota_requests_total{endpoint="/v1/check",status="200"} 1"#,
+            r#"tollgate_quota_returns_total{tier="free"} 1"#,
+            r#"tollgate_quota_returned_units_total{tier="free"} 3"#,
+            r#"tollgate_quota_store_errors_total{op="return"} 0"#,
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

@@ -1,10 +1,10 @@
 //! Wire requests in, validated values out; every error names the field it is about.
 
-use tollgate_core::config::{MAX_LIMITS_PER_TIER, MAX_QUANTITY};
-use tollgate_core::quota::CheckRequest;
+use tollgate_core::config::{Limit, LimitKind, MAX_LIMITS_PER_TIER, MAX_QUANTITY};
+use tollgate_core::quota::{CheckRequest, LimitSpec, ReturnRequest};
 
 use crate::error::ApiError;
-use crate::store::Check;
+use crate::store::{Check, Return};
 
 pub const MAX_KEY_BYTES: usize = 256;
 
@@ -14,34 +14,76 @@ pub fn check(request: CheckRequest) -> Result<Check, ApiError> {
     if request.cost > MAX_QUANTITY {
         return Err(ApiError::invalid("cost", format!("expected a whole number from 0 to {MAX_QUANTITY}")));
     }
-    let count = request.limits.len();
-    if !(1..=MAX_LIMITS_PER_TIER).contains(&count) {
-        return Err(ApiError::invalid("limits", format!("expected 1 to {MAX_LIMITS_PER_TIER} limits, got {count}")));
-    }
-    let mut limits = Vec::with_capacity(count);
-    for (i, spec) in request.limits.iter().enumerate() {
-        let path = format!("limits[{i}]");
-        let limit = spec.to_limit(&path).map_err(|e| ApiError::invalid(&e.path, e.message))?;
-        if let Some(first) = limits.iter().position(|l: &tollgate_core::config::Limit| l.name == limit.name) {
-            return Err(ApiError::invalid(
-                &format!("{path}.name"),
-                format!("duplicate limit name {:?} (also limits[{first}])", limit.name),
-            ));
-        }
+    let limits = limits(&request.limits)?;
+    for (i, limit) in limits.iter().enumerate() {
         if request.cost > limit.capacity() {
             return Err(ApiError::invalid(
                 "cost",
                 format!(
-                    "{} exceeds the capacity {} of {path} ({:?}): such a request could never be admitted",
+                    "{} exceeds the capacity {} of limits[{i}] ({:?}): such a request could never be admitted",
                     request.cost,
                     limit.capacity(),
                     limit.name
                 ),
             ));
         }
-        limits.push(limit);
     }
     Ok(Check { key: request.key, cost: request.cost, limits })
+}
+
+/// Validates a `/v1/return` request: the limits as for a check, and one window per limit
+/// (the `window` of the check answer: a number for a fixed window, null for a token bucket).
+pub fn give_back(request: ReturnRequest) -> Result<Return, ApiError> {
+    metered_key(&request.key, "key")?;
+    if request.units > MAX_QUANTITY {
+        return Err(ApiError::invalid("units", format!("expected a whole number from 0 to {MAX_QUANTITY}")));
+    }
+    let limits = limits(&request.limits)?;
+    if request.windows.len() != limits.len() {
+        return Err(ApiError::invalid(
+            "windows",
+            format!("expected one entry per limit ({}), got {}", limits.len(), request.windows.len()),
+        ));
+    }
+    for (i, (limit, window)) in limits.iter().zip(&request.windows).enumerate() {
+        match (limit.kind, window) {
+            (LimitKind::FixedWindow { .. }, None) => {
+                return Err(ApiError::invalid(
+                    &format!("windows[{i}]"),
+                    format!("expected the window index of the check answer: limits[{i}] is a fixed window"),
+                ));
+            }
+            (LimitKind::TokenBucket { .. }, Some(_)) => {
+                return Err(ApiError::invalid(
+                    &format!("windows[{i}]"),
+                    format!("expected null: limits[{i}] is a token bucket"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(Return { key: request.key, units: request.units, limits, windows: request.windows })
+}
+
+/// 1 to 16 valid limits with distinct names, in request order.
+fn limits(specs: &[LimitSpec]) -> Result<Vec<Limit>, ApiError> {
+    let count = specs.len();
+    if !(1..=MAX_LIMITS_PER_TIER).contains(&count) {
+        return Err(ApiError::invalid("limits", format!("expected 1 to {MAX_LIMITS_PER_TIER} limits, got {count}")));
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(count);
+    for (i, spec) in specs.iter().enumerate() {
+        let path = format!("limits[{i}]");
+        let limit = spec.to_limit(&path).map_err(|e| ApiError::invalid(&e.path, e.message))?;
+        if let Some(first) = limits.iter().position(|l| l.name == limit.name) {
+            return Err(ApiError::invalid(
+                &format!("{path}.name"),
+                format!("duplicate limit name {:?} (also limits[{first}])", limit.name),
+            ));
+        }
+        limits.push(limit);
+    }
+    Ok(limits)
 }
 
 /// A metered key: `<tier>/<caller>`, 1 to 256 visible ASCII characters without braces

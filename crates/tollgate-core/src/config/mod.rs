@@ -47,6 +47,8 @@ pub struct QuotaService {
     pub max_pending_callouts: u32,
     pub breaker_failures: u32,
     pub breaker_cooldown_ms: u64,
+    /// A lease unused for this long is given back to the service (`POST /v1/return`).
+    pub lease_idle_return_ms: u64,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,9 @@ pub struct Limit {
     /// `None`: counted locally. `Some(mode)`: counted by the quota service, with `mode`
     /// when it cannot answer.
     pub global: Option<FailureMode>,
+    /// Global limits: units leased from the quota service at a time; 0 means exact (a
+    /// callout per request). See [`crate::lease`].
+    pub lease_block: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +309,9 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     if !(1..=3_600_000).contains(&raw.breaker.cooldown_ms) {
         return err(format!("{P}.breaker.cooldown_ms"), "expected milliseconds from 1 to 3600000");
     }
+    if !(100..=3_600_000).contains(&raw.lease_idle_return_ms) {
+        return err(format!("{P}.lease_idle_return_ms"), "expected milliseconds from 100 to 3600000");
+    }
     Ok(QuotaService {
         cluster: raw.cluster.clone(),
         authority,
@@ -315,6 +323,7 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
         max_pending_callouts: raw.max_pending_callouts,
         breaker_failures: raw.breaker.failures,
         breaker_cooldown_ms: raw.breaker.cooldown_ms,
+        lease_idle_return_ms: raw.lease_idle_return_ms,
     })
 }
 
@@ -375,6 +384,25 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             )
         }
     };
+    limit.lease_block = match (raw.scope, raw.lease_block) {
+        (Scope::Local, None) => 0,
+        (Scope::Local, Some(_)) => {
+            return err(format!("{path}.lease_block"), "lease_block applies only to limits with \"scope\": \"global\"")
+        }
+        (Scope::Global, None) => default_lease_block(limit.capacity()),
+        (Scope::Global, Some(block)) => {
+            if block > limit.capacity() / 2 {
+                return err(
+                    format!("{path}.lease_block"),
+                    format!(
+                        "expected 0 (exact) to half the limit's capacity ({}): the service must be able to grant two blocks",
+                        limit.capacity() / 2
+                    ),
+                );
+            }
+            block
+        }
+    };
     Ok(limit)
 }
 
@@ -427,7 +455,25 @@ pub fn limit_from_parts(
         kind,
         fingerprint,
         global: None,
+        lease_block: 0,
     })
+}
+
+/// Smallest lease block the default gives; below it a limit stays exact.
+pub const MIN_DEFAULT_LEASE_BLOCK: u64 = 10;
+/// Largest lease block the default gives.
+pub const MAX_DEFAULT_LEASE_BLOCK: u64 = 1000;
+
+/// The lease block of a global limit without `lease_block`: 1 % of its capacity, at most
+/// [`MAX_DEFAULT_LEASE_BLOCK`]; 0 (exact) when that is under [`MIN_DEFAULT_LEASE_BLOCK`],
+/// i.e. for every limit with a capacity under 1000 (a daily 5 or 100 stays exact).
+pub fn default_lease_block(capacity: u64) -> u64 {
+    let block = (capacity / 100).min(MAX_DEFAULT_LEASE_BLOCK);
+    if block >= MIN_DEFAULT_LEASE_BLOCK {
+        block
+    } else {
+        0
+    }
 }
 
 /// The shortest text for a window: 86400 → `1d`, 90 → `90s`.

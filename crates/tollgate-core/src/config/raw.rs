@@ -45,6 +45,12 @@ pub struct RawQuotaService {
     pub max_pending_callouts: u32,
     #[serde(default)]
     pub breaker: RawBreaker,
+    #[serde(default = "default_lease_idle_return_ms")]
+    pub lease_idle_return_ms: u64,
+}
+
+fn default_lease_idle_return_ms() -> u64 {
+    10_000
 }
 
 fn default_timeout_ms() -> u64 {
@@ -170,6 +176,9 @@ pub struct RawLimit {
     pub scope: Scope,
     #[serde(default)]
     pub failure_mode: Option<FailureMode>,
+    /// Global limits: units leased from the quota service at a time (0: a callout per request).
+    #[serde(default)]
+    pub lease_block: Option<u64>,
 }
 
 /// Where a limit is counted: in this Envoy's shared data, or by the quota service for

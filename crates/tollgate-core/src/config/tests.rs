@@ -46,6 +46,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("zero_limit", include_str!("../../fixtures/bad/zero_limit.json"), "tiers.free.limits[0].limit", "from 1 to"),
     ("zero_burst", include_str!("../../fixtures/bad/zero_burst.json"), "tiers.free.limits[0].burst", "from 1 to"),
     (
+        "lease_block_too_big",
+        include_str!("../../fixtures/bad/lease_block_too_big.json"),
+        "tiers.free.limits[0].lease_block",
+        "half the limit's capacity (50)",
+    ),
+    (
+        "lease_block_on_local_limit",
+        include_str!("../../fixtures/bad/lease_block_on_local_limit.json"),
+        "tiers.free.limits[0].lease_block",
+        "only to limits with \"scope\": \"global\"",
+    ),
+    (
         "burst_on_fixed_window",
         include_str!("../../fixtures/bad/burst_on_fixed_window.json"),
         "tiers.free.limits[0].burst",

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_core::config::Limit;
+use tollgate_core::config::{Limit, LimitKind};
 use tollgate_core::limit::{evaluate, LimitState};
 use tollgate_core::quota::{CheckResponse, LimitResult, UsageLimit};
 use tollgate_core::Nanos;
 
-use super::{ns_to_ms_ceil, usage_of, Check, Created, KeyRecord, Store, StoreError};
+use super::{ns_to_ms_ceil, usage_of, Check, Created, KeyRecord, Return, Store, StoreError};
 
 /// Where the memory store reads the time: the system clock, or a clock tests move.
 #[derive(Debug, Clone, Default)]
@@ -137,10 +137,58 @@ impl MemoryStore {
                 remaining: e.remaining,
                 reset_after_ms: ns_to_ms_ceil(e.reset_after_ns),
                 retry_after_ms: ns_to_ms_ceil(e.retry_after_ns),
-                window: None,
+                window: match limit.kind {
+                    LimitKind::FixedWindow { .. } => Some(e.state.a),
+                    LimitKind::TokenBucket { .. } => None,
+                },
             })
             .collect();
         CheckResponse { admitted, limits }
+    }
+
+    fn give_back_now(&self, ret: &Return, now: Nanos) -> Vec<u64> {
+        let mut state = self.lock();
+        let Some(meter) = state.meters.get_mut(&ret.key).filter(|m| m.idle_at > now) else {
+            return vec![0; ret.limits.len()];
+        };
+        ret.limits
+            .iter()
+            .zip(&ret.windows)
+            .map(|(limit, window)| {
+                let Some(m) = meter
+                    .limits
+                    .iter_mut()
+                    .find(|m| m.limit.name == limit.name && m.limit.fingerprint == limit.fingerprint)
+                else {
+                    return 0;
+                };
+                give_back_one(&m.limit, &mut m.state, *window, ret.units, now)
+            })
+            .collect()
+    }
+}
+
+/// One limit's share of a return; the units given back.
+fn give_back_one(limit: &Limit, state: &mut LimitState, window: Option<u64>, units: u64, now: Nanos) -> u64 {
+    match limit.kind {
+        LimitKind::TokenBucket { interval_ns, .. } => {
+            let owed = state.a.saturating_sub(now.0);
+            if owed == 0 || interval_ns == 0 {
+                return 0;
+            }
+            let returned = units.min(owed.div_ceil(interval_ns));
+            state.a = state.a.saturating_sub(units.saturating_mul(interval_ns)).max(now.0);
+            returned
+        }
+        LimitKind::FixedWindow { window_ns } => {
+            let current = now.0 / window_ns.max(1);
+            if window != Some(state.a) || state.a != current {
+                return 0;
+            }
+            let returned = units.min(state.b);
+            state.b -= returned;
+            returned
+        }
     }
 }
 
@@ -163,6 +211,10 @@ impl State {
 impl Store for MemoryStore {
     async fn check(&self, check: &Check) -> Result<CheckResponse, StoreError> {
         Ok(self.check_now(check, self.clock.now()))
+    }
+
+    async fn give_back(&self, ret: &Return) -> Result<Vec<u64>, StoreError> {
+        Ok(self.give_back_now(ret, self.clock.now()))
     }
 
     async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {

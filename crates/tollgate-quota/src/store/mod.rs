@@ -27,6 +27,18 @@ pub struct Check {
     pub limits: Vec<Limit>,
 }
 
+/// A validated `/v1/return` request.
+#[derive(Debug, Clone)]
+pub struct Return {
+    pub key: String,
+    /// Units every limit gets back.
+    pub units: u64,
+    /// At least one, names unique, in request order.
+    pub limits: Vec<Limit>,
+    /// One per limit: the fixed window's index the units were taken in (None for token buckets).
+    pub windows: Vec<Option<u64>>,
+}
+
 /// An API key as stored: never the token, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -53,6 +65,13 @@ pub trait Store: Send + Sync + 'static {
     /// One all-or-nothing decision: admitted only if every limit admits, and then every
     /// limit is charged `cost`; otherwise nothing is charged.
     fn check(&self, check: &Check) -> impl Future<Output = Result<CheckResponse, StoreError>> + Send;
+
+    /// Gives `units` back to every limit of the key, all in one step: a token bucket's
+    /// TAT moves back by `units` intervals but never before now (never fuller than full);
+    /// a fixed window's count falls by at most its count, and only if the window is still
+    /// the one named in `windows` (which must also be the current one). A limit not held
+    /// under this definition gets nothing. Returns, per limit, the units given back.
+    fn give_back(&self, ret: &Return) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 
     /// Every limit stored for a metered key, as of now, by name; empty when nothing is held.
     fn usage(&self, key: &str) -> impl Future<Output = Result<Vec<UsageLimit>, StoreError>> + Send;

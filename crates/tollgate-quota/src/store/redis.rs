@@ -25,7 +25,9 @@ use tollgate_core::limit::LimitState;
 use tollgate_core::quota::{CheckResponse, LimitResult, UsageLimit};
 use tollgate_core::Nanos;
 
-use super::{definition, limit_from_definition, usage_of, Check, Created, KeyRecord, Store, StoreError, StoreLocation};
+use super::{
+    definition, limit_from_definition, usage_of, Check, Created, KeyRecord, Return, Store, StoreError, StoreLocation,
+};
 
 const KEY_INDEX: &str = "tg:apikeys";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -34,6 +36,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct RedisStore {
     connection: Connection,
     check_script: Script,
+    return_script: Script,
     usage_script: Script,
 }
 
@@ -76,6 +79,7 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             check_script: Script::new(include_str!("../../lua/check.lua")),
+            return_script: Script::new(include_str!("../../lua/return.lua")),
             usage_script: Script::new(include_str!("../../lua/usage.lua")),
         })
     }
@@ -184,26 +188,41 @@ impl Store for RedisStore {
         let (Some(&admitted), Some(per_limit)) = (reply.first(), reply.get(1..)) else {
             return Err(corrupt("reply from check.lua"));
         };
-        if per_limit.len() != 4 * check.limits.len() {
+        if per_limit.len() != 5 * check.limits.len() {
             return Err(corrupt("reply from check.lua"));
         }
         let limits = check
             .limits
             .iter()
-            .zip(per_limit.chunks_exact(4))
+            .zip(per_limit.chunks_exact(5))
             .map(|(limit, r)| match *r {
-                [admitted, remaining, reset_after_us, retry_after_us] => Ok(LimitResult {
+                [admitted, remaining, reset_after_us, retry_after_us, window] => Ok(LimitResult {
                     name: limit.name.clone(),
                     admitted: admitted == 1,
                     remaining: u64::try_from(remaining).unwrap_or(0),
                     reset_after_ms: micros_to_ms_ceil(reset_after_us),
                     retry_after_ms: micros_to_ms_ceil(retry_after_us),
-                    window: None,
+                    window: u64::try_from(window).ok(),
                 }),
                 _ => Err(corrupt("reply from check.lua")),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CheckResponse { admitted: admitted == 1, limits })
+    }
+
+    async fn give_back(&self, ret: &Return) -> Result<Vec<u64>, StoreError> {
+        let mut invocation = self.return_script.prepare_invoke();
+        invocation.key(meter_key(&ret.key)).arg(ret.units);
+        for (limit, window) in ret.limits.iter().zip(&ret.windows) {
+            let (x, _) = script_arguments(limit);
+            invocation.arg(&limit.name).arg(definition(limit)).arg(x).arg(window.unwrap_or(0));
+        }
+        let invocation = &invocation;
+        let reply: Vec<i64> = self.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+        if reply.len() != ret.limits.len() {
+            return Err(corrupt("reply from return.lua"));
+        }
+        Ok(reply.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect())
     }
 
     async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {

@@ -123,6 +123,56 @@ async fn invalid_requests_are_json_400s_that_name_the_field() {
 }
 
 #[tokio::test]
+async fn a_return_gives_back_units_a_check_took() {
+    let app = memory_app();
+    let bucket = json!({ "name": "burst", "limit": 10, "window_secs": 3600 });
+    let check = json!({ "key": "free/ip:203.0.113.7/32", "cost": 3, "limits": [day(5), bucket] });
+    let taken = post(&app, "/v1/check", check.clone()).await.json();
+    assert_eq!(taken["admitted"], true);
+    assert_eq!(taken["limits"][0]["remaining"], 2);
+    let window = taken["limits"][0]["window"].as_u64().expect("a fixed window answers its window");
+    assert!(taken["limits"][1].get("window").is_none(), "a token bucket has none: {taken}");
+
+    let body = json!({ "key": "free/ip:203.0.113.7/32", "units": 2, "limits": [day(5), bucket],
+                       "windows": [window, null] });
+    let r = post(&app, "/v1/return", body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), json!({ "returned": [2, 2] }));
+    let read_only = json!({ "key": "free/ip:203.0.113.7/32", "cost": 0, "limits": [day(5), bucket] });
+    let read = post(&app, "/v1/check", read_only).await.json();
+    assert_eq!(read["limits"][0]["remaining"], 4);
+
+    let stale = json!({ "key": "free/ip:203.0.113.7/32", "units": 1, "limits": [day(5), bucket],
+                        "windows": [window - 1, null] });
+    assert_eq!(post(&app, "/v1/return", stale).await.json(), json!({ "returned": [0, 1] }));
+
+    for (body, expected) in [
+        (json!({ "key": "free/ip:1", "units": 1, "limits": [day(5)], "windows": [] }), "windows: "),
+        (json!({ "key": "free/ip:1", "units": 1, "limits": [day(5)], "windows": [null] }), "windows[0]: "),
+        (json!({ "key": "free/ip:1", "units": 1, "limits": [day(5)] }), "body: missing field `windows`"),
+        (json!({ "key": "free/ip:1", "units": -1, "limits": [day(5)], "windows": [1] }), "units: "),
+    ] {
+        let r = post(&app, "/v1/return", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        let (code, message) = r.error();
+        assert_eq!(code, "invalid_request");
+        assert!(message.starts_with(expected), "{body}: {message:?} should start with {expected:?}");
+    }
+    let metrics = send(&app, "GET", "/metrics", None, "").await.text;
+    for expected in [
+        r#"tollgate_quota_returns_total{tier="free"} 2"#,
+        r#"tollgate_quota_returned_units_total{tier="free"} 5"#,
+        r#"tollgate_quota_store_latency_seconds_count{op="return"} 2"#,
+        r#"tollgate_quota_requests_total{endpoint="/v1/return",status="200"} 2"#,
+        r#"tollgate_quota_requests_total{endpoint="/v1/return",status="400"} 4"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing from\n{metrics}");
+    }
+    let r = send(&app, "GET", "/v1/return", None, "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_json_400_and_a_huge_body_a_json_413() {
     let app = memory_app();
     for body in ["{\"key\": ", "not json", "", "nul", r#"{"key":"a/b","cost":1,"limits":[]} x"#] {

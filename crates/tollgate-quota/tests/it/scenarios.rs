@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use tollgate_core::quota::{CheckRequest, CheckResponse, LimitResult, UsageLimit};
+use tollgate_core::quota::{CheckRequest, CheckResponse, LimitResult, ReturnRequest, UsageLimit};
 use tollgate_quota::keys;
-use tollgate_quota::store::{Check, ManualClock, Store};
+use tollgate_quota::store::{Check, ManualClock, Return, Store};
 use tollgate_quota::validate;
 
 /// A store under test and the clock it runs on.
@@ -58,6 +58,16 @@ pub fn check(key: &str, cost: u64, limits: &str) -> Check {
     let request: CheckRequest =
         serde_json::from_str(&format!(r#"{{"key":{key:?},"cost":{cost},"limits":{limits}}}"#)).unwrap();
     validate::check(request).unwrap()
+}
+
+/// A validated return from JSON limits and windows, as `/v1/return` would pass it on.
+pub fn give_back(key: &str, units: u64, limits: &str, windows: &str) -> Return {
+    validate::give_back(return_request(key, units, limits, windows)).unwrap()
+}
+
+fn return_request(key: &str, units: u64, limits: &str, windows: &str) -> ReturnRequest {
+    serde_json::from_str(&format!(r#"{{"key":{key:?},"units":{units},"limits":{limits},"windows":{windows}}}"#))
+        .unwrap()
 }
 
 async fn decide<S: Store>(f: &Fixture<S>, check: &Check) -> CheckResponse {
@@ -282,6 +292,128 @@ pub async fn a_changed_limit_starts_afresh<S: Store>(f: &Fixture<S>) {
     assert_eq!((usage.len(), usage[0].limit, usage[0].used), (1, 3, 1));
 }
 
+pub async fn a_return_after_a_check_restores_what_it_took<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    // One token every 24.4 hours: no refill during the test.
+    let limits = format!(
+        r#"[{{"name":"day","algorithm":"fixed_window","limit":10,"window_secs":{LONG}}},
+            {{"name":"bucket","limit":1500,"window_secs":{LONG},"burst":10}}]"#
+    );
+    let taken = decide(f, &check(&key, 4, &limits)).await;
+    assert!(taken.admitted);
+    assert_eq!((named(&taken, "day").remaining, named(&taken, "bucket").remaining), (6, 6));
+    let window = named(&taken, "day").window.expect("a fixed window names its window");
+    assert_eq!(named(&taken, "bucket").window, None, "a token bucket has no window");
+    let windows = format!("[{window},null]");
+
+    let returned = f.store.give_back(&give_back(&key, 3, &limits, &windows)).await.unwrap();
+    assert_eq!(returned, [3, 3]);
+    let read = decide(f, &check(&key, 0, &limits)).await;
+    assert_eq!((named(&read, "day").remaining, named(&read, "bucket").remaining), (9, 9));
+    assert_eq!(named(&read, "day").window, Some(window), "a read names the same window");
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!((usage_named(&usage, "day").used, usage_named(&usage, "bucket").used), (1, 1));
+
+    // Returning more than was taken gives back only what is missing.
+    let returned = f.store.give_back(&give_back(&key, 5, &limits, &windows)).await.unwrap();
+    assert_eq!(returned, [1, 1]);
+    let read = decide(f, &check(&key, 0, &limits)).await;
+    assert_eq!((named(&read, "day").remaining, named(&read, "bucket").remaining), (10, 10));
+
+    // A key that holds nothing gets nothing back, and stays empty.
+    let empty = unique_key("pro");
+    assert_eq!(f.store.give_back(&give_back(&empty, 2, &limits, &windows)).await.unwrap(), [0, 0]);
+    assert!(f.store.usage(&empty).await.unwrap().is_empty());
+}
+
+pub async fn a_token_bucket_is_never_fuller_than_full<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    let bucket = format!(r#"[{{"name":"bucket","limit":1500,"window_secs":{LONG},"burst":5}}]"#);
+    assert!(decide(f, &check(&key, 2, &bucket)).await.admitted);
+    let returned = f.store.give_back(&give_back(&key, 1000, &bucket, "[null]")).await.unwrap();
+    assert_eq!(returned, [2], "only the two missing tokens come back");
+    assert_eq!(
+        f.store.give_back(&give_back(&key, 1, &bucket, "[null]")).await.unwrap(),
+        [0],
+        "a full bucket takes none"
+    );
+    // Full means exactly the burst, no more: five pass, the sixth is refused.
+    for expected_remaining in (0..5).rev() {
+        let r = decide(f, &check(&key, 1, &bucket)).await;
+        assert!(r.admitted);
+        assert_eq!(r.limits[0].remaining, expected_remaining);
+    }
+    assert!(!decide(f, &check(&key, 1, &bucket)).await.admitted);
+
+    // Another definition under the same name holds nothing to give back to.
+    let other = format!(r#"[{{"name":"bucket","limit":1500,"window_secs":{LONG},"burst":6}}]"#);
+    assert_eq!(f.store.give_back(&give_back(&key, 1, &other, "[null]")).await.unwrap(), [0]);
+    assert!(!decide(f, &check(&key, 1, &bucket)).await.admitted, "the old definition stays spent");
+}
+
+pub async fn a_return_to_a_past_window_gives_nothing<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("free");
+    let limits = format!(
+        r#"[{{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":{LONG}}},
+            {{"name":"bucket","limit":1500,"window_secs":{LONG},"burst":10}}]"#
+    );
+    let taken = decide(f, &check(&key, 2, &limits)).await;
+    let window = named(&taken, "day").window.unwrap();
+    for stale in [window - 1, window + 1] {
+        let returned = f.store.give_back(&give_back(&key, 2, &limits, &format!("[{stale},null]"))).await.unwrap();
+        assert_eq!(returned[0], 0, "window {stale} is not the one charged ({window})");
+    }
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!(usage_named(&usage, "day").used, 2, "the stale returns changed nothing in the window");
+    assert_eq!(usage_named(&usage, "bucket").used, 0, "the bucket took its returns each time");
+
+    // A window that really rolled over: one second long, charged, then past.
+    let second = r#"[{"name":"second","algorithm":"fixed_window","limit":3,"window_secs":1}]"#;
+    let key = unique_key("free");
+    let taken = decide(f, &check(&key, 2, second)).await;
+    let window = taken.limits[0].window.unwrap();
+    // Past the reset on any clock: the store's reset_after_ms is rounded up already.
+    f.time.sleep(Duration::from_millis(taken.limits[0].reset_after_ms + 5)).await;
+    let now = decide(f, &check(&key, 1, second)).await;
+    assert!(now.admitted && now.limits[0].window > Some(window), "{now:?}");
+    assert_eq!(now.limits[0].remaining, 2);
+    let returned = f.store.give_back(&give_back(&key, 2, second, &format!("[{window}]"))).await.unwrap();
+    assert_eq!(returned, [0], "units of a past window are not given to the new one");
+    assert_eq!(decide(f, &check(&key, 0, second)).await.limits[0].remaining, 2, "the new window is as it was");
+}
+
+pub async fn invalid_returns_are_refused_and_change_nothing<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("free");
+    let day = format!(r#"{{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":{LONG}}}"#);
+    let bucket = format!(r#"{{"name":"bucket","limit":1500,"window_secs":{LONG},"burst":10}}"#);
+    let limits = format!("[{day},{bucket}]");
+    let taken = decide(f, &check(&key, 3, &limits)).await;
+    let window = named(&taken, "day").window.unwrap();
+    for (units, limits, windows, expected) in [
+        (1, limits.clone(), format!("[{window}]"), "windows: expected one entry per limit (2), got 1"),
+        (1, limits.clone(), format!("[{window},null,null]"), "windows: "),
+        (1, limits.clone(), "[null,null]".to_owned(), "windows[0]: "),
+        (1, limits.clone(), format!("[{window},{window}]"), "windows[1]: expected null"),
+        (1, format!("[{day},{day}]"), format!("[{window},{window}]"), "limits[1].name: duplicate"),
+        (1, "[]".to_owned(), "[]".to_owned(), "limits: expected 1 to 16"),
+        (1_000_000_001, limits.clone(), format!("[{window},null]"), "units: "),
+        (
+            1,
+            format!(r#"[{day},{{"name":"bucket","limit":0,"window_secs":60}}]"#),
+            format!("[{window},null]"),
+            "limits[1].limit: ",
+        ),
+    ] {
+        let e = validate::give_back(return_request(&key, units, &limits, &windows)).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_request"), "{}", e.message);
+        assert!(e.message.starts_with(expected), "{:?} should start with {expected:?}", e.message);
+    }
+    let e = validate::give_back(return_request("nokey", 1, &limits, &format!("[{window},null]"))).unwrap_err();
+    assert!(e.message.starts_with("key: "), "{}", e.message);
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!((usage_named(&usage, "day").used, usage_named(&usage, "bucket").used), (3, 3), "nothing came back");
+}
+
 /// Calls `$callback!($args; <every scenario name>)`: the one list of the suite.
 #[macro_export]
 macro_rules! with_every_scenario {
@@ -294,7 +426,11 @@ macro_rules! with_every_scenario {
             api_keys_are_created_verified_listed_and_revoked,
             usage_reports_what_was_counted,
             a_zero_cost_check_only_reads,
-            a_changed_limit_starts_afresh}
+            a_changed_limit_starts_afresh,
+            a_return_after_a_check_restores_what_it_took,
+            a_token_bucket_is_never_fuller_than_full,
+            a_return_to_a_past_window_gives_nothing,
+            invalid_returns_are_refused_and_change_nothing}
     };
 }
 

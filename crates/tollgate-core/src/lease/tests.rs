@@ -1,0 +1,440 @@
+//! Leases: the record's operations, and decisions against a fake quota service that does
+//! the service's arithmetic (`limit::evaluate`, all or nothing).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::Config;
+use crate::decision::{begin, resume, Answer, Decision, Outcome, Step};
+use crate::identity::{hex, sha256};
+use crate::keycache::KeyCache;
+use crate::limit::{evaluate, LimitState};
+use crate::quota::CheckRequest;
+use crate::store::FakeSharedData;
+use crate::RequestInfo;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const SEC: u64 = 1_000_000_000;
+/// 2026-11-23T12:00:00Z: mid-day, so a daily window is far from its reset.
+const T0: Nanos = Nanos(1_795_435_200 * SEC);
+
+fn config() -> Config {
+    let key = |id: &str, tier: &str| json!({ "id": id, "sha256": hex(&sha256(format!("tok-{id}").as_bytes())), "tier": tier });
+    let json = json!({
+        "identity": { "anonymous": { "tier": "free" } },
+        "keys": [ key("bulk", "bulk"), key("rate", "rate"), key("big", "big"), key("mixed", "mixed") ],
+        "tiers": {
+            "free": { "limits": [ { "name": "images-per-day", "limit": 5, "window": "1d", "algorithm": "fixed_window", "scope": "global" } ] },
+            "bulk": { "limits": [ { "name": "per-day", "limit": 1000, "window": "1d", "algorithm": "fixed_window", "scope": "global", "lease_block": 50, "failure_mode": "closed" } ] },
+            "rate": { "limits": [ { "name": "rpm", "limit": 600, "window": "1m", "scope": "global", "lease_block": 20 } ] },
+            "big": { "limits": [ { "name": "rpm", "limit": 1_000_000_000u64, "window": "1m", "scope": "global" },
+                                 { "name": "per-day", "limit": 1_000_000_000u64, "window": "1d", "algorithm": "fixed_window", "scope": "global" } ] },
+            "mixed": { "limits": [ { "name": "per-day", "limit": 100_000, "window": "1d", "algorithm": "fixed_window", "scope": "global" },
+                                   { "name": "small", "limit": 100, "window": "1d", "algorithm": "fixed_window", "scope": "global" } ] }
+        },
+        "routes": [ { "path_prefix": "/", "cost": 1 } ],
+        "quota_service": { "cluster": "q", "timeout_ms": 100, "breaker": { "failures": 1000 } }
+    });
+    Config::from_json(json.to_string().as_bytes()).unwrap()
+}
+
+fn request(token: &'static str) -> RequestInfo<'static> {
+    RequestInfo {
+        method: "POST",
+        path: "/x",
+        authorization: vec![token],
+        client_address: Some("203.0.113.7:0"),
+        ..Default::default()
+    }
+}
+
+/// The quota service's decision arithmetic, all or nothing, with a count of units charged.
+#[derive(Default)]
+struct Service {
+    states: HashMap<(String, String), LimitState>,
+    charged: u64,
+    checks: u64,
+    /// When set, every check fails (the service is down).
+    down: bool,
+}
+
+impl Service {
+    fn check(&mut self, body: &str, now: Nanos) -> Option<Vec<u8>> {
+        if self.down {
+            return None;
+        }
+        self.checks += 1;
+        let req: CheckRequest = serde_json::from_str(body).unwrap();
+        let evals: Vec<_> = req
+            .limits
+            .iter()
+            .map(|spec| {
+                let limit = spec.to_limit("l").unwrap();
+                let state = self.states.get(&(req.key.clone(), spec.name.clone())).copied();
+                (spec, limit.clone(), evaluate(&limit, state, now, req.cost))
+            })
+            .collect();
+        let admitted = evals.iter().all(|(_, _, e)| e.admitted);
+        if admitted {
+            self.charged += req.cost;
+            for (spec, _, e) in &evals {
+                self.states.insert((req.key.clone(), spec.name.clone()), e.state);
+            }
+        }
+        let limits: Vec<Value> = evals
+            .iter()
+            .map(|(spec, limit, e)| {
+                let window = match limit.kind {
+                    crate::config::LimitKind::FixedWindow { window_ns } => Some(now.0 / window_ns),
+                    _ => None,
+                };
+                json!({ "name": spec.name, "admitted": e.admitted, "remaining": e.remaining,
+                        "reset_after_ms": e.reset_after_ns / 1_000_000, "retry_after_ms": e.retry_after_ns.div_ceil(1_000_000),
+                        "window": window })
+            })
+            .collect();
+        Some(serde_json::to_vec(&json!({ "admitted": admitted, "limits": limits })).unwrap())
+    }
+}
+
+/// Decides one request to the end, answering callouts from `service`.
+fn run(
+    c: &Config,
+    store: &FakeSharedData,
+    service: &Mutex<Service>,
+    req: &RequestInfo<'_>,
+    now: Nanos,
+) -> (Decision, Vec<u64>) {
+    let mut cache = KeyCache::new(10);
+    let mut costs = Vec::new();
+    let mut step = begin(c, store, &mut cache, req, now);
+    loop {
+        match step {
+            Step::Done(d) => return (d, costs),
+            Step::Call(call) => {
+                let sent: CheckRequest = serde_json::from_str(&call.body).unwrap();
+                costs.push(sent.cost);
+                let reply = service.lock().unwrap().check(&call.body, now);
+                step = match &reply {
+                    Some(body) => {
+                        resume(c, store, &mut cache, call.pending, Answer::Response { status: 200, body }, now)
+                    }
+                    None => resume(c, store, &mut cache, call.pending, Answer::Failed, now),
+                };
+            }
+        }
+    }
+}
+
+fn bulk_ref(c: &Config) -> LeaseRef {
+    let tier = &c.tiers.iter().find(|t| t.name == "bulk").unwrap();
+    LeaseRef::new("bulk", "key:bulk", tier.limits.iter(), c.store.slots)
+}
+
+fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
+    let headers = d.reply.as_ref().map_or(&d.response_headers, |r| &r.headers);
+    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn blocks_default_to_one_percent_of_big_limits_and_small_limits_stay_exact() {
+    let c = config();
+    let tier = |name: &str| c.tiers.iter().find(|t| t.name == name).unwrap();
+    assert_eq!(tier("free").limits[0].lease_block, 0, "5 a day stays exact");
+    assert_eq!(tier("big").limits[0].lease_block, 1000);
+    assert_eq!(tier("mixed").limits[0].lease_block, 1000);
+    assert_eq!(tier("mixed").limits[1].lease_block, 0, "100 a day stays exact");
+    assert_eq!(request_block(tier("mixed").limits.iter(), 1), 0, "any exact limit makes the request exact");
+    assert_eq!(request_block(tier("bulk").limits.iter(), 1), 50);
+    assert_eq!(request_block(tier("bulk").limits.iter(), 51), 0, "a block below the cost is exact");
+    assert_eq!(crate::config::default_lease_block(999), 0);
+    assert_eq!(crate::config::default_lease_block(1000), 10);
+    assert_eq!((low_water(50), max_balance(50)), (25, 74));
+    assert_eq!((low_water(1), max_balance(1)), (1, 1));
+}
+
+#[test]
+fn lease_blocks_are_validated() {
+    let with = |limit: Value| {
+        let json = json!({ "tiers": { "t": { "limits": [ limit ] } }, "routes": [ { "path_prefix": "/" } ],
+                           "quota_service": { "cluster": "q" } });
+        Config::from_json(json.to_string().as_bytes())
+    };
+    let e =
+        with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 51 })).unwrap_err();
+    assert_eq!(e.path, "tiers.t.limits[0].lease_block");
+    let e = with(json!({ "name": "d", "limit": 100, "window": "1d", "lease_block": 5 })).unwrap_err();
+    assert_eq!(e.path, "tiers.t.limits[0].lease_block");
+    assert!(with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 50 })).is_ok());
+    assert!(with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 0 })).is_ok());
+}
+
+#[test]
+fn small_limits_make_a_callout_of_their_own_cost_per_request() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut admitted = 0;
+    for _ in 0..8 {
+        let (d, costs) = run(&c, &s, &service, &request("Bearer tok-mixed"), T0);
+        assert_eq!(costs, [1], "exact: one check of cost 1");
+        admitted += u32::from(d.outcome == Outcome::Allowed);
+    }
+    assert_eq!(admitted, 8);
+    let anonymous = RequestInfo { authorization: vec![], ..request("") };
+    let outcomes: Vec<_> = (0..7).map(|_| run(&c, &s, &service, &anonymous, T0).0.outcome).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Allowed).count(), 5, "exactly 5 of 7");
+}
+
+#[test]
+fn a_hot_key_takes_one_block_then_decides_locally() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let (first, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+    assert_eq!(costs, [50], "the first request takes a block");
+    assert_eq!(first.outcome, Outcome::Allowed);
+    assert_eq!(first.quota.leased_units, 50);
+    assert!(first.lease.is_some(), "the refilling worker remembers the lease");
+    assert_eq!(header(&first, "x-ratelimit-remaining"), Some("999"), "950 at the service + 49 unspent");
+    // The next 24 come from the balance without a callout (49 → 25).
+    for i in 0..24 {
+        let (d, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+        assert!(costs.is_empty(), "request {i} made a callout");
+        assert!(d.quota.from_lease && d.lease.is_none());
+        assert_eq!(header(&d, "x-ratelimit-remaining"), Some(&*format!("{}", 998 - i)));
+    }
+    // Below half a block: the next request refills ahead of need.
+    let (d, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+    assert_eq!((costs.as_slice(), d.outcome), (&[50][..], Outcome::Allowed));
+    let record = read(&s, &bulk_ref(&c)).unwrap().unwrap();
+    assert_eq!(record.balance, 24 + 50);
+    assert_eq!(record.balance, max_balance(50), "the most a record ever holds");
+    let svc = service.lock().unwrap();
+    assert_eq!(svc.charged, 100);
+    assert_eq!(svc.charged, 26 + record.balance, "leased = admitted + unspent");
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn concurrent_workers_never_admit_more_than_was_leased() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..400 {
+                    let (d, _) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+                    match d.outcome {
+                        Outcome::Allowed => {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Outcome::Limited => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            });
+        }
+    });
+    let admitted = admitted.into_inner();
+    let balance = read(&s, &bulk_ref(&c)).unwrap().map_or(0, |l| l.balance);
+    let charged = service.lock().unwrap().charged;
+    assert!(charged <= 1000);
+    assert_eq!(admitted + balance, charged, "every unit leased is admitted once or still held");
+    assert_eq!(admitted, 1000, "a fixed window is spent to the last unit (the tail exactly)");
+}
+
+#[test]
+fn two_envoys_share_a_fixed_window_without_overshoot() {
+    let c = config();
+    let (a, b, service) = (FakeSharedData::default(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut admitted = 0;
+    for i in 0..3000u64 {
+        let store = if i % 3 == 0 { &a } else { &b };
+        let now = Nanos(T0.0 + i * 1_000_000);
+        admitted += u64::from(run(&c, store, &service, &request("Bearer tok-bulk"), now).0.outcome == Outcome::Allowed);
+    }
+    assert!(admitted <= 1000, "{admitted} admitted across two Envoys");
+    assert!(admitted >= 1000 - 2 * max_balance(50), "{admitted}: only what an Envoy still holds is missing");
+}
+
+#[test]
+fn a_lease_over_a_fixed_window_expires_at_its_reset() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let day = 86_400 * SEC;
+    let before_reset = Nanos((T0.0 / day + 1) * day - SEC);
+    run(&c, &s, &service, &request("Bearer tok-bulk"), before_reset);
+    let record = read(&s, &bulk_ref(&c)).unwrap().unwrap();
+    assert_eq!(record.balance, 49);
+    assert_eq!(record.expires_at, before_reset.0 + SEC, "at the window's end");
+    assert_eq!(record.grants[0].window, Some(before_reset.0 / day));
+    let after = Nanos(before_reset.0 + SEC);
+    assert_eq!(record.live_balance(after), 0);
+    // The next request cannot spend the old window's units: it takes a new block.
+    let (d, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), after);
+    assert_eq!((costs.as_slice(), d.outcome), (&[50][..], Outcome::Allowed));
+    assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 49, "the old 49 are gone, not added");
+}
+
+#[test]
+fn token_bucket_overshoot_across_two_envoys_stays_within_the_bound() {
+    let c = config();
+    let (a, b, service) = (FakeSharedData::default(), FakeSharedData::default(), Mutex::new(Service::default()));
+    // rpm: 600 a minute (10 a second), burst 600, block 20; 50 requests a second for 60 s.
+    let mut admitted = 0u64;
+    let steps = 3000u64;
+    for i in 0..steps {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let now = Nanos(T0.0 + i * 20_000_000);
+        admitted += u64::from(run(&c, store, &service, &request("Bearer tok-rate"), now).0.outcome == Outcome::Allowed);
+    }
+    let elapsed_s = steps * 20 / 1000;
+    let bound = 600 + 10 * elapsed_s + 2 * max_balance(20);
+    assert!(admitted <= bound, "{admitted} admitted > {bound}");
+    assert!(admitted >= 600 + 10 * (elapsed_s - 1) - 2 * max_balance(20), "{admitted}: the limit is reachable");
+}
+
+#[test]
+fn a_refill_marker_holds_for_the_callout_timeout_and_then_expires() {
+    let c = config();
+    let s = FakeSharedData::default();
+    let r = bulk_ref(&c);
+    let stale = 1_100 * 1_000_000;
+    let Take::Empty { refill: Some(marker) } = take(&s, &r, 1, 50, true, stale, 8, T0).unwrap() else { panic!() };
+    // Another worker meanwhile: no second refill, decide exactly.
+    assert_eq!(take(&s, &r, 1, 50, true, stale, 8, Nanos(T0.0 + stale - 1)).unwrap(), Take::Empty { refill: None });
+    // The first callout was lost: after the timeout another request may refill.
+    let later = Nanos(T0.0 + stale);
+    let Take::Empty { refill: Some(second) } = take(&s, &r, 1, 50, true, stale, 8, later).unwrap() else { panic!() };
+    assert_ne!(marker, second);
+    // A late answer to the first refill is not credited.
+    let grants = [Grant { remaining: 900, reset_at: T0.0 + 3600 * SEC, window: Some(1) }];
+    assert_eq!(credit(&s, &r, marker, 49, &grants, NONE, stale, 8, later).unwrap(), None);
+    assert_eq!(credit(&s, &r, second, 49, &grants, NONE, stale, 8, later).unwrap().map(|l| l.balance), Some(49));
+}
+
+#[test]
+fn a_refused_refill_goes_exact_until_a_block_could_pass() {
+    let c = config();
+    let (s, service) = (FakeSharedData::default(), Mutex::new(Service::default()));
+    // Another Envoy took 980 of the 1000 directly.
+    service.lock().unwrap().check(
+        &json!({ "key": "bulk/key:bulk", "cost": 980, "limits": [
+        { "name": "per-day", "algorithm": "fixed_window", "limit": 1000, "window_secs": 86400 } ] })
+        .to_string(),
+        T0,
+    );
+    let (d, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+    assert_eq!((costs.as_slice(), d.outcome), (&[50, 1][..], Outcome::Allowed), "refused block, then exact");
+    let mut outcomes = Vec::new();
+    for _ in 0..25 {
+        let (d, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+        assert_eq!(costs, [1], "no block is asked for again before the reset");
+        outcomes.push(d.outcome);
+    }
+    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Allowed).count(), 19, "exactly the last 20");
+}
+
+#[test]
+fn a_failed_refill_follows_the_failure_mode_and_a_held_balance_keeps_admitting() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+    service.lock().unwrap().down = true;
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let (d, _) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+        statuses.push(d.reply.as_ref().map_or(200, |r| r.status));
+    }
+    assert!(statuses[..49].iter().all(|s| *s == 200), "the 49 held units are spent while the service is down");
+    assert!(statuses[49..].iter().all(|s| *s == 503), "then failure_mode closed: {statuses:?}");
+}
+
+#[test]
+fn an_idle_lease_is_zeroed_and_given_back_once() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let (d, _) = run(&c, &s, &service, &request("Bearer tok-bulk"), T0);
+    let held = d.lease.unwrap();
+    assert_eq!(held.key, "bulk/key:bulk");
+    let idle = 10 * SEC;
+    let stale = SEC;
+    assert_eq!(reclaim(&s, &held, idle, stale, 8, Nanos(T0.0 + idle - 1)).unwrap(), Reclaim::Busy);
+    let Reclaim::Return(ret) = reclaim(&s, &held, idle, stale, 8, Nanos(T0.0 + idle)).unwrap() else { panic!() };
+    assert_eq!(ret.units, 49);
+    assert_eq!(ret.windows, [Some(T0.0 / (86_400 * SEC))]);
+    assert_eq!(ret.limits[0].name, "per-day");
+    // A second worker that remembers the same lease finds nothing to give back.
+    assert_eq!(reclaim(&s, &held, idle, stale, 8, Nanos(T0.0 + idle + 1)).unwrap(), Reclaim::Gone);
+    // The next request takes a new block.
+    let (_, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), Nanos(T0.0 + idle + 2));
+    assert_eq!(costs, [50]);
+}
+
+#[test]
+fn a_request_over_several_limits_leases_them_all_at_once() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let (d, costs) = run(&c, &s, &service, &request("Bearer tok-big"), T0);
+    assert_eq!(costs, [1000]);
+    assert_eq!(header(&d, "ratelimit-policy"), Some("\"rpm\";q=1000000000;w=60, \"per-day\";q=1000000000;w=86400"));
+    for _ in 0..100 {
+        assert!(run(&c, &s, &service, &request("Bearer tok-big"), T0).1.is_empty());
+    }
+}
+
+#[test]
+fn records_survive_the_codec_and_garbage_reads_as_nothing() {
+    let l = Lease {
+        fingerprint: 7,
+        balance: 3,
+        expires_at: NONE,
+        refill_at: 0,
+        used_at: 9,
+        no_refill_until: 0,
+        grants: vec![
+            Grant { remaining: 1, reset_at: 2, window: None },
+            Grant { remaining: 4, reset_at: 5, window: Some(6) },
+        ],
+    };
+    assert_eq!(decode(&encode(std::slice::from_ref(&l))), vec![l]);
+    assert!(decode(&[1, 1, 0]).is_empty());
+    assert!(decode(b"").is_empty());
+}
+
+#[test]
+fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut cache = KeyCache::new(10);
+    let bulk = request("Bearer tok-bulk");
+    run(&c, &s, &service, &bulk, T0); // balance 49
+    for _ in 0..24 {
+        run(&c, &s, &service, &bulk, T0); // balance 25
+    }
+    // This one leaves 24 (< 25) and refills; its answer has not come back yet.
+    let Step::Call(refill) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a refill") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&refill.body).unwrap().cost, 50);
+    // Meanwhile: 24 more from the balance, without a callout.
+    for i in 0..24 {
+        match begin(&c, &s, &mut cache, &bulk, T0) {
+            Step::Done(d) => assert_eq!(d.outcome, Outcome::Allowed, "request {i}"),
+            Step::Call(_) => panic!("request {i} called out while the balance lasted"),
+        }
+    }
+    // Empty, and a refill in flight: an exact check of the request's own cost.
+    let Step::Call(exact) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a callout") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&exact.body).unwrap().cost, 1);
+    // The refill's answer comes back: credited in full (its request was admitted before).
+    let body = service.lock().unwrap().check(&refill.body, T0).unwrap();
+    let d = match resume(&c, &s, &mut cache, refill.pending, Answer::Response { status: 200, body: &body }, T0) {
+        Step::Done(d) => d,
+        Step::Call(_) => panic!("a granted refill needs nothing more"),
+    };
+    assert_eq!((d.outcome, d.quota.leased_units), (Outcome::Allowed, 50));
+    assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 50);
+    let body = service.lock().unwrap().check(&exact.body, T0).unwrap();
+    let Step::Done(d) = resume(&c, &s, &mut cache, exact.pending, Answer::Response { status: 200, body: &body }, T0)
+    else {
+        panic!()
+    };
+    assert_eq!(d.outcome, Outcome::Allowed);
+    // 1 + 24 + 1 + 24 from leases, 1 exact: 51 admitted, 101 charged, 50 held.
+    assert_eq!(service.lock().unwrap().charged, 51 + 50);
+}
