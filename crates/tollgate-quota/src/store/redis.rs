@@ -362,6 +362,7 @@ fn check_response(check: &Check, reply: &[i64]) -> Result<CheckResponse, StoreEr
 /// The batching task: takes every check queued at the moment (none waits for more to
 /// come), decides them in one `check.lua` call, hands each its answer, and repeats.
 async fn batch_checks(manager: ConnectionManager, script: Script, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let script = Arc::new(script);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
@@ -371,7 +372,13 @@ async fn batch_checks(manager: ConnectionManager, script: Script, mut queue: mps
         if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return; // the store is gone
         }
-        let (manager, script) = (manager.clone(), script.clone());
+        // A caller that stopped waiting (its request timed out and was answered 503) must
+        // not be charged afterwards.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let (manager, script) = (manager.clone(), Arc::clone(&script));
         tokio::spawn(async move {
             let result = match decide_many(&mut Conn::Single(manager.clone()), &script, &jobs).await {
                 Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
