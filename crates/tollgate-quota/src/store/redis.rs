@@ -49,8 +49,10 @@ pub struct RedisStore {
 
 /// Most checks one `check.lua` call decides.
 const MAX_BATCH: usize = 64;
-/// Batches sent and not yet answered at any moment.
-const MAX_IN_FLIGHT: usize = 1;
+/// Batches sent and not yet answered at any moment. One alone leaves the service idle
+/// while Redis runs it and Redis idle while the service answers; a few overlap the two
+/// (measured: 4 beat 1 and 16 in decisions/s and CPU per decision).
+const MAX_IN_FLIGHT: usize = 4;
 
 /// One check waiting for the batching task: check.lua's arguments for its key, and where
 /// its part of the reply goes.
@@ -360,7 +362,8 @@ fn check_response(check: &Check, reply: &[i64]) -> Result<CheckResponse, StoreEr
 }
 
 /// The batching task: takes every check queued at the moment (none waits for more to
-/// come), decides them in one `check.lua` call, hands each its answer, and repeats.
+/// come), decides them in one `check.lua` call, hands each its answer, and repeats, with
+/// at most `MAX_IN_FLIGHT` calls unanswered.
 async fn batch_checks(manager: ConnectionManager, script: Script, mut queue: mpsc::UnboundedReceiver<Job>) {
     let script = Arc::new(script);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
