@@ -19,7 +19,9 @@
 --            fixed window: x = window_us, y = limit
 --
 -- Returns, for each key in KEYS order: admitted, then per limit: admitted, remaining,
--- reset_after_us, retry_after_us, window; admitted being 1 or 0, window the fixed window's
+-- reset_after_us, retry_after_us, window; admitted being 1 or 0 (-1: this key could not be
+-- read or written, as when it is not a hash: nothing was charged to it, the other keys of
+-- the call were decided as usual, and its per-limit numbers are 0), window the fixed window's
 -- index (floor(now / window_us)) and -1 for a token bucket. All in one flat array.
 -- The arithmetic is tollgate_core::limit::evaluate's, in microseconds.
 --
@@ -37,7 +39,9 @@
 -- Time is kept in microseconds: Lua numbers are doubles, exact up to 2^53, which holds
 -- microseconds since the epoch (and any bucket depth tollgate accepts) but not nanoseconds.
 
-local call = redis.call
+local call, pcall = redis.call, redis.pcall
+-- A failed redis.pcall returns a table with an `err` field.
+local function failed(reply) return type(reply) == 'table' and reply.err ~= nil end
 local time = call('TIME')
 local now = time[1] * 1000000 + time[2]
 -- Locals: global lookups cost on every call of a hot script.
@@ -63,11 +67,13 @@ for k = 1, nkeys do
 
   local stored
   if count == 1 then
-    stored = { call('HGET', key, ARGV[p]) }
+    local value = pcall('HGET', key, ARGV[p])
+    if not failed(value) then stored = { value } end
   else
     local names = {}
     for i = 1, count do names[i] = ARGV[p + 4 * i - 4] end
-    stored = call('HMGET', key, unpack(names))
+    local values = pcall('HMGET', key, unpack(names))
+    if not failed(values) then stored = values end
   end
 
   local first = o + 1
@@ -76,102 +82,114 @@ for k = 1, nkeys do
   local writes = nil
   local longest_idle = 0
 
-  for i = 1, count do
-    local name = ARGV[p]
-    local definition = ARGV[p + 1]
-    local x = tonumber(ARGV[p + 2])
-    local y = tonumber(ARGV[p + 3])
-    p = p + 4
-    local a, b
-    -- The stored value is "<definition> <a> <b>"; plain finds are cheaper than a pattern.
-    local value = stored[i]
-    if value then
-      local dl = #definition
-      if sub(value, dl + 1, dl + 1) == ' ' and sub(value, 1, dl) == definition then
-        local second = find(value, ' ', dl + 2, true)
-        if second then
-          a = tonumber(sub(value, dl + 2, second - 1))
-          b = tonumber(sub(value, second + 1))
+  if not stored then
+    -- The key is not a hash: this check fails alone (-1), the others of the call go on.
+    out[first] = -1
+    for i = 1, 5 * count do out[o + i] = 0 end
+    o = o + 5 * count
+    p = p + 4 * count
+  else
+    for i = 1, count do
+      local name = ARGV[p]
+      local definition = ARGV[p + 1]
+      local x = tonumber(ARGV[p + 2])
+      local y = tonumber(ARGV[p + 3])
+      p = p + 4
+      local a, b
+      -- The stored value is "<definition> <a> <b>"; plain finds are cheaper than a pattern.
+      local value = stored[i]
+      if value then
+        local dl = #definition
+        if sub(value, dl + 1, dl + 1) == ' ' and sub(value, 1, dl) == definition then
+          local second = find(value, ' ', dl + 2, true)
+          if second then
+            a = tonumber(sub(value, dl + 2, second - 1))
+            b = tonumber(sub(value, second + 1))
+          end
         end
       end
-    end
 
-    local admitted, remaining, reset_after, retry_after, state_a, state_b, idle_after
-    local window_index = -1
-    if byte(definition, 1) == T then
-      local interval, depth = x, y
-      local tat = now
-      if a and a > now then tat = a end
-      local new_tat = tat + cost * interval
-      if new_tat - now <= depth then
-        admitted = true
-        remaining = floor((depth - (new_tat - now)) / interval)
-        reset_after = new_tat - now
-        retry_after = 0
-        state_a, state_b = new_tat, 0
-        idle_after = new_tat - now
+      local admitted, remaining, reset_after, retry_after, state_a, state_b, idle_after
+      local window_index = -1
+      if byte(definition, 1) == T then
+        local interval, depth = x, y
+        local tat = now
+        if a and a > now then tat = a end
+        local new_tat = tat + cost * interval
+        if new_tat - now <= depth then
+          admitted = true
+          remaining = floor((depth - (new_tat - now)) / interval)
+          reset_after = new_tat - now
+          retry_after = 0
+          state_a, state_b = new_tat, 0
+          idle_after = new_tat - now
+        else
+          admitted = false
+          local left = depth - (tat - now)
+          if left < 0 then left = 0 end
+          remaining = floor(left / interval)
+          reset_after = tat - now
+          retry_after = new_tat - now - depth
+        end
       else
-        admitted = false
-        local left = depth - (tat - now)
-        if left < 0 then left = 0 end
-        remaining = floor(left / interval)
-        reset_after = tat - now
-        retry_after = new_tat - now - depth
+        local window, quota = x, y
+        local index = floor(now / window)
+        window_index = index
+        local used = 0
+        if a == index then used = b end
+        reset_after = (index + 1) * window - now
+        admitted = used + cost <= quota
+        if admitted then
+          used = used + cost
+          retry_after = 0
+          state_a, state_b = index, used
+          idle_after = reset_after
+        else
+          retry_after = reset_after
+        end
+        remaining = quota - used
+        if remaining < 0 then remaining = 0 end
       end
-    else
-      local window, quota = x, y
-      local index = floor(now / window)
-      window_index = index
-      local used = 0
-      if a == index then used = b end
-      reset_after = (index + 1) * window - now
-      admitted = used + cost <= quota
+
       if admitted then
-        used = used + cost
-        retry_after = 0
-        state_a, state_b = index, used
-        idle_after = reset_after
+        out[o + 1] = 1
+        if all_admitted and cost > 0 then
+          if not writes then writes = { 'HSET', key } end
+          local w = #writes
+          writes[w + 1] = name
+          -- %d, not tostring: tostring keeps only 14 significant digits.
+          writes[w + 2] = format('%s %d %d', definition, state_a, state_b)
+          if idle_after > longest_idle then longest_idle = idle_after end
+        end
       else
-        retry_after = reset_after
+        out[o + 1] = 0
+        all_admitted = false
       end
-      remaining = quota - used
-      if remaining < 0 then remaining = 0 end
+      out[o + 2] = remaining
+      out[o + 3] = reset_after
+      out[o + 4] = retry_after
+      out[o + 5] = window_index
+      o = o + 5
     end
 
-    if admitted then
-      out[o + 1] = 1
-      if all_admitted and cost > 0 then
-        if not writes then writes = { 'HSET', key } end
-        local w = #writes
-        writes[w + 1] = name
-        -- %d, not tostring: tostring keeps only 14 significant digits.
-        writes[w + 2] = format('%s %d %d', definition, state_a, state_b)
-        if idle_after > longest_idle then longest_idle = idle_after end
+    if all_admitted then
+      out[first] = 1
+      if writes then
+        if failed(pcall(unpack(writes))) then
+          -- Not written (Redis out of memory, say): this check fails alone.
+          out[first] = -1
+        else
+          -- The key lives until every limit in it is full again; limits this request did not
+          -- touch keep the expiry they set.
+          local ttl_ms = floor((longest_idle + 999) / 1000)
+          if call('PTTL', key) < ttl_ms then
+            call('PEXPIRE', key, ttl_ms)
+          end
+        end
       end
     else
-      out[o + 1] = 0
-      all_admitted = false
+      out[first] = 0
     end
-    out[o + 2] = remaining
-    out[o + 3] = reset_after
-    out[o + 4] = retry_after
-    out[o + 5] = window_index
-    o = o + 5
-  end
-
-  if all_admitted then
-    out[first] = 1
-    if writes then
-      call(unpack(writes))
-      -- The key lives until every limit in it is full again; limits this request did not
-      -- touch keep the expiry they set.
-      local ttl_ms = floor((longest_idle + 999) / 1000)
-      if call('PTTL', key) < ttl_ms then
-        call('PEXPIRE', key, ttl_ms)
-      end
-    end
-  else
-    out[first] = 0
   end
 end
 return out

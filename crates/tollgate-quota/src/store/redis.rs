@@ -339,6 +339,11 @@ fn check_response(check: &Check, reply: &[i64]) -> Result<CheckResponse, StoreEr
     let (Some(&admitted), Some(per_limit)) = (reply.first(), reply.get(1..)) else {
         return Err(corrupt("reply from check.lua"));
     };
+    if admitted == -1 {
+        return Err(StoreError::permanent(
+            "redis: check.lua could not read or write this metered key (not a hash, or Redis is out of memory)",
+        ));
+    }
     if per_limit.len() != 5 * check.limits.len() {
         return Err(corrupt("reply from check.lua"));
     }
