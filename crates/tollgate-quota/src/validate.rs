@@ -65,6 +65,26 @@ pub fn give_back(request: ReturnRequest) -> Result<Return, ApiError> {
     Ok(Return { key: request.key, units: request.units, limits, windows: request.windows })
 }
 
+/// `limits[i]`, made once rather than per request.
+const LIMIT_PATHS: [&str; MAX_LIMITS_PER_TIER] = [
+    "limits[0]",
+    "limits[1]",
+    "limits[2]",
+    "limits[3]",
+    "limits[4]",
+    "limits[5]",
+    "limits[6]",
+    "limits[7]",
+    "limits[8]",
+    "limits[9]",
+    "limits[10]",
+    "limits[11]",
+    "limits[12]",
+    "limits[13]",
+    "limits[14]",
+    "limits[15]",
+];
+
 /// 1 to 16 valid limits with distinct names, in request order.
 fn limits(specs: &[LimitSpec]) -> Result<Vec<Limit>, ApiError> {
     let count = specs.len();
@@ -73,8 +93,8 @@ fn limits(specs: &[LimitSpec]) -> Result<Vec<Limit>, ApiError> {
     }
     let mut limits: Vec<Limit> = Vec::with_capacity(count);
     for (i, spec) in specs.iter().enumerate() {
-        let path = format!("limits[{i}]");
-        let limit = spec.to_limit(&path).map_err(|e| ApiError::invalid(&e.path, e.message))?;
+        let path = LIMIT_PATHS.get(i).copied().unwrap_or("limits[..]");
+        let limit = spec.to_limit(path).map_err(|e| ApiError::invalid(&e.path, e.message))?;
         if let Some(first) = limits.iter().position(|l| l.name == limit.name) {
             return Err(ApiError::invalid(
                 &format!("{path}.name"),

@@ -7,19 +7,24 @@
 //! - `tg:apikey:<sha256>`: string, the key's record as JSON (what `verify` reads).
 //! - `tg:apikeys`: hash, id → the same JSON (what `list` and `revoke` read).
 //!
-//! Every command touches one key, so each works on a cluster. A key is created index first,
+//! On a cluster every command touches one key. On one server the checks waiting at the
+//! same moment are decided by one `check.lua` call with one key each (see `batch_checks`). A key is created index first,
 //! lookup second, and revoked lookup first: a failure in between can leave a listed key that
 //! does not verify (revoking it again cleans up), never a key that verifies but is not listed.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Script, Value};
-use tokio::sync::OnceCell;
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Script,
+    ServerErrorKind, Value,
+};
+use tokio::sync::{mpsc, oneshot, OnceCell, Semaphore};
 use tollgate_core::config::{Limit, LimitKind};
 use tollgate_core::limit::LimitState;
 use tollgate_core::quota::{CheckResponse, LimitResult, UsageLimit};
@@ -38,6 +43,31 @@ pub struct RedisStore {
     check_script: Script,
     return_script: Script,
     usage_script: Script,
+    /// One Redis server: checks go through one batching task, started on first use.
+    batcher: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+/// Most checks one `check.lua` call decides.
+const MAX_BATCH: usize = 64;
+/// Batches sent and not yet answered at any moment. One alone leaves the service idle
+/// while Redis runs it and Redis idle while the service answers; a few overlap the two
+/// (measured: 4 beat 1 and 16 in decisions/s and CPU per decision).
+const MAX_IN_FLIGHT: usize = 4;
+
+/// One check waiting for the batching task: check.lua's arguments for its key, and where
+/// its part of the reply goes.
+struct Job {
+    key: String,
+    cost: u64,
+    limits: Vec<LimitArgs>,
+    reply: oneshot::Sender<Result<Vec<i64>, StoreError>>,
+}
+
+struct LimitArgs {
+    name: String,
+    definition: String,
+    x: u64,
+    y: u64,
 }
 
 enum Connection {
@@ -81,7 +111,20 @@ impl RedisStore {
             check_script: Script::new(include_str!("../../lua/check.lua")),
             return_script: Script::new(include_str!("../../lua/return.lua")),
             usage_script: Script::new(include_str!("../../lua/usage.lua")),
+            batcher: OnceLock::new(),
         })
+    }
+
+    /// The batching task's queue (one server only; a cluster decides one key per call).
+    fn batcher(&self) -> Option<&mpsc::UnboundedSender<Job>> {
+        let Connection::Single(manager) = &self.connection else {
+            return None;
+        };
+        Some(self.batcher.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(batch_checks(manager.clone(), self.check_script.clone(), receiver));
+            sender
+        }))
     }
 
     async fn connection(&self) -> Result<Conn, StoreError> {
@@ -177,37 +220,32 @@ fn corrupt(what: &str) -> StoreError {
 
 impl Store for RedisStore {
     async fn check(&self, check: &Check) -> Result<CheckResponse, StoreError> {
-        let mut invocation = self.check_script.prepare_invoke();
-        invocation.key(meter_key(&check.key)).arg(check.cost);
-        for limit in &check.limits {
-            let (x, y) = script_arguments(limit);
-            invocation.arg(&limit.name).arg(definition(limit)).arg(x).arg(y);
-        }
-        let invocation = &invocation;
-        let reply: Vec<i64> = self.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
-        let (Some(&admitted), Some(per_limit)) = (reply.first(), reply.get(1..)) else {
-            return Err(corrupt("reply from check.lua"));
-        };
-        if per_limit.len() != 5 * check.limits.len() {
-            return Err(corrupt("reply from check.lua"));
-        }
         let limits = check
             .limits
             .iter()
-            .zip(per_limit.chunks_exact(5))
-            .map(|(limit, r)| match *r {
-                [admitted, remaining, reset_after_us, retry_after_us, window] => Ok(LimitResult {
-                    name: limit.name.clone(),
-                    admitted: admitted == 1,
-                    remaining: u64::try_from(remaining).unwrap_or(0),
-                    reset_after_ms: micros_to_ms_ceil(reset_after_us),
-                    retry_after_ms: micros_to_ms_ceil(retry_after_us),
-                    window: u64::try_from(window).ok(),
-                }),
-                _ => Err(corrupt("reply from check.lua")),
+            .map(|limit| {
+                let (x, y) = script_arguments(limit);
+                LimitArgs { name: limit.name.clone(), definition: definition(limit), x, y }
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(CheckResponse { admitted: admitted == 1, limits })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let job = Job { key: meter_key(&check.key), cost: check.cost, limits, reply };
+        let reply = match self.batcher() {
+            Some(batcher) => {
+                batcher.send(job).map_err(|_| StoreError::transient("redis: the batching task stopped"))?;
+                answer.await.map_err(|_| StoreError::transient("redis: the batching task stopped"))??
+            }
+            None => {
+                let jobs = [job];
+                let script = &self.check_script;
+                self.run(|mut c| {
+                    let jobs = &jobs;
+                    async move { decide_many(&mut c, script, jobs).await }
+                })
+                .await?
+            }
+        };
+        check_response(check, &reply)
     }
 
     async fn give_back(&self, ret: &Return) -> Result<Vec<u64>, StoreError> {
@@ -293,6 +331,123 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.query::<()>(&redis::cmd("PING")).await
+    }
+}
+
+/// check.lua's answer for one key (`admitted`, then five per limit) as a `CheckResponse`.
+fn check_response(check: &Check, reply: &[i64]) -> Result<CheckResponse, StoreError> {
+    let (Some(&admitted), Some(per_limit)) = (reply.first(), reply.get(1..)) else {
+        return Err(corrupt("reply from check.lua"));
+    };
+    if admitted == -1 {
+        return Err(StoreError::permanent(
+            "redis: check.lua could not read or write this metered key (not a hash, or Redis is out of memory)",
+        ));
+    }
+    if per_limit.len() != 5 * check.limits.len() {
+        return Err(corrupt("reply from check.lua"));
+    }
+    let limits = check
+        .limits
+        .iter()
+        .zip(per_limit.chunks_exact(5))
+        .map(|(limit, r)| match *r {
+            [admitted, remaining, reset_after_us, retry_after_us, window] => Ok(LimitResult {
+                name: limit.name.clone(),
+                admitted: admitted == 1,
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                reset_after_ms: micros_to_ms_ceil(reset_after_us),
+                retry_after_ms: micros_to_ms_ceil(retry_after_us),
+                window: u64::try_from(window).ok(),
+            }),
+            _ => Err(corrupt("reply from check.lua")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CheckResponse { admitted: admitted == 1, limits })
+}
+
+/// The batching task: takes every check queued at the moment (none waits for more to
+/// come), decides them in one `check.lua` call, hands each its answer, and repeats, with
+/// at most `MAX_IN_FLIGHT` calls unanswered.
+async fn batch_checks(manager: ConnectionManager, script: Script, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let script = Arc::new(script);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return; // the store is gone
+        }
+        // A caller that stopped waiting (its request timed out and was answered 503) must
+        // not be charged afterwards.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let (manager, script) = (manager.clone(), Arc::clone(&script));
+        tokio::spawn(async move {
+            let result = match decide_many(&mut Conn::Single(manager.clone()), &script, &jobs).await {
+                Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                    decide_many(&mut Conn::Single(manager), &script, &jobs).await
+                }
+                result => result,
+            };
+            drop(permit);
+            answer_jobs(jobs, result.map_err(store_error));
+        });
+    }
+}
+
+/// One `check.lua` call deciding every job, in order; its flat reply.
+async fn decide_many(conn: &mut Conn, script: &Script, jobs: &[Job]) -> RedisResult<Vec<i64>> {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(jobs.len());
+    for job in jobs {
+        cmd.arg(&job.key);
+    }
+    let counted = jobs.len() > 1;
+    for job in jobs {
+        cmd.arg(job.cost);
+        if counted {
+            cmd.arg(job.limits.len());
+        }
+        for l in &job.limits {
+            cmd.arg(&l.name).arg(&l.definition).arg(l.x).arg(l.y);
+        }
+    }
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        result => result,
+    }
+}
+
+/// Splits a batch's reply: each job gets `admitted` and five numbers per limit.
+fn answer_jobs(jobs: Vec<Job>, reply: Result<Vec<i64>, StoreError>) {
+    let mut rest: &[i64] = match &reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for job in jobs {
+        let len = 1 + 5 * job.limits.len();
+        let answer = match rest.split_at_checked(len) {
+            Some((mine, others)) => {
+                rest = others;
+                Ok(mine.to_vec())
+            }
+            None => Err(corrupt("reply from check.lua")),
+        };
+        // The caller may have stopped waiting (timeout): nothing to do then.
+        let _ = job.reply.send(answer);
     }
 }
 

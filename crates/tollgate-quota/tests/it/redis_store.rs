@@ -131,3 +131,63 @@ async fn a_stopped_redis_is_a_transient_error_until_it_is_back() {
     f.store.ping().await.unwrap();
     assert!(f.store.check(&c).await.unwrap().admitted);
 }
+
+#[tokio::test]
+async fn one_script_call_decides_many_keys_in_order() {
+    let (_f, server) = fixture().await;
+    let script = include_str!("../../lua/check.lua");
+    let (a, b) = (meter_key(&unique_key("free")), meter_key(&unique_key("free")));
+    let one = ["one", "f:1:31622400", "31622400000000", "1"];
+    // Three keys in one call: a, b, then a again. Each decision sees what the ones before
+    // it wrote: the second check of `a` finds its one unit spent.
+    let mut args = vec!["EVAL", script, "3", &a, &b, &a];
+    for _ in 0..3 {
+        args.extend(["1", "1"]);
+        args.extend(one);
+    }
+    let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(reply.len(), 3 * 6, "{reply:?}");
+    let admitted: Vec<i64> = reply.chunks(6).map(|c| c[0]).collect();
+    assert_eq!(admitted, [1, 1, 0]);
+    assert_eq!(reply[6 * 2 + 2], 0, "the refused one sees nothing remaining");
+    assert!(reply.chunks(6).all(|c| c[5] == reply[5]), "every answer names the same window: {reply:?}");
+    assert_eq!(server.cli(&["HGET", &a, "one"]).trim(), format!("f:1:31622400 {} 1", reply[5]));
+
+    // A refused check between two admitted ones consumes nothing, and the others still pass.
+    let two = ["two", "f:2:31622400", "31622400000000", "2"];
+    let c = meter_key(&unique_key("free"));
+    let mut args = vec!["EVAL", script, "3", &c, &c, &c];
+    for cost in ["2", "1", "0"] {
+        args.extend([cost, "1"]);
+        args.extend(two);
+    }
+    let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
+    let admitted: Vec<i64> = reply.chunks(6).map(|chunk| chunk[0]).collect();
+    assert_eq!(admitted, [1, 0, 1], "{reply:?}");
+    assert_eq!(server.cli(&["HGET", &c, "two"]).trim(), format!("f:2:31622400 {} 2", reply[5]));
+
+    // A key that is not a hash fails alone (-1, nothing written); its neighbours are decided.
+    let (d, broken, e) =
+        (meter_key(&unique_key("free")), meter_key(&unique_key("free")), meter_key(&unique_key("free")));
+    assert_eq!(server.cli(&["SET", &broken, "not a hash"]).trim(), "OK");
+    let mut args = vec!["EVAL", script, "3", &d, &broken, &e];
+    for _ in 0..3 {
+        args.extend(["1", "1"]);
+        args.extend(two);
+    }
+    let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
+    let admitted: Vec<i64> = reply.chunks(6).map(|chunk| chunk[0]).collect();
+    assert_eq!(admitted, [1, -1, 1], "{reply:?}");
+    assert_eq!(server.cli(&["GET", &broken]).trim(), "not a hash");
+    assert!(server.cli(&["HGET", &e, "two"]).trim().ends_with(" 1"));
+}
+
+#[tokio::test]
+async fn a_metered_key_that_is_not_a_hash_is_a_store_error_for_its_check_only() {
+    let (f, server) = fixture().await;
+    let (good, broken) = (unique_key("free"), unique_key("free"));
+    assert_eq!(server.cli(&["SET", &meter_key(&broken), "x"]).trim(), "OK");
+    let error = f.store.check(&check(&broken, 1, &format!("[{YEAR}]"))).await.unwrap_err();
+    assert!(!error.transient && error.message.contains("not a hash"), "{error:?}");
+    assert!(f.store.check(&check(&good, 1, &format!("[{YEAR}]"))).await.unwrap().admitted);
+}

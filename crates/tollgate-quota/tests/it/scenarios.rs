@@ -215,6 +215,41 @@ pub async fn concurrent_checks_admit_exactly_the_limit<S: Store>(f: &Fixture<S>)
     }
 }
 
+pub async fn concurrent_checks_over_many_keys_stay_exact<S: Store>(f: &Fixture<S>) {
+    // Checks of several keys, some refused, arrive together (and may be decided together).
+    let limits = format!(
+        r#"[{{"name":"day","algorithm":"fixed_window","limit":7,"window_secs":{LONG}}},
+            {{"name":"bucket","limit":1000,"window_secs":{LONG},"burst":9}}]"#
+    );
+    let keys: Vec<String> = (0..5).map(|_| unique_key("free")).collect();
+    let mut tasks = JoinSet::new();
+    for round in 0..12 {
+        for (i, key) in keys.iter().enumerate() {
+            // Every third check of key 0 costs 3: it may be refused while cost-1 checks pass.
+            let cost = if i == 0 && round % 3 == 0 { 3 } else { 1 };
+            let (store, c) = (Arc::clone(&f.store), check(key, cost, &limits));
+            tasks.spawn(async move { (i, cost, store.check(&c).await.unwrap().admitted) });
+        }
+    }
+    let mut taken = [0u64; 5];
+    while let Some(result) = tasks.join_next().await {
+        let (i, cost, admitted) = result.unwrap();
+        if admitted {
+            taken[i] += cost;
+        }
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let usage = f.store.usage(key).await.unwrap();
+        assert_eq!(usage_named(&usage, "day").used, taken[i], "key {i}: the window counts what was admitted");
+        assert_eq!(usage_named(&usage, "bucket").used, taken[i], "key {i}: so does the bucket");
+        if i > 0 {
+            assert_eq!(taken[i], 7, "key {i}: twelve checks of 1 admit exactly the window's 7");
+        } else {
+            assert!((5..=7).contains(&taken[0]), "key 0 took {}", taken[0]);
+        }
+    }
+}
+
 pub async fn api_keys_are_created_verified_listed_and_revoked<S: Store>(f: &Fixture<S>) {
     let store = f.store.as_ref();
     let created = keys::store_key(store, keys::new_key("premium", "Acme Corp").unwrap()).await.unwrap();
@@ -423,6 +458,7 @@ macro_rules! with_every_scenario {
             a_refused_request_consumes_nothing_from_any_limit,
             token_bucket_allows_a_burst_then_refills,
             concurrent_checks_admit_exactly_the_limit,
+            concurrent_checks_over_many_keys_stay_exact,
             api_keys_are_created_verified_listed_and_revoked,
             usage_reports_what_was_counted,
             a_zero_cost_check_only_reads,
