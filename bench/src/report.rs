@@ -164,6 +164,7 @@ fn before_after(md: &mut String, view: &View<'_>) {
     let configs = before.get("configurations");
     for change in before.get("changes").and_then(serde_json::Value::as_array).into_iter().flatten() {
         let what = text(change, "what");
+        let mut first = true;
         for id in change.get("configurations").and_then(serde_json::Value::as_array).into_iter().flatten() {
             let Some(id) = id.as_str() else { continue };
             let Some(was) = configs.and_then(|c| c.get(id)) else { continue };
@@ -198,9 +199,26 @@ fn before_after(md: &mut String, view: &View<'_>) {
                 );
                 (then, now)
             };
-            let _ = writeln!(md, "| {what} | `{id}` | {then} | {now} |");
+            let shown = if std::mem::take(&mut first) { what.as_str() } else { "″" };
+            let _ = writeln!(md, "| {shown} | `{id}` | {then} | {now} |");
         }
     }
+    // Changes measured step by step, back to back, when they were made (not by this run).
+    for change in before.get("changes").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let Some(steps) = change.get("steps").and_then(serde_json::Value::as_array) else { continue };
+        let _ = writeln!(
+            md,
+            "\n{}, step by step with `{}` ({}):\n",
+            text(change, "what"),
+            text(change, "command"),
+            text(change, "setup")
+        );
+        let _ = writeln!(md, "| step | before | after |\n|---|---|---|");
+        for step in steps {
+            let _ = writeln!(md, "| {} | {} | {} |", text(step, "step"), text(step, "before"), text(step, "after"));
+        }
+    }
+    let _ = writeln!(md);
 }
 
 fn header(md: &mut String, r: &Results) {
