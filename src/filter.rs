@@ -44,14 +44,7 @@ impl Context for TollgateRoot {
         let Some(state) = self.state.as_ref() else {
             return;
         };
-        let status = if num_headers == 0 {
-            None
-        } else {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u16>().ok())
-        };
+        let status = host::callout_status(num_headers);
         let units = match status {
             Some(200) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
@@ -124,17 +117,7 @@ impl RootContext for TollgateRoot {
             }
         });
         for request in returns {
-            let headers = vec![
-                (":method", "POST"),
-                (":path", "/v1/return"),
-                (":authority", quota.authority.as_str()),
-                ("content-type", "application/json"),
-            ];
-            let body = lease::return_body(&request);
-            let timeout = Duration::from_millis(quota.timeout_ms);
-            if let Err(e) =
-                hostcalls::dispatch_http_call(&quota.cluster, headers, Some(body.as_bytes()), vec![], timeout)
-            {
+            if let Err(e) = host::post_to_quota(quota, "/v1/return", &lease::return_body(&request)) {
                 warn!("lease return to {} failed to start: {e:?}", quota.cluster);
                 state.metrics.record_return(None);
             }
@@ -167,14 +150,7 @@ impl Context for TollgateHttp {
         state.in_flight.set(state.in_flight.get().saturating_sub(1));
         let now = host::now();
         let elapsed_ms = now.0.saturating_sub(sent.0) / 1_000_000;
-        let status = if num_headers == 0 {
-            None
-        } else {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u16>().ok())
-        };
+        let status = host::callout_status(num_headers);
         let timeout_ms = state.config.quota.as_ref().map_or(0, |q| q.timeout_ms);
         state.metrics.record_callout(status, elapsed_ms, timeout_ms);
         let body = match status {
@@ -235,22 +211,9 @@ impl TollgateHttp {
                     let dispatched = if state.in_flight.get() >= quota.max_pending_callouts {
                         None
                     } else {
-                        let headers = vec![
-                            (":method", "POST"),
-                            (":path", call.path),
-                            (":authority", quota.authority.as_str()),
-                            ("content-type", "application/json"),
-                        ];
-                        let timeout = Duration::from_millis(quota.timeout_ms);
-                        hostcalls::dispatch_http_call(
-                            &quota.cluster,
-                            headers,
-                            Some(call.body.as_bytes()),
-                            vec![],
-                            timeout,
-                        )
-                        .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
-                        .ok()
+                        host::post_to_quota(quota, call.path, &call.body)
+                            .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
+                            .ok()
                     };
                     state.metrics.record_dispatch(dispatched.is_some());
                     if dispatched.is_some() {

@@ -1,10 +1,11 @@
 //! The host operations tollgate-core needs, over proxy-wasm host calls. Every host status
 //! is turned into a value; nothing here panics.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, Status};
+use proxy_wasm::types::{BufferType, MapType, Status};
+use tollgate_core::config::QuotaService;
 use tollgate_core::store::{SharedStore, StoreError};
 use tollgate_core::Nanos;
 
@@ -46,4 +47,25 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
 pub fn source_address() -> Option<String> {
     let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
     String::from_utf8(bytes).ok()
+}
+
+/// `POST path` with a JSON `body` to the quota service's cluster; the callout's token.
+pub fn post_to_quota(quota: &QuotaService, path: &str, body: &str) -> Result<u32, Status> {
+    let headers = vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", quota.authority.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let timeout = Duration::from_millis(quota.timeout_ms);
+    hostcalls::dispatch_http_call(&quota.cluster, headers, Some(body.as_bytes()), vec![], timeout)
+}
+
+/// The HTTP status of a callout's answer; `None` when there was no answer (no headers:
+/// the callout failed or timed out in Envoy).
+pub fn callout_status(num_headers: usize) -> Option<u16> {
+    if num_headers == 0 {
+        return None;
+    }
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse().ok())
 }

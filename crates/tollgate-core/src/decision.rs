@@ -497,13 +497,8 @@ fn leased<S: SharedStore + ?Sized>(
                     return Ok(Step::Done(commit(config, store, route, metering, &[], statuses, report, now)));
                 }
             };
-            let body = check_body(tier, &metering, block);
             let refill = Refill { metering, lease: lease_ref, marker, block, admitted: Some(lease) };
-            Ok(Step::Call(Callout {
-                path: "/v1/check",
-                body,
-                pending: Pending { route, stage: Stage::Refill(refill), quota: report },
-            }))
+            Ok(refill_call(tier, route, refill, report))
         }
         Take::Empty { refill: Some(marker) } => {
             if breaker_open(store) {
@@ -511,15 +506,20 @@ fn leased<S: SharedStore + ?Sized>(
                 report.short_circuited = true;
                 return Ok(Step::Done(fallback(config, store, route, metering, report, now)));
             }
-            let body = check_body(tier, &metering, block);
             let refill = Refill { metering, lease: lease_ref, marker, block, admitted: None };
-            Ok(Step::Call(Callout {
-                path: "/v1/check",
-                body,
-                pending: Pending { route, stage: Stage::Refill(refill), quota: report },
-            }))
+            Ok(refill_call(tier, route, refill, report))
         }
     }
+}
+
+/// The callout that asks the service for the next block of a lease.
+fn refill_call(tier: &Tier, route: usize, refill: Refill, report: QuotaReport) -> Step {
+    let body = check_body(tier, &refill.metering, refill.block);
+    Step::Call(Callout {
+        path: "/v1/check",
+        body,
+        pending: Pending { route, stage: Stage::Refill(refill), quota: report },
+    })
 }
 
 /// The answer to a refill: credit the lease, or settle it and decide otherwise.
