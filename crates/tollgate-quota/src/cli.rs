@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use tollgate_core::time::rfc3339;
 use tollgate_core::Nanos;
@@ -125,6 +126,13 @@ async fn serve_with<S: Store>(store: S, cli: &Cli, admin_token: Option<&str>) ->
         "tollgate-quota serving"
     );
     let router = app::router(store, admin_token);
+    // Answers are small and written as several frames over HTTP/2: without TCP_NODELAY,
+    // Nagle's algorithm holds the last one back until the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     match axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
