@@ -15,6 +15,7 @@ use tollgate_core::keycache::KeyCache;
 use tollgate_core::lease::{self, Held, Reclaim};
 use tollgate_core::{Config, Decision, Nanos, RequestInfo};
 
+use crate::abi;
 use crate::host::{self, HostSharedData};
 use crate::metrics::Metrics;
 
@@ -176,11 +177,18 @@ impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let state = Rc::clone(&self.state);
         let config = &state.config;
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let mut request = RequestInfo::from_headers(&headers, config.identity.api_key_header.as_deref());
+        let headers = abi::request_header_map().unwrap_or_else(|| {
+            warn!("the request headers could not be read: deciding as if there were none");
+            Vec::new()
+        });
+        let mut request = RequestInfo::from_header_map(&headers, config.identity.api_key_header.as_deref());
         // The client address is only needed for callers without a credential.
         let address =
-            if request.authorization.is_empty() && request.api_key.is_empty() { host::source_address() } else { None };
+            if request.authorization.is_empty() && request.api_key.is_empty() && !request.unreadable_credential {
+                host::source_address()
+            } else {
+                None
+            };
         request.client_address = address.as_deref();
         let step = {
             let mut keys = state.keys.borrow_mut();

@@ -3,6 +3,8 @@
 //! drive the built `.wasm` inside a real Envoy.
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod filter;
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -139,6 +139,36 @@ fn an_unknown_token_is_401_and_malformed_credentials_are_400() {
 }
 
 #[test]
+fn header_bytes_that_are_not_utf8_neither_panic_the_vm_nor_pass_as_a_credential() {
+    let envoy = envoy_with(&default_plugin_config(), 0);
+    let request = |extra: &[u8]| {
+        let mut bytes =
+            format!("POST {IMAGES} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n").into_bytes();
+        bytes.extend_from_slice(extra);
+        bytes.extend_from_slice(b"\r\n");
+        envoy.raw_exact(&bytes)
+    };
+    // Latin-1 in a header tollgate does not read (obs-text, which HTTP/1.1 allows in values).
+    let mut latin1 = b"User-Agent: caf\xe9\r\n".to_vec();
+    latin1.extend_from_slice(format!("Authorization: {PREMIUM}\r\n").as_bytes());
+    let r = request(&latin1);
+    assert_eq!(r.status, 200, "an unrelated Latin-1 header value is no reason to refuse");
+    assert_eq!(r.header("x-ratelimit-limit"), Some("100"), "and the request is metered");
+    // The same bytes in the credential: refused as malformed, not read as some other token.
+    let r = request(b"Authorization: Bearer tg_demo_premium_0123456789\xe9\r\n");
+    assert_eq!(r.status, 400, "a credential that is not UTF-8 is malformed");
+    assert_eq!(r.json()["error"]["code"], "malformed_credentials");
+    let r = request(b"X-Api-Key: tg_demo_premium_\xff\xfe\r\n");
+    assert_eq!(r.status, 400);
+
+    // The VM is alive on every worker.
+    for _ in 0..4 {
+        assert_eq!(post(&envoy, IMAGES, &[("authorization", PREMIUM)]).status, 200);
+    }
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+}
+
+#[test]
 fn no_anonymous_tier_means_a_missing_token_is_401() {
     let mut config = default_plugin_config();
     config["identity"].as_object_mut().unwrap().remove("anonymous");

@@ -8,6 +8,8 @@
 //! if it had answered `Continue` (or `true`); that is what the SDK's default answers are.
 //! Trimming is idempotent: an export already gone stays gone.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::{env, fs};
 

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use sha2::{Digest, Sha256};
 
 use crate::config::Identity;
+use crate::headermap;
 
 /// What the core needs to know of a request. The host fills it from the request headers
 /// and, only when no credential is present, from the resolved client address.
@@ -21,22 +22,43 @@ pub struct RequestInfo<'a> {
     /// The downstream address as the proxy resolved it (`source.address`, e.g.
     /// `203.0.113.7:0` or `[2001:db8::1]:443`); never taken from `X-Forwarded-For` here.
     pub client_address: Option<&'a str>,
+    /// An `authorization` or API-key value that is not UTF-8 was sent (it is malformed).
+    pub unreadable_credential: bool,
 }
 
 impl<'a> RequestInfo<'a> {
-    /// Picks the fields out of a request's header list (names in lower case, as proxies give them).
-    pub fn from_headers(headers: &'a [(String, String)], api_key_header: Option<&str>) -> Self {
+    /// Picks the fields out of a request's header map as the proxy-wasm ABI serializes it
+    /// ([`crate::headermap`]; names in lower case, as proxies give them), without copying.
+    /// Values need not be UTF-8: a credential that is not is malformed
+    /// ([`RequestInfo::unreadable_credential`]); a path that is not is matched on its
+    /// longest UTF-8 prefix; other headers are not looked at.
+    pub fn from_header_map(map: &'a [u8], api_key_header: Option<&str>) -> Self {
+        let api_key_header = api_key_header.map(str::as_bytes);
         let mut info = RequestInfo::default();
-        for (name, value) in headers {
-            match name.as_str() {
-                ":method" => info.method = value,
-                ":path" => info.path = value,
-                "authorization" => info.authorization.push(value),
-                other if Some(other) == api_key_header => info.api_key.push(value),
+        for (name, value) in headermap::pairs(map) {
+            match name {
+                b":method" => info.method = utf8_prefix(value),
+                b":path" => info.path = utf8_prefix(value),
+                b"authorization" => match std::str::from_utf8(value) {
+                    Ok(value) => info.authorization.push(value),
+                    Err(_) => info.unreadable_credential = true,
+                },
+                other if Some(other) == api_key_header => match std::str::from_utf8(value) {
+                    Ok(value) => info.api_key.push(value),
+                    Err(_) => info.unreadable_credential = true,
+                },
                 _ => {}
             }
         }
         info
+    }
+}
+
+/// The longest prefix of `bytes` that is UTF-8.
+fn utf8_prefix(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default(),
     }
 }
 
@@ -77,6 +99,10 @@ impl CredentialError {
 
 /// Reads the one credential of a request: `Authorization: Bearer <token>` or the API-key header.
 pub fn credential(identity: &Identity, request: &RequestInfo<'_>) -> Result<Credential, CredentialError> {
+    if request.unreadable_credential {
+        let others = request.authorization.len() + request.api_key.len();
+        return Err(if others > 0 { CredentialError::Duplicate } else { CredentialError::BadCharacters });
+    }
     let token = match (request.authorization.as_slice(), request.api_key.as_slice()) {
         ([], []) => return Ok(Credential::None),
         ([auth], []) => bearer_token(auth)?,
@@ -202,17 +228,35 @@ mod tests {
 
     #[test]
     fn headers_are_picked_by_name() {
-        let headers = vec![
-            (":method".to_owned(), "POST".to_owned()),
-            (":path".to_owned(), "/v1/x?y=1".to_owned()),
-            ("authorization".to_owned(), "Bearer t".to_owned()),
-            ("x-api-key".to_owned(), "k".to_owned()),
-            ("x-other".to_owned(), "o".to_owned()),
-        ];
-        let info = RequestInfo::from_headers(&headers, Some("x-api-key"));
+        let map = headermap::serialize(vec![
+            (&b":method"[..], &b"POST"[..]),
+            (b":path", b"/v1/x?y=1"),
+            (b"authorization", b"Bearer t"),
+            (b"x-api-key", b"k"),
+            (b"x-other", b"o"),
+        ]);
+        let info = RequestInfo::from_header_map(&map, Some("x-api-key"));
         assert_eq!((info.method, info.path), ("POST", "/v1/x?y=1"));
         assert_eq!(info.authorization, vec!["Bearer t"]);
         assert_eq!(info.api_key, vec!["k"]);
+        assert!(!info.unreadable_credential);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_make_a_credential_malformed_and_nothing_else() {
+        let read = |pairs: Vec<(&[u8], &[u8])>| {
+            let map = headermap::serialize(pairs);
+            let info = RequestInfo::from_header_map(&map, Some("x-api-key"));
+            (info.path.to_owned(), credential(&identity(), &info))
+        };
+        let (_, unrelated) = read(vec![(b"user-agent", b"caf\xe9"), (b"authorization", b"Bearer abc")]);
+        assert_eq!(unrelated, Ok(Credential::Token(sha256(b"abc"))));
+        assert_eq!(read(vec![(b"authorization", b"Bearer abc\xe9")]).1, Err(CredentialError::BadCharacters));
+        assert_eq!(read(vec![(b"x-api-key", b"\xff\xfe")]).1, Err(CredentialError::BadCharacters));
+        let both = read(vec![(b"x-api-key", b"\xff"), (b"authorization", b"Bearer abc")]).1;
+        assert_eq!(both, Err(CredentialError::Duplicate));
+        let (path, none) = read(vec![(b":path", b"/v1/images\xff/x")]);
+        assert_eq!((path.as_str(), none), ("/v1/images", Ok(Credential::None)));
     }
 
     #[test]

@@ -27,9 +27,12 @@
 //! assert_eq!(third.reply.unwrap().status, 429);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod breaker;
 pub mod config;
 pub mod decision;
+pub mod headermap;
 pub mod headers;
 pub mod identity;
 pub mod keycache;

@@ -5,6 +5,8 @@
 //! the semantics of `tollgate_core::limit::evaluate` (GCRA token buckets, fixed windows
 //! aligned to the Unix epoch). The wire types are `tollgate_core::quota`'s.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod cli;
 pub mod error;

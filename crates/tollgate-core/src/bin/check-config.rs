@@ -2,6 +2,8 @@
 //! `on_configure` does: `cargo run -p tollgate-core --bin check-config -- FILE...`
 //! (or `make check-config FILE=...`). Exits 1 on the first invalid file.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use tollgate_core::Config;

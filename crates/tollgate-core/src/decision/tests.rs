@@ -22,6 +22,7 @@ fn post<'a>(path: &'a str, auth: Option<&'a str>, address: &'a str) -> RequestIn
         authorization: auth.into_iter().collect(),
         api_key: vec![],
         client_address: Some(address),
+        unreadable_credential: false,
     }
 }
 
@@ -359,6 +360,7 @@ mod properties {
                 authorization: auth.iter().map(String::as_str).collect(),
                 api_key: key.iter().map(String::as_str).collect(),
                 client_address: address.as_deref(),
+                unreadable_credential: false,
             };
             let d = decide(&c, &s, &req, EVENING);
             if let Some(reply) = d.reply {
