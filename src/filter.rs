@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info, warn, Level};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
@@ -271,23 +271,31 @@ impl TollgateHttp {
 /// One line per refused request, at `info` (`--component-log-level wasm:warn` silences it).
 /// Key callers are named by key id; anonymous ones by a hash of their network.
 fn log_decision(config: &Config, decision: &Decision) {
-    let tier = decision.tier.and_then(|t| config.tiers.get(t)).map_or("none", |t| t.name.as_str());
-    let caller = decision.caller.as_deref().map_or_else(|| "-".to_owned(), loggable_caller);
-    let caller = caller.as_str();
-    let limit = decision.limited_by.as_deref().unwrap_or("-");
-    let outcome = decision.outcome.as_str();
-    match decision.outcome {
-        Outcome::Limited
-        | Outcome::ShadowLimited
-        | Outcome::StoreRefused
-        | Outcome::StoreBypassed
-        | Outcome::QuotaUnavailable => {
-            info!("decision={outcome} tier={tier} limit={limit} caller={caller}")
+    let level = match decision.outcome {
+        Outcome::Allowed | Outcome::Unlimited => Level::Debug,
+        _ => Level::Info,
+    };
+    // Admitted requests log at debug, off by default: then nothing below runs (naming an
+    // anonymous caller hashes its network).
+    if log::log_enabled!(level) {
+        let tier = decision.tier.and_then(|t| config.tiers.get(t)).map_or("none", |t| t.name.as_str());
+        let caller = decision.caller.as_deref().map_or_else(|| "-".to_owned(), loggable_caller);
+        let caller = caller.as_str();
+        let limit = decision.limited_by.as_deref().unwrap_or("-");
+        let outcome = decision.outcome.as_str();
+        match decision.outcome {
+            Outcome::Limited
+            | Outcome::ShadowLimited
+            | Outcome::StoreRefused
+            | Outcome::StoreBypassed
+            | Outcome::QuotaUnavailable => {
+                info!("decision={outcome} tier={tier} limit={limit} caller={caller}")
+            }
+            Outcome::Unauthenticated | Outcome::Malformed | Outcome::ShadowRejected => {
+                info!("decision={outcome} tier={tier}")
+            }
+            Outcome::Allowed | Outcome::Unlimited => debug!("decision={outcome} tier={tier} caller={caller}"),
         }
-        Outcome::Unauthenticated | Outcome::Malformed | Outcome::ShadowRejected => {
-            info!("decision={outcome} tier={tier}")
-        }
-        Outcome::Allowed | Outcome::Unlimited => debug!("decision={outcome} tier={tier} caller={caller}"),
     }
     if decision.quota.breaker_opened {
         warn!("quota service breaker opened: callouts stop for the cooldown");

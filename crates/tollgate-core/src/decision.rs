@@ -6,6 +6,7 @@
 //! a callout; only the request that refills it (or one that finds it empty) calls out.
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::breaker::{self, Admission, BreakerConfig, Transition};
 use crate::config::{Config, ContentionPolicy, FailureMode, Limit, LimitKind, Mode, QuotaService, Tier};
@@ -16,7 +17,7 @@ use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
 use crate::limit::{evaluate, Evaluation};
 use crate::quota::{CheckRequest, CheckResponse, LimitSpec, VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply, Refusal};
-use crate::store::{self, state_of, Change, SharedStore, SlotRef, StoredLimit, UpdateReport};
+use crate::store::{self, state_of, Change, Limits, SharedStore, SlotRef, StoredLimit, UpdateReport};
 use crate::time::Nanos;
 
 /// What happened to a request, for stats and logs.
@@ -95,10 +96,13 @@ pub struct Decision {
 }
 
 /// Either the decision, or a call to the quota service to make first.
+// `Done` is the common case, left unboxed: boxing it would allocate for every request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Step {
     Done(Decision),
-    Call(Callout),
+    /// Boxed: rarer than `Done`, and larger.
+    Call(Box<Callout>),
 }
 
 /// A `POST` to the quota service; give its answer to [`resume`] with `pending`.
@@ -142,11 +146,15 @@ struct Metering {
     tier: usize,
     caller: String,
     anonymous: bool,
-    local: Vec<Metered>,
+    local: Metereds,
     global: Vec<usize>,
     /// Local limits as they stood (not yet charged) when the callout left.
-    local_status: Vec<Status>,
+    local_status: Statuses,
 }
+
+/// Limits metered and their statuses: a handful per request, kept inline (no allocation).
+type Metereds = SmallVec<[Metered; 4]>;
+type Statuses = SmallVec<[Status; 4]>;
 
 /// One stored state: limit `index` of the tier, under `fingerprint`.
 #[derive(Debug, Clone, Copy)]
@@ -241,14 +249,23 @@ pub fn begin<S: SharedStore + ?Sized>(
         Err(e) => Step::Done(Decision::refuse(Outcome::Malformed, reply::malformed_credential(e), config.mode)),
         Ok(Credential::Token(hash)) => {
             if let Some(key) = config.key_by_hash(&hash) {
-                return with_tier(config, store, route, key.tier, format!("key:{}", key.id), false, report, now);
+                return with_tier(
+                    config,
+                    store,
+                    route,
+                    key.tier,
+                    ["key:", key.id.as_str()].concat(),
+                    false,
+                    report,
+                    now,
+                );
             }
             let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
                 return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
             };
             let stale = match cache.get(&hash, now) {
                 Lookup::Fresh(CachedKey::Known { id, tier }) => {
-                    return with_tier(config, store, route, tier, format!("key:{id}"), false, report, now);
+                    return with_tier(config, store, route, tier, ["key:", id.as_str()].concat(), false, report, now);
                 }
                 Lookup::Fresh(CachedKey::Unknown) => {
                     return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
@@ -261,17 +278,17 @@ pub fn begin<S: SharedStore + ?Sized>(
                 return verify_unavailable(config, store, route, stale, report, now);
             }
             let pending = Pending { route, stage: Stage::Verify { hash, stale }, quota: report };
-            Step::Call(Callout {
+            Step::Call(Box::new(Callout {
                 path: "/v1/keys/verify",
                 body: to_json(&VerifyRequest { sha256: hex(&hash) }),
                 pending,
-            })
+            }))
         }
         Ok(Credential::None) => match config.identity.anonymous_tier {
             Some(tier) => {
                 let identity = &config.identity;
                 let network = client_network(request.client_address, identity.ipv4_prefix, identity.ipv6_prefix);
-                with_tier(config, store, route, tier, format!("ip:{network}"), true, report, now)
+                with_tier(config, store, route, tier, ["ip:", network.as_str()].concat(), true, report, now)
             }
             None => Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::missing_token(), config.mode)),
         },
@@ -306,7 +323,7 @@ pub fn resume<S: SharedStore + ?Sized>(
                 (true, Some(id), Some(tier)) => {
                     let key = CachedKey::Known { id: id.clone(), tier };
                     cache.put(hash, key, now, quota.key_cache_ttl_ms);
-                    with_tier(config, store, route, tier, format!("key:{id}"), false, report, now)
+                    with_tier(config, store, route, tier, ["key:", id.as_str()].concat(), false, report, now)
                 }
                 _ => {
                     cache.put(hash, CachedKey::Unknown, now, quota.negative_cache_ttl_ms);
@@ -326,7 +343,7 @@ pub fn resume<S: SharedStore + ?Sized>(
                 return Step::Done(fallback(config, store, route, metering, report, now));
             };
             let tier = config.tiers.get(metering.tier);
-            let global: Vec<Status> = metering
+            let global: Statuses = metering
                 .global
                 .iter()
                 .zip(&checked.limits)
@@ -350,7 +367,7 @@ pub fn resume<S: SharedStore + ?Sized>(
                         first.admitted = false;
                     }
                 }
-                return Step::Done(conclude(config, &metering, statuses, UpdateReport::default(), report, now));
+                return Step::Done(conclude(config, metering, statuses, UpdateReport::default(), report, now));
             }
             Step::Done(commit(config, store, route, metering, &[], global, report, now))
         }
@@ -388,21 +405,21 @@ fn with_tier<S: SharedStore + ?Sized>(
         return Step::Done(Decision { tier: Some(tier_index), ..Decision::new(Outcome::Unlimited) });
     }
     let applied = tier.limits.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0);
-    let local: Vec<Metered> = applied
+    let local: Metereds = applied
         .clone()
         .filter(|(_, l)| l.global.is_none())
         .map(|(index, l)| Metered { index, fingerprint: l.fingerprint })
         .collect();
     let global: Vec<usize> = applied.filter(|(_, l)| l.global.is_some()).map(|(i, _)| i).collect();
-    let mut metering = Metering { tier: tier_index, caller, anonymous, local, global, local_status: Vec::new() };
+    let mut metering = Metering { tier: tier_index, caller, anonymous, local, global, local_status: Statuses::new() };
     let Some(quota) = config.quota.as_ref().filter(|_| !metering.global.is_empty()) else {
-        return Step::Done(commit(config, store, route, metering, &[], Vec::new(), report, now));
+        return Step::Done(commit(config, store, route, metering, &[], Statuses::new(), report, now));
     };
 
     // Local limits first, without charging them: a request they refuse costs no callout.
     let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
-    let mut looked = Vec::new();
+    let mut looked = Statuses::new();
     // Without local limits there is nothing to look at (a global-only tier reads no slot).
     let (result, store_report) = if metering.local.is_empty() {
         (Ok(()), UpdateReport::default())
@@ -418,13 +435,13 @@ fn with_tier<S: SharedStore + ?Sized>(
     metering.local_status = looked;
     if metering.local_status.iter().any(|s| !s.admitted) {
         let statuses = metering.local_status.clone();
-        return Step::Done(conclude(config, &metering, statuses, store_report, report, now));
+        return Step::Done(conclude(config, metering, statuses, store_report, report, now));
     }
     let block = lease::request_block(metering.global.iter().filter_map(|&i| tier.limits.get(i)), cost);
     if block > 0 {
         match leased(config, store, quota, route, metering, block, report, now) {
             Ok(step) => return step,
-            Err(exact) => metering = exact,
+            Err(exact) => metering = *exact,
         }
     }
     if breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open {
@@ -438,7 +455,7 @@ fn with_tier<S: SharedStore + ?Sized>(
 fn exact_check(tier: &Tier, route: usize, cost: u64, metering: Metering, report: QuotaReport) -> Step {
     let body = check_body(tier, &metering, cost);
     let pending = Pending { route, stage: Stage::Check(metering), quota: report };
-    Step::Call(Callout { path: "/v1/check", body, pending })
+    Step::Call(Box::new(Callout { path: "/v1/check", body, pending }))
 }
 
 fn check_body(tier: &Tier, metering: &Metering, cost: u64) -> String {
@@ -466,9 +483,9 @@ fn leased<S: SharedStore + ?Sized>(
     block: u64,
     mut report: QuotaReport,
     now: Nanos,
-) -> Result<Step, Metering> {
+) -> Result<Step, Box<Metering>> {
     let Some(tier) = config.tiers.get(metering.tier) else {
-        return Err(metering);
+        return Err(Box::new(metering));
     };
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
     let lease_ref = LeaseRef::new(
@@ -479,12 +496,12 @@ fn leased<S: SharedStore + ?Sized>(
     );
     let (stale, retries) = (stale_ns(quota), config.store.cas_retries);
     let Ok(taken) = lease::take(store, &lease_ref, cost, block, true, stale, retries, now) else {
-        return Err(metering);
+        return Err(Box::new(metering));
     };
     let breaker_open =
         |store: &S| breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open;
     match taken {
-        Take::Empty { refill: None } => Err(metering),
+        Take::Empty { refill: None } => Err(Box::new(metering)),
         Take::Admitted { lease, refill } => {
             report.from_lease = true;
             let marker = match refill {
@@ -515,11 +532,11 @@ fn leased<S: SharedStore + ?Sized>(
 /// The callout that asks the service for the next block of a lease.
 fn refill_call(tier: &Tier, route: usize, refill: Refill, report: QuotaReport) -> Step {
     let body = check_body(tier, &refill.metering, refill.block);
-    Step::Call(Callout {
+    Step::Call(Box::new(Callout {
         path: "/v1/check",
         body,
         pending: Pending { route, stage: Stage::Refill(refill), quota: report },
-    })
+    }))
 }
 
 /// The answer to a refill: credit the lease, or settle it and decide otherwise.
@@ -628,7 +645,7 @@ fn refilled<S: SharedStore + ?Sized>(
 /// Global limits as a lease shows them: the service's remaining at the grant plus the
 /// balance not yet spent here, and the reset of the grant (an approximation: other
 /// Envoys' spending since the grant is not seen).
-fn lease_statuses(tier: &Tier, global: &[usize], lease: &Lease, now: Nanos) -> Vec<Status> {
+fn lease_statuses(tier: &Tier, global: &[usize], lease: &Lease, now: Nanos) -> Statuses {
     let balance = lease.live_balance(now);
     global
         .iter()
@@ -670,7 +687,7 @@ fn fallback<S: SharedStore + ?Sized>(
         d.quota = report;
         return d;
     }
-    let fallback: Vec<Metered> = modes
+    let fallback: Metereds = modes
         .iter()
         .filter(|(_, m)| *m == FailureMode::Local)
         .filter_map(|&(index, _)| {
@@ -679,7 +696,7 @@ fn fallback<S: SharedStore + ?Sized>(
         .collect();
     let any_local = !fallback.is_empty();
     report.degraded = Some(if any_local { FailureMode::Local } else { FailureMode::Open });
-    let mut d = commit(config, store, route, metering, &fallback, Vec::new(), report, now);
+    let mut d = commit(config, store, route, metering, &fallback, Statuses::new(), report, now);
     if d.reply.is_none() {
         let mode = if any_local { "local" } else { "open" };
         d.response_headers.push(("x-tollgate-degraded", format!("quota-service-unavailable; failure-mode={mode}")));
@@ -697,7 +714,7 @@ fn verify_unavailable<S: SharedStore + ?Sized>(
     now: Nanos,
 ) -> Step {
     match stale {
-        Some((id, tier)) => with_tier(config, store, route, tier, format!("key:{id}"), false, report, now),
+        Some((id, tier)) => with_tier(config, store, route, tier, ["key:", id.as_str()].concat(), false, report, now),
         None => {
             let mut d = Decision::refuse(Outcome::QuotaUnavailable, reply::quota_unavailable(), config.mode);
             d.quota = report;
@@ -715,15 +732,15 @@ fn commit<S: SharedStore + ?Sized>(
     route: usize,
     metering: Metering,
     extra: &[Metered],
-    global: Vec<Status>,
+    global: Statuses,
     report: QuotaReport,
     now: Nanos,
 ) -> Decision {
     let Some(tier) = config.tiers.get(metering.tier) else {
         return Decision::new(Outcome::Unlimited);
     };
-    let metered: Vec<Metered> = metering.local.iter().chain(extra).copied().collect();
-    let mut statuses = Vec::new();
+    let metered: Metereds = metering.local.iter().chain(extra).copied().collect();
+    let mut statuses = Statuses::new();
     let mut store_report = UpdateReport::default();
     if !metered.is_empty() {
         let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
@@ -744,7 +761,7 @@ fn commit<S: SharedStore + ?Sized>(
         }
     }
     statuses.extend(global);
-    conclude(config, &metering, statuses, store_report, report, now)
+    conclude(config, metering, statuses, store_report, report, now)
 }
 
 fn store_failure(config: &Config, tier: usize, caller: String, store_report: UpdateReport) -> Decision {
@@ -764,15 +781,15 @@ fn store_failure(config: &Config, tier: usize, caller: String, store_report: Upd
 /// Headers, and the 429 if any limit refused.
 fn conclude(
     config: &Config,
-    metering: &Metering,
-    mut statuses: Vec<Status>,
+    metering: Metering,
+    mut statuses: Statuses,
     store_report: UpdateReport,
     quota: QuotaReport,
     now: Nanos,
 ) -> Decision {
     let mut decision = Decision {
         tier: Some(metering.tier),
-        caller: Some(metering.caller.clone()),
+        caller: Some(metering.caller),
         store: store_report,
         quota,
         ..Decision::new(Outcome::Allowed)
@@ -783,7 +800,7 @@ fn conclude(
     statuses.sort_by_key(|s| s.index);
     // A limit counted twice (its fallback bucket beside the service's answer) shows once.
     statuses.dedup_by_key(|s| s.index);
-    let views: Vec<LimitStatus<'_>> = statuses
+    let views: SmallVec<[LimitStatus<'_>; 4]> = statuses
         .iter()
         .filter_map(|s| {
             tier.limits.get(s.index).map(|limit| LimitStatus {
@@ -827,7 +844,7 @@ fn conclude(
 }
 
 /// Evaluates the metered states of `tier` against what is stored.
-fn evaluate_all(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Vec<Status> {
+fn evaluate_all(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Statuses {
     metered
         .iter()
         .filter_map(|m| {
@@ -847,17 +864,13 @@ fn evaluate_all(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: N
 /// New states for every state the tier keeps in shared data: the metered ones charged,
 /// the others carried over. States of limits no longer configured are dropped.
 fn next_states(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Change {
-    let mut states = Vec::new();
+    let mut states = Limits::new();
     let mut idle_at = now;
     for (index, limit) in tier.limits.iter().enumerate() {
-        let mut fingerprints = vec![limit.fingerprint];
-        if limit.global == Some(FailureMode::Local) {
-            fingerprints.push(limit.fingerprint ^ FALLBACK_SALT);
-        }
-        if limit.global.is_some() {
-            fingerprints.retain(|f| *f != limit.fingerprint);
-        }
-        for fingerprint in fingerprints {
+        // A local limit keeps its own state; a global one only its fallback bucket, if any.
+        let own = limit.global.is_none().then_some(limit.fingerprint);
+        let fallback = (limit.global == Some(FailureMode::Local)).then_some(limit.fingerprint ^ FALLBACK_SALT);
+        for fingerprint in own.into_iter().chain(fallback) {
             let previous = state_of(stored, fingerprint);
             let charged = metered.iter().any(|m| m.index == index && m.fingerprint == fingerprint);
             let e: Option<Evaluation> = if charged {

@@ -157,8 +157,19 @@ pub fn client_network(address: Option<&str>, ipv4_prefix: u8, ipv6_prefix: u8) -
     };
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            let masked = u32::from(v4) & mask32(ipv4_prefix);
-            format!("{}/{ipv4_prefix}", Ipv4Addr::from(masked))
+            let masked = Ipv4Addr::from(u32::from(v4) & mask32(ipv4_prefix));
+            // `a.b.c.d/p`, without the formatting machinery (this runs per anonymous request).
+            let mut digits = itoa::Buffer::new();
+            let mut network = String::with_capacity(18);
+            for (i, octet) in masked.octets().into_iter().enumerate() {
+                if i > 0 {
+                    network.push('.');
+                }
+                network.push_str(digits.format(octet));
+            }
+            network.push('/');
+            network.push_str(digits.format(ipv4_prefix));
+            network
         }
         IpAddr::V6(v6) => {
             let masked = u128::from(v6) & mask128(ipv6_prefix);

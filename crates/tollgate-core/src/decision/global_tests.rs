@@ -33,7 +33,7 @@ fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
 
 fn call(step: Step) -> Callout {
     match step {
-        Step::Call(c) => c,
+        Step::Call(c) => *c,
         Step::Done(d) => panic!("expected a callout, got {d:?}"),
     }
 }
@@ -121,7 +121,7 @@ fn failure_mode_local_holds_the_limit_in_a_local_bucket() {
         let now = Nanos(T0.0 + i * 20 * SEC); // past the burst limit's refill
         match begin(&c, &s, &mut cache, &anonymous(), now) {
             Step::Call(callout) => {
-                let d = done(resume_with(&c, &s, &mut cache, callout, None, now));
+                let d = done(resume_with(&c, &s, &mut cache, *callout, None, now));
                 if d.outcome == Outcome::Allowed {
                     allowed += 1;
                     assert_eq!(

@@ -6,6 +6,8 @@
 //! ```
 //! All integers little-endian. Anything else decodes to an error, never a panic.
 
+use smallvec::SmallVec;
+
 use crate::config::{MAX_LIMITS_PER_TIER, SLOT_WAYS};
 use crate::limit::LimitState;
 use crate::time::Nanos;
@@ -16,11 +18,18 @@ const LIMIT_BYTES: usize = 4 + 8 + 8;
 /// The largest value a slot can hold.
 pub const MAX_SLOT_BYTES: usize = 2 + SLOT_WAYS * (ENTRY_HEADER + MAX_LIMITS_PER_TIER * LIMIT_BYTES);
 
+/// The states of one identity. Inline up to 4 limits, so that reading and rewriting a slot
+/// on every request allocates nothing for them.
+pub type Limits = SmallVec<[StoredLimit; 4]>;
+
+/// The entries of one slot (at most [`SLOT_WAYS`], inline).
+pub type Entries = SmallVec<[Entry; SLOT_WAYS]>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub fingerprint: u64,
     pub idle_at: Nanos,
-    pub limits: Vec<StoredLimit>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +59,7 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, CorruptSlot> {
+pub fn decode(bytes: &[u8]) -> Result<Entries, CorruptSlot> {
     let mut r = Reader(bytes);
     if r.u8()? != VERSION {
         return Err(CorruptSlot);
@@ -59,7 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, CorruptSlot> {
     if count > SLOT_WAYS {
         return Err(CorruptSlot);
     }
-    let mut entries = Vec::with_capacity(count);
+    let mut entries = Entries::new();
     for _ in 0..count {
         let fingerprint = r.u64()?;
         let idle_at = Nanos(r.u64()?);
@@ -67,7 +76,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, CorruptSlot> {
         if n > MAX_LIMITS_PER_TIER {
             return Err(CorruptSlot);
         }
-        let mut limits = Vec::with_capacity(n);
+        let mut limits = Limits::with_capacity(n);
         for _ in 0..n {
             let fingerprint = r.u32()?;
             let state = LimitState { a: r.u64()?, b: r.u64()? };

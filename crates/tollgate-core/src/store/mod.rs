@@ -21,10 +21,10 @@
 mod codec;
 mod fake;
 
-pub use codec::{decode, encode, Entry, StoredLimit, MAX_SLOT_BYTES};
+pub use codec::{decode, encode, Entries, Entry, Limits, StoredLimit, MAX_SLOT_BYTES};
 pub use fake::FakeSharedData;
 
-use crate::config::{fnv1a64, SLOT_WAYS};
+use crate::config::{fnv1a64, fnv1a64_more, SLOT_WAYS};
 use crate::limit::LimitState;
 use crate::time::Nanos;
 
@@ -57,22 +57,29 @@ pub struct SlotRef {
 impl SlotRef {
     /// `tier` and `identity` together name the entry; `slots` is the table size.
     pub fn new(tier: &str, identity: &str, slots: u32) -> SlotRef {
-        let mut bytes = Vec::with_capacity(tier.len() + identity.len() + 1);
-        bytes.extend_from_slice(tier.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(identity.as_bytes());
-        let fingerprint = fnv1a64(&bytes);
+        // The hash of `tier NUL identity`, without building it.
+        let fingerprint = fnv1a64_more(fnv1a64_more(fnv1a64(tier.as_bytes()), &[0]), identity.as_bytes());
         // The low bits pick the slot; the whole fingerprint tells entries in a slot apart.
         let index = fingerprint % u64::from(slots.max(1));
-        SlotRef { key: format!("tollgate/v1/{slots}/{index}"), fingerprint }
+        // Built without `format!`, whose machinery is most of the cost of a key.
+        let mut digits = itoa::Buffer::new();
+        let mut key = String::with_capacity(SLOT_KEY_PREFIX.len() + 22);
+        key.push_str(SLOT_KEY_PREFIX);
+        key.push_str(digits.format(slots));
+        key.push('/');
+        key.push_str(digits.format(index));
+        SlotRef { key, fingerprint }
     }
 }
+
+/// Slot keys are `tollgate/v1/<slots>/<index>`.
+const SLOT_KEY_PREFIX: &str = "tollgate/v1/";
 
 /// What a caller of [`update`] decided for a given stored state.
 pub enum Change {
     /// Write these states (limit fingerprint → state) for the identity; `idle_at` is when
     /// all of them are back to "no state".
-    Write { states: Vec<StoredLimit>, idle_at: Nanos },
+    Write { states: Limits, idle_at: Nanos },
     /// Nothing to write (the request was refused).
     Keep,
 }
@@ -108,7 +115,7 @@ where
                 Ok(entries) => (entries, cas),
                 Err(_) => {
                     report.corrupt_value = true;
-                    (Vec::new(), cas)
+                    (Entries::new(), cas)
                 }
             },
             Ok(None) => {
@@ -125,8 +132,9 @@ where
             Change::Keep => return (Ok(()), report),
             Change::Write { states, idle_at } => (states, idle_at),
         };
-        let (next, evicted_live) = place(entries, slot.fingerprint, states, idle_at, now);
-        match store.set(&slot.key, &encode(&next), Some(cas)) {
+        let mut entries = entries;
+        let evicted_live = place(&mut entries, slot.fingerprint, states, idle_at, now);
+        match store.set(&slot.key, &encode(&entries), Some(cas)) {
             Ok(()) => {
                 report.evicted_live = evicted_live;
                 return (Ok(()), report);
@@ -183,13 +191,7 @@ where
 
 /// The slot's next contents: the identity's entry replaced or added, idle entries dropped,
 /// and, if the slot is still over-full, the live entry closest to idle evicted.
-fn place(
-    mut entries: Vec<Entry>,
-    fingerprint: u64,
-    limits: Vec<StoredLimit>,
-    idle_at: Nanos,
-    now: Nanos,
-) -> (Vec<Entry>, bool) {
+fn place(entries: &mut Entries, fingerprint: u64, limits: Limits, idle_at: Nanos, now: Nanos) -> bool {
     entries.retain(|e| e.fingerprint != fingerprint && e.idle_at > now);
     let mut evicted_live = false;
     while entries.len() >= SLOT_WAYS {
@@ -202,7 +204,7 @@ fn place(
     if idle_at > now {
         entries.push(Entry { fingerprint, idle_at, limits });
     }
-    (entries, evicted_live)
+    evicted_live
 }
 
 /// The stored state of the limit with this fingerprint, if any.
