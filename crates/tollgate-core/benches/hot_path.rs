@@ -8,8 +8,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use tollgate_core::decision::decide_with;
 use tollgate_core::headers::{rate_limit_headers, LimitStatus};
 use tollgate_core::identity::sha256;
+use tollgate_core::keycache::KeyCache;
 use tollgate_core::store::FakeSharedData;
 use tollgate_core::{decide, Config, Nanos, RequestInfo};
 
@@ -55,6 +57,8 @@ fn decide_local(c: &mut Criterion) {
     for (name, keys) in [("local_1_key", 1), ("local_10k_keys", 10_000)] {
         let config = config(keys);
         let store = FakeSharedData::default();
+        // One cache for the run, as a worker keeps one (it remembers the keys it has seen).
+        let mut cache = KeyCache::new(1);
         let auth = authorizations(keys);
         let mut i = 0usize;
         let mut now = Nanos::from_secs(1_700_000_000);
@@ -68,7 +72,7 @@ fn decide_local(c: &mut Criterion) {
                     authorization: vec![auth[i].as_str()],
                     ..RequestInfo::default()
                 };
-                let decision = decide(&config, &store, &request, now);
+                let decision = decide_with(&config, &store, &mut cache, &request, now);
                 debug_assert!(decision.reply.is_none());
                 black_box(decision)
             });

@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use crate::breaker::{self, Admission, BreakerConfig, Transition};
 use crate::config::{Config, ContentionPolicy, FailureMode, Limit, LimitKind, Mode, QuotaService, Tier};
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
-use crate::identity::{client_network, credential, hex, Credential};
+use crate::identity::{client_network, hex, sha256, token};
 use crate::keycache::{CachedKey, KeyCache, Lookup};
 use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
 use crate::limit::{evaluate, Evaluation};
@@ -221,12 +221,22 @@ pub fn decide<S: SharedStore + ?Sized>(
     request: &crate::RequestInfo<'_>,
     now: Nanos,
 ) -> Decision {
-    let mut cache = KeyCache::new(1);
-    let mut step = begin(config, store, &mut cache, request, now);
+    decide_with(config, store, &mut KeyCache::new(1), request, now)
+}
+
+/// [`decide`] with a key cache that outlives the request, as a worker keeps one.
+pub fn decide_with<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    cache: &mut KeyCache,
+    request: &crate::RequestInfo<'_>,
+    now: Nanos,
+) -> Decision {
+    let mut step = begin(config, store, cache, request, now);
     loop {
         match step {
             Step::Done(decision) => return decision,
-            Step::Call(call) => step = resume(config, store, &mut cache, call.pending, Answer::Failed, now),
+            Step::Call(call) => step = resume(config, store, cache, call.pending, Answer::Failed, now),
         }
     }
 }
@@ -245,21 +255,23 @@ pub fn begin<S: SharedStore + ?Sized>(
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
     let report = QuotaReport::default();
-    match credential(&config.identity, request) {
+    match token(&config.identity, request) {
         Err(e) => Step::Done(Decision::refuse(Outcome::Malformed, reply::malformed_credential(e), config.mode)),
-        Ok(Credential::Token(hash)) => {
-            if let Some(key) = config.key_by_hash(&hash) {
-                return with_tier(
-                    config,
-                    store,
-                    route,
-                    key.tier,
-                    ["key:", key.id.as_str()].concat(),
-                    false,
-                    report,
-                    now,
-                );
+        Ok(Some(token)) => {
+            // A configured key this worker has seen is found without a SHA-256 (see
+            // `KeyCache::tag`); other tokens are hashed once, here.
+            let tag = cache.tag(token);
+            let mut hash = None;
+            let known = cache.static_key(tag).or_else(|| {
+                let index = config.key_index_by_hash(hash.insert(sha256(token.as_bytes())))?;
+                cache.remember_static_key(tag, index, config.keys.len());
+                Some(index)
+            });
+            if let Some(key) = known.and_then(|i| config.keys.get(i)) {
+                let caller = ["key:", key.id.as_str()].concat();
+                return with_tier(config, store, route, key.tier, caller, false, report, now);
             }
+            let hash = hash.unwrap_or_else(|| sha256(token.as_bytes()));
             let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
                 return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
             };
@@ -284,7 +296,7 @@ pub fn begin<S: SharedStore + ?Sized>(
                 pending,
             }))
         }
-        Ok(Credential::None) => match config.identity.anonymous_tier {
+        Ok(None) => match config.identity.anonymous_tier {
             Some(tier) => {
                 let identity = &config.identity;
                 let network = client_network(request.client_address, identity.ipv4_prefix, identity.ipv6_prefix);

@@ -35,17 +35,12 @@ pub fn rate_limit_headers(
         let mut state = String::with_capacity(40 * statuses.len());
         for (i, s) in statuses.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            for (buf, name) in [(&mut policy, &s.limit.name), (&mut state, &s.limit.name)] {
-                buf.push_str(sep);
-                buf.push('"');
-                buf.push_str(name);
-                buf.push('"');
-            }
-            policy.push_str(";q=");
-            policy.push_str(digits.format(s.limit.quota));
-            policy.push_str(";w=");
-            policy.push_str(digits.format(s.limit.window.secs));
-            state.push_str(";r=");
+            policy.push_str(sep);
+            policy.push_str(&s.limit.policy_item);
+            state.push_str(sep);
+            state.push('"');
+            state.push_str(&s.limit.name);
+            state.push_str("\";r=");
             state.push_str(digits.format(s.remaining));
             state.push_str(";t=");
             state.push_str(digits.format(ceil_secs(s.reset_after_ns)));

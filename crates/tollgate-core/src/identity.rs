@@ -99,12 +99,21 @@ impl CredentialError {
 
 /// Reads the one credential of a request: `Authorization: Bearer <token>` or the API-key header.
 pub fn credential(identity: &Identity, request: &RequestInfo<'_>) -> Result<Credential, CredentialError> {
+    Ok(match token(identity, request)? {
+        Some(token) => Credential::Token(sha256(token.as_bytes())),
+        None => Credential::None,
+    })
+}
+
+/// The request's one token, checked as [`credential`] does but not hashed; `None`: no
+/// credential. For callers that look the token up by other means first.
+pub fn token<'r>(identity: &Identity, request: &RequestInfo<'r>) -> Result<Option<&'r str>, CredentialError> {
     if request.unreadable_credential {
         let others = request.authorization.len() + request.api_key.len();
         return Err(if others > 0 { CredentialError::Duplicate } else { CredentialError::BadCharacters });
     }
     let token = match (request.authorization.as_slice(), request.api_key.as_slice()) {
-        ([], []) => return Ok(Credential::None),
+        ([], []) => return Ok(None),
         ([auth], []) => bearer_token(auth)?,
         ([], [key]) => key.trim_matches([' ', '\t']),
         _ => return Err(CredentialError::Duplicate),
@@ -118,7 +127,7 @@ pub fn credential(identity: &Identity, request: &RequestInfo<'_>) -> Result<Cred
     if !is_token68(token) {
         return Err(CredentialError::BadCharacters);
     }
-    Ok(Credential::Token(sha256(token.as_bytes())))
+    Ok(Some(token))
 }
 
 /// `Bearer <token>`: the scheme is case-insensitive, followed by one or more spaces.

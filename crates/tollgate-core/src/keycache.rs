@@ -1,5 +1,13 @@
 //! A per-worker cache of keys verified by the quota service, positive and negative, with
 //! a time to live so that a revocation takes effect within it. Bounded in size.
+//!
+//! Beside it, the configured keys this worker has already seen, by a keyed hash of the
+//! token ([`KeyCache::tag`]): a caller seen before is found without computing the token's
+//! SHA-256, the largest single cost of deciding a request in wasm. Only tokens whose
+//! SHA-256 matched a configured key are remembered, so the map holds at most one entry
+//! per configured key; no token and no SHA-256 is kept, only the 128-bit tag.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use hashbrown::HashMap;
 
@@ -24,11 +32,50 @@ pub enum Lookup {
 pub struct KeyCache {
     entries: HashMap<[u8; 32], (CachedKey, Nanos)>,
     capacity: usize,
+    /// SipHash keys drawn at random for this cache (the host's `random_get` under WASI).
+    tagger: RandomState,
+    /// Tag of a token → index of the configured key it matched.
+    static_keys: HashMap<Tag, usize>,
 }
+
+/// A keyed 128-bit hash of a token: two SipHash outputs under a secret random key, over
+/// the token with distinct prefixes. Finding another token with a known token's tag takes
+/// about 2^128 guesses without the key, which never leaves the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag(u64, u64);
 
 impl KeyCache {
     pub fn new(capacity: usize) -> KeyCache {
-        KeyCache { entries: HashMap::new(), capacity: capacity.max(1) }
+        KeyCache {
+            entries: HashMap::new(),
+            capacity: capacity.max(1),
+            tagger: RandomState::new(),
+            static_keys: HashMap::new(),
+        }
+    }
+
+    pub fn tag(&self, token: &str) -> Tag {
+        let half = |domain: u8| {
+            let mut h = self.tagger.build_hasher();
+            h.write_u8(domain);
+            h.write(token.as_bytes());
+            h.finish()
+        };
+        Tag(half(1), half(2))
+    }
+
+    /// The configured key (its index) a token with this tag matched before.
+    pub fn static_key(&self, tag: Tag) -> Option<usize> {
+        self.static_keys.get(&tag).copied()
+    }
+
+    /// Remembers that the token with `tag` is configured key `index`; `keys` is the number
+    /// of configured keys, which bounds the map (a full map is cleared, never grown).
+    pub fn remember_static_key(&mut self, tag: Tag, index: usize, keys: usize) {
+        if self.static_keys.len() >= keys.max(1) {
+            self.static_keys.clear();
+        }
+        self.static_keys.insert(tag, index);
     }
 
     pub fn get(&self, hash: &[u8; 32], now: Nanos) -> Lookup {
@@ -77,6 +124,26 @@ mod tests {
         assert_eq!(c.get(&[1; 32], T0.saturating_add(999_999_999)), Lookup::Fresh(known.clone()));
         assert_eq!(c.get(&[1; 32], T0.saturating_add(1_000_000_000)), Lookup::Stale(known));
         assert_eq!(c.get(&[2; 32], T0), Lookup::Missing);
+    }
+
+    #[test]
+    fn a_tag_names_one_token_under_one_cache() {
+        let c = KeyCache::new(1);
+        assert_eq!(c.tag("tg_a"), c.tag("tg_a"));
+        assert_ne!(c.tag("tg_a"), c.tag("tg_b"));
+        assert_ne!(c.tag("tg_a"), c.tag("tg_a "));
+    }
+
+    #[test]
+    fn static_keys_are_found_by_tag_and_bounded_by_the_number_of_keys() {
+        let mut c = KeyCache::new(1);
+        let (a, b, other) = (c.tag("tg_a"), c.tag("tg_b"), c.tag("tg_other"));
+        c.remember_static_key(a, 0, 2);
+        c.remember_static_key(b, 1, 2);
+        assert_eq!((c.static_key(a), c.static_key(b), c.static_key(other)), (Some(0), Some(1), None));
+        c.remember_static_key(other, 1, 2);
+        assert_eq!(c.static_key(other), Some(1));
+        assert!(c.static_key(a).is_none() && c.static_key(b).is_none(), "a full map starts over");
     }
 
     #[test]

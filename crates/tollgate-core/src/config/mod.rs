@@ -91,6 +91,9 @@ pub struct Limit {
     /// Global limits: units leased from the quota service at a time; 0 means exact (a
     /// callout per request). See [`crate::lease`].
     pub lease_block: u64,
+    /// This limit's item of the `RateLimit-Policy` header, `"name";q=<quota>;w=<secs>`:
+    /// it never changes, so it is written once here rather than for every request.
+    pub policy_item: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +196,12 @@ impl Config {
 
     /// The key whose SHA-256 is `hash`, if configured.
     pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Key> {
-        self.keys_by_hash.get(hash).and_then(|&i| self.keys.get(i))
+        self.key_index_by_hash(hash).and_then(|i| self.keys.get(i))
+    }
+
+    /// The index in `keys` of the key whose SHA-256 is `hash`, if configured.
+    pub fn key_index_by_hash(&self, hash: &[u8; 32]) -> Option<usize> {
+        self.keys_by_hash.get(hash).copied()
     }
 
     /// The first route matching the request, if any.
@@ -456,6 +464,7 @@ pub fn limit_from_parts(
         fingerprint,
         global: None,
         lease_block: 0,
+        policy_item: format!("\"{name}\";q={quota};w={window_secs}"),
     })
 }
 

@@ -119,6 +119,37 @@ fn premium_token_admits_one_hundred() {
 }
 
 #[test]
+fn a_worker_that_has_seen_a_key_finds_it_again_and_nothing_else_with_it() {
+    let c = config(TIERS);
+    let s = FakeSharedData::default();
+    let mut cache = KeyCache::new(1);
+    let mut run = |auth: &str| {
+        let d = decide_with(&c, &s, &mut cache, &post(IMAGES, Some(auth), CLIENT), EVENING);
+        (d.outcome, d.caller)
+    };
+    let premium = (Outcome::Allowed, Some("key:acme-prod".to_owned()));
+    let basic = (Outcome::Allowed, Some("key:basic-1".to_owned()));
+    let unknown = (Outcome::Unauthenticated, None);
+    // Seen once (hashed), then found by tag; the two keys never mix, and near misses of a
+    // remembered token are hashed and refused like any unknown token.
+    for _ in 0..3 {
+        assert_eq!(run("Bearer tok-premium"), premium);
+        assert_eq!(run("Bearer tok-basic"), basic);
+        assert_eq!(run("Bearer tok-premiun"), unknown);
+        assert_eq!(run("Bearer tok-premium0"), unknown);
+        assert_eq!(run("Bearer tok-premiu"), unknown);
+    }
+    assert_eq!(cache.static_key(cache.tag("tok-premium")), Some(0));
+    assert_eq!(cache.static_key(cache.tag("tok-premiun")), None, "refused tokens are not remembered");
+    // A key removed from the configuration is gone with the worker's cache: a new
+    // configuration starts a new cache, and without the key the token is refused.
+    let without = config(&TIERS.replace(r#"{ "id": "acme-prod", "sha256": "21fa0cffc3d620c9036897c666dadd7a730340a9f5bea36e3f798779acb74dcd", "tier": "premium" },"#, ""));
+    let d =
+        decide_with(&without, &s, &mut KeyCache::new(1), &post(IMAGES, Some("Bearer tok-premium"), CLIENT), EVENING);
+    assert_eq!(d.outcome, Outcome::Unauthenticated);
+}
+
+#[test]
 fn api_key_header_works_like_a_bearer_token() {
     let c = config(TIERS);
     let s = FakeSharedData::default();
