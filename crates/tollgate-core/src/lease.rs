@@ -38,12 +38,14 @@
 //! [`SLOT_WAYS`] per key, like the local buckets: a record with nothing left is dropped at
 //! the next write to its key; when a key is full the least recently used record goes.
 
-use crate::config::{fnv1a64, Limit, LimitKind, QuotaService, MAX_LIMITS_PER_TIER, SLOT_WAYS};
+use crate::config::{fnv1a64, fnv1a64_more, Limit, LimitKind, QuotaService, MAX_LIMITS_PER_TIER, SLOT_WAYS};
 use crate::quota::{LimitSpec, ReturnRequest, ReturnResponse};
 use crate::store::{cas_update, SharedStore, StoreError};
 use crate::time::Nanos;
 
 const VERSION: u8 = 1;
+/// Lease record keys are `tollgate/lease/v1/<slots>/<index>`.
+const LEASE_KEY_PREFIX: &str = "tollgate/lease/v1/";
 /// "Does not expire" and "no window".
 const NONE: u64 = u64::MAX;
 
@@ -126,18 +128,21 @@ pub struct LeaseRef {
 impl LeaseRef {
     /// The record of `caller` in `tier` for this set of global `limits` (with their blocks).
     pub fn new<'a>(tier: &str, caller: &str, limits: impl IntoIterator<Item = &'a Limit>, slots: u32) -> LeaseRef {
-        let mut bytes = Vec::with_capacity(tier.len() + caller.len() + 64);
-        bytes.extend_from_slice(tier.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(caller.as_bytes());
+        // The hash of `tier NUL caller (NUL fingerprint block)*`, without building it.
+        let mut fingerprint = fnv1a64_more(fnv1a64_more(fnv1a64(tier.as_bytes()), &[0]), caller.as_bytes());
         for l in limits {
-            bytes.push(0);
-            bytes.extend_from_slice(&l.fingerprint.to_le_bytes());
-            bytes.extend_from_slice(&l.lease_block.to_le_bytes());
+            fingerprint = fnv1a64_more(fingerprint, &[0]);
+            fingerprint = fnv1a64_more(fingerprint, &l.fingerprint.to_le_bytes());
+            fingerprint = fnv1a64_more(fingerprint, &l.lease_block.to_le_bytes());
         }
-        let fingerprint = fnv1a64(&bytes);
         let index = fingerprint % u64::from(slots.max(1));
-        LeaseRef { key: format!("tollgate/lease/v1/{slots}/{index}"), fingerprint }
+        let mut digits = itoa::Buffer::new();
+        let mut key = String::with_capacity(LEASE_KEY_PREFIX.len() + 22);
+        key.push_str(LEASE_KEY_PREFIX);
+        key.push_str(digits.format(slots));
+        key.push('/');
+        key.push_str(digits.format(index));
+        LeaseRef { key, fingerprint }
     }
 }
 
