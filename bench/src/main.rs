@@ -211,7 +211,8 @@ fn main() {
     }
     let mut profiles = Vec::new();
     if wanted("profile") {
-        let profiled = ["wasm-noop", "tollgate-local-1", "tollgate-local-10k", "global-strict-redis"];
+        let profiled =
+            ["wasm-noop", "tollgate-local-1", "tollgate-local-10k", "global-default-redis", "global-strict-redis"];
         for scenario in std::iter::once(&base).chain(configs.iter().filter(|s| profiled.contains(&s.id))) {
             match bench.profile(scenario) {
                 Some(profile) => {

@@ -539,7 +539,7 @@ fn costs(md: &mut String, view: &View<'_>) {
         if let Some(global) = view.cpu_over(id, LOCAL) {
             let _ = writeln!(
                 md,
-                "- `{id}`: {} µs more in Envoy than the local path (dispatching the callout, an HTTP/1.1 round trip \
+                "- `{id}`: {} µs more in Envoy than the local path (dispatching the callout, an HTTP/2 round trip \
                  to the service, resuming the request), plus {} µs in the quota service{} per decision.",
                 signed_us(global),
                 opt(view.median(id, |r| r.quota_cpu_us), us),
