@@ -429,13 +429,13 @@ fn with_tier<S: SharedStore + ?Sized>(
     };
 
     // Local limits first, without charging them: a request they refuse costs no callout.
-    let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
     let mut looked = Statuses::new();
     // Without local limits there is nothing to look at (a global-only tier reads no slot).
     let (result, store_report) = if metering.local.is_empty() {
         (Ok(()), UpdateReport::default())
     } else {
+        let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
         store::update(store, &slot, now, config.store.cas_retries, |stored| {
             looked = evaluate_all(tier, &metering.local, stored, now, cost);
             Change::Keep

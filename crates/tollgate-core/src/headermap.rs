@@ -49,7 +49,7 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Serializes `pairs` the way the host does (tests, and benchmarks that stand in for it).
-pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
     let pairs: Vec<(&[u8], &[u8])> = pairs.into_iter().collect();
     let mut out = Vec::new();
     out.extend_from_slice(&len32(pairs.len()).to_le_bytes());

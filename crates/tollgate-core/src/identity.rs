@@ -1,5 +1,6 @@
-//! Who is calling: a bearer token or API key (hashed at once), or an anonymous client
-//! grouped by the network of the address the proxy resolved.
+//! Who is calling: a bearer token or API key (checked here; the decision looks it up by a
+//! keyed hash or its SHA-256, and keeps neither the token nor the hash), or an anonymous
+//! client grouped by the network of the address the proxy resolved.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -62,13 +63,6 @@ fn utf8_prefix(bytes: &[u8]) -> &str {
     }
 }
 
-/// The caller's credential, hashed; the token itself goes no further than this module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {
-    Token([u8; 32]),
-    None,
-}
-
 /// Why a credential could not be read. Each is a 400: the request is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialError {
@@ -97,16 +91,9 @@ impl CredentialError {
     }
 }
 
-/// Reads the one credential of a request: `Authorization: Bearer <token>` or the API-key header.
-pub fn credential(identity: &Identity, request: &RequestInfo<'_>) -> Result<Credential, CredentialError> {
-    Ok(match token(identity, request)? {
-        Some(token) => Credential::Token(sha256(token.as_bytes())),
-        None => Credential::None,
-    })
-}
-
-/// The request's one token, checked as [`credential`] does but not hashed; `None`: no
-/// credential. For callers that look the token up by other means first.
+/// Reads the one credential of a request, `Authorization: Bearer <token>` or the API-key
+/// header, and checks it (one credential, not empty, not too long, RFC 6750 `token68`).
+/// `None`: no credential.
 pub fn token<'r>(identity: &Identity, request: &RequestInfo<'r>) -> Result<Option<&'r str>, CredentialError> {
     if request.unreadable_credential {
         let others = request.authorization.len() + request.api_key.len();
@@ -215,21 +202,21 @@ mod tests {
         }
     }
 
-    fn with(auth: &[&'static str], key: &[&'static str]) -> Result<Credential, CredentialError> {
+    fn with(auth: &[&'static str], key: &[&'static str]) -> Result<Option<&'static str>, CredentialError> {
         let req = RequestInfo { authorization: auth.to_vec(), api_key: key.to_vec(), ..Default::default() };
-        credential(&identity(), &req)
+        token(&identity(), &req)
     }
 
     #[test]
-    fn bearer_token_is_hashed() {
-        assert_eq!(with(&["Bearer abc"], &[]), Ok(Credential::Token(sha256(b"abc"))));
-        assert_eq!(with(&["bearer  abc=="], &[]), Ok(Credential::Token(sha256(b"abc=="))));
-        assert_eq!(with(&[], &["abc"]), Ok(Credential::Token(sha256(b"abc"))));
+    fn the_bearer_token_or_the_api_key_is_read() {
+        assert_eq!(with(&["Bearer abc"], &[]), Ok(Some("abc")));
+        assert_eq!(with(&["bearer  abc=="], &[]), Ok(Some("abc==")));
+        assert_eq!(with(&[], &["abc"]), Ok(Some("abc")));
     }
 
     #[test]
     fn no_credential_is_none() {
-        assert_eq!(with(&[], &[]), Ok(Credential::None));
+        assert_eq!(with(&[], &[]), Ok(None));
     }
 
     #[test]
@@ -243,7 +230,7 @@ mod tests {
         assert_eq!(with(&["Bearer a", "Bearer a"], &[]), Err(CredentialError::Duplicate));
         let long = format!("Bearer {}", "a".repeat(65));
         let req = RequestInfo { authorization: vec![&long], ..Default::default() };
-        assert_eq!(credential(&identity(), &req), Err(CredentialError::TooLong));
+        assert_eq!(token(&identity(), &req), Err(CredentialError::TooLong));
     }
 
     #[test]
@@ -267,16 +254,16 @@ mod tests {
         let read = |pairs: Vec<(&[u8], &[u8])>| {
             let map = headermap::serialize(pairs);
             let info = RequestInfo::from_header_map(&map, Some("x-api-key"));
-            (info.path.to_owned(), credential(&identity(), &info))
+            (info.path.to_owned(), token(&identity(), &info).map(|t| t.map(str::to_owned)))
         };
         let (_, unrelated) = read(vec![(b"user-agent", b"caf\xe9"), (b"authorization", b"Bearer abc")]);
-        assert_eq!(unrelated, Ok(Credential::Token(sha256(b"abc"))));
+        assert_eq!(unrelated, Ok(Some("abc".to_owned())));
         assert_eq!(read(vec![(b"authorization", b"Bearer abc\xe9")]).1, Err(CredentialError::BadCharacters));
         assert_eq!(read(vec![(b"x-api-key", b"\xff\xfe")]).1, Err(CredentialError::BadCharacters));
         let both = read(vec![(b"x-api-key", b"\xff"), (b"authorization", b"Bearer abc")]).1;
         assert_eq!(both, Err(CredentialError::Duplicate));
         let (path, none) = read(vec![(b":path", b"/v1/images\xff/x")]);
-        assert_eq!((path.as_str(), none), ("/v1/images", Ok(Credential::None)));
+        assert_eq!((path.as_str(), none), ("/v1/images", Ok(None)));
     }
 
     #[test]

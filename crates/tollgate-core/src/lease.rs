@@ -38,9 +38,9 @@
 //! [`SLOT_WAYS`] per key, like the local buckets: a record with nothing left is dropped at
 //! the next write to its key; when a key is full the least recently used record goes.
 
-use crate::config::{fnv1a64, fnv1a64_more, Limit, LimitKind, QuotaService, MAX_LIMITS_PER_TIER, SLOT_WAYS};
+use crate::config::{fnv1a64_more, Limit, LimitKind, QuotaService, MAX_LIMITS_PER_TIER, SLOT_WAYS};
 use crate::quota::{LimitSpec, ReturnRequest, ReturnResponse};
-use crate::store::{cas_update, SharedStore, StoreError};
+use crate::store::{cas_update, identity_fingerprint, table_key, SharedStore, StoreError};
 use crate::time::Nanos;
 
 const VERSION: u8 = 1;
@@ -129,20 +129,13 @@ impl LeaseRef {
     /// The record of `caller` in `tier` for this set of global `limits` (with their blocks).
     pub fn new<'a>(tier: &str, caller: &str, limits: impl IntoIterator<Item = &'a Limit>, slots: u32) -> LeaseRef {
         // The hash of `tier NUL caller (NUL fingerprint block)*`, without building it.
-        let mut fingerprint = fnv1a64_more(fnv1a64_more(fnv1a64(tier.as_bytes()), &[0]), caller.as_bytes());
+        let mut fingerprint = identity_fingerprint(tier, caller);
         for l in limits {
             fingerprint = fnv1a64_more(fingerprint, &[0]);
             fingerprint = fnv1a64_more(fingerprint, &l.fingerprint.to_le_bytes());
             fingerprint = fnv1a64_more(fingerprint, &l.lease_block.to_le_bytes());
         }
-        let index = fingerprint % u64::from(slots.max(1));
-        let mut digits = itoa::Buffer::new();
-        let mut key = String::with_capacity(LEASE_KEY_PREFIX.len() + 22);
-        key.push_str(LEASE_KEY_PREFIX);
-        key.push_str(digits.format(slots));
-        key.push('/');
-        key.push_str(digits.format(index));
-        LeaseRef { key, fingerprint }
+        LeaseRef { key: table_key(LEASE_KEY_PREFIX, slots, fingerprint), fingerprint }
     }
 }
 

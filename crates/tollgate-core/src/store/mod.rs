@@ -57,19 +57,28 @@ pub struct SlotRef {
 impl SlotRef {
     /// `tier` and `identity` together name the entry; `slots` is the table size.
     pub fn new(tier: &str, identity: &str, slots: u32) -> SlotRef {
-        // The hash of `tier NUL identity`, without building it.
-        let fingerprint = fnv1a64_more(fnv1a64_more(fnv1a64(tier.as_bytes()), &[0]), identity.as_bytes());
-        // The low bits pick the slot; the whole fingerprint tells entries in a slot apart.
-        let index = fingerprint % u64::from(slots.max(1));
-        // Built without `format!`, whose machinery is most of the cost of a key.
-        let mut digits = itoa::Buffer::new();
-        let mut key = String::with_capacity(SLOT_KEY_PREFIX.len() + 22);
-        key.push_str(SLOT_KEY_PREFIX);
-        key.push_str(digits.format(slots));
-        key.push('/');
-        key.push_str(digits.format(index));
-        SlotRef { key, fingerprint }
+        let fingerprint = identity_fingerprint(tier, identity);
+        SlotRef { key: table_key(SLOT_KEY_PREFIX, slots, fingerprint), fingerprint }
     }
+}
+
+/// FNV-1a of `tier NUL identity`, without building it.
+pub fn identity_fingerprint(tier: &str, identity: &str) -> u64 {
+    fnv1a64_more(fnv1a64_more(fnv1a64(tier.as_bytes()), &[0]), identity.as_bytes())
+}
+
+/// `<prefix><slots>/<index>`: the key of the slot of a table of `slots` keys that the low
+/// bits of `fingerprint` pick (the whole fingerprint tells entries in a slot apart). Built
+/// without `format!`, whose machinery is most of the cost of a key.
+pub fn table_key(prefix: &str, slots: u32, fingerprint: u64) -> String {
+    let index = fingerprint % u64::from(slots.max(1));
+    let mut digits = itoa::Buffer::new();
+    let mut key = String::with_capacity(prefix.len() + 22);
+    key.push_str(prefix);
+    key.push_str(digits.format(slots));
+    key.push('/');
+    key.push_str(digits.format(index));
+    key
 }
 
 /// Slot keys are `tollgate/v1/<slots>/<index>`.
