@@ -11,6 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use tollgate_core::decision::{self, Answer, Outcome, Pending, Step};
+use tollgate_core::headers::Headers;
 use tollgate_core::keycache::KeyCache;
 use tollgate_core::lease::{self, Held, Reclaim};
 use tollgate_core::{Config, Decision, Nanos, RequestInfo};
@@ -127,7 +128,7 @@ impl RootContext for TollgateRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
-        Some(Box::new(TollgateHttp { state, response_headers: Vec::new(), waiting: None }))
+        Some(Box::new(TollgateHttp { state, response_headers: Headers::new(), waiting: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -137,7 +138,7 @@ impl RootContext for TollgateRoot {
 
 struct TollgateHttp {
     state: Rc<State>,
-    response_headers: Vec<(&'static str, String)>,
+    response_headers: Headers,
     /// The decision waiting for a callout's answer, and when the callout left.
     waiting: Option<(Pending, Nanos)>,
 }
@@ -198,8 +199,8 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in self.response_headers.drain(..) {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, &value);
+        for (name, value) in self.response_headers.iter() {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
         }
         Action::Continue
     }
@@ -253,7 +254,7 @@ impl TollgateHttp {
         log_decision(&state.config, &decision);
         match decision.reply {
             Some(reply) => {
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = reply.headers.iter().collect();
                 if hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err()
                 {
                     warn!("could not send the local reply");

@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tollgate_core::decision::decide_with;
-use tollgate_core::headers::{rate_limit_headers, LimitStatus};
+use tollgate_core::headers::{rate_limit_headers, Headers, LimitStatus};
 use tollgate_core::identity::sha256;
 use tollgate_core::keycache::KeyCache;
 use tollgate_core::store::FakeSharedData;
@@ -105,7 +105,7 @@ fn headers(c: &mut Criterion) {
     let now = Nanos::from_secs(1_700_000_000);
     c.benchmark_group("headers").bench_function("rate_limit_headers_2_limits", |b| {
         b.iter_batched_ref(
-            || Vec::with_capacity(8),
+            Headers::new,
             |out| rate_limit_headers(&config.headers, black_box(&statuses), 0, now, out),
             BatchSize::SmallInput,
         );

@@ -192,7 +192,7 @@ impl Decision {
             outcome,
             tier: None,
             reply: None,
-            response_headers: Vec::new(),
+            response_headers: Headers::new(),
             limited_by: None,
             caller: None,
             store: UpdateReport::default(),
@@ -206,7 +206,7 @@ impl Decision {
             Mode::Enforce => Decision { reply: Some(reply), ..Decision::new(outcome) },
             Mode::Shadow => {
                 let mut d = Decision::new(Outcome::ShadowRejected);
-                d.response_headers.push(("x-tollgate-shadow", format!("would-reject; status={}", reply.status)));
+                d.response_headers.push("x-tollgate-shadow", &format!("would-reject; status={}", reply.status));
                 d
             }
         }
@@ -711,7 +711,7 @@ fn fallback<S: SharedStore + ?Sized>(
     let mut d = commit(config, store, route, metering, &fallback, Statuses::new(), report, now);
     if d.reply.is_none() {
         let mode = if any_local { "local" } else { "open" };
-        d.response_headers.push(("x-tollgate-degraded", format!("quota-service-unavailable; failure-mode={mode}")));
+        d.response_headers.push("x-tollgate-degraded", &format!("quota-service-unavailable; failure-mode={mode}"));
     }
     d
 }
@@ -849,7 +849,7 @@ fn conclude(
         }
         Mode::Shadow => {
             decision.outcome = Outcome::ShadowLimited;
-            decision.response_headers.push(("x-tollgate-shadow", format!("would-limit; limit=\"{}\"", limit.name)));
+            decision.response_headers.push("x-tollgate-shadow", &format!("would-limit; limit=\"{}\"", limit.name));
         }
     }
     decision

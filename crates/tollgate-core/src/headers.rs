@@ -13,7 +13,71 @@ pub struct LimitStatus<'a> {
     pub reset_after_ns: u64,
 }
 
-pub type Headers = Vec<(&'static str, String)>;
+/// Headers to send: static names, and values kept end to end in one buffer, so that a
+/// request's rate-limit headers cost two allocations rather than one per header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// Each header's name and the end of its value in `text` (it starts where the
+    /// previous one ended).
+    ends: Vec<(&'static str, usize)>,
+}
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    /// Just `name: value`.
+    pub fn one(name: &'static str, value: &str) -> Headers {
+        let mut headers = Headers::new();
+        headers.push(name, value);
+        headers
+    }
+
+    /// Room for `headers` values of `bytes` bytes in all.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Headers {
+        Headers { text: String::with_capacity(bytes), ends: Vec::with_capacity(headers) }
+    }
+
+    /// Makes room for `headers` more values of `bytes` bytes in all.
+    pub fn reserve(&mut self, headers: usize, bytes: usize) {
+        self.text.reserve(bytes);
+        self.ends.reserve(headers);
+    }
+
+    pub fn push(&mut self, name: &'static str, value: &str) {
+        self.push_with(name, |text| text.push_str(value));
+    }
+
+    /// Adds a header whose value `write` appends to the buffer.
+    pub fn push_with(&mut self, name: &'static str, write: impl FnOnce(&mut String)) {
+        write(&mut self.text);
+        self.ends.push((name, self.text.len()));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name, end)| {
+            let value = self.text.get(start..end).unwrap_or_default();
+            start = end;
+            (name, value)
+        })
+    }
+
+    /// The value of the first header called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
 
 /// Appends the enabled header families. `tightest` indexes `statuses`: the limit the
 /// `X-RateLimit-*` family describes.
@@ -27,36 +91,44 @@ pub fn rate_limit_headers(
     if statuses.is_empty() {
         return;
     }
-    // Values are built with `itoa` and `push_str`: this runs for every admitted request,
-    // and the `fmt` machinery was most of its cost.
+    out.reserve(7, 80 * statuses.len() + 64);
+    // Values are built with `itoa` and `push_str` into one buffer: this runs for every
+    // admitted request, and the `fmt` machinery and an allocation per value were most of
+    // its cost.
     let mut digits = itoa::Buffer::new();
     if options.ietf {
-        let mut policy = String::with_capacity(48 * statuses.len());
-        let mut state = String::with_capacity(40 * statuses.len());
-        for (i, s) in statuses.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            policy.push_str(sep);
-            policy.push_str(&s.limit.policy_item);
-            state.push_str(sep);
-            state.push('"');
-            state.push_str(&s.limit.name);
-            state.push_str("\";r=");
-            state.push_str(digits.format(s.remaining));
-            state.push_str(";t=");
-            state.push_str(digits.format(ceil_secs(s.reset_after_ns)));
-        }
-        out.push(("ratelimit-policy", policy));
-        out.push(("ratelimit", state));
+        out.push_with("ratelimit-policy", |text| {
+            for (i, s) in statuses.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push_str(&s.limit.policy_item);
+            }
+        });
+        out.push_with("ratelimit", |text| {
+            for (i, s) in statuses.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push('"');
+                text.push_str(&s.limit.name);
+                text.push_str("\";r=");
+                text.push_str(digits.format(s.remaining));
+                text.push_str(";t=");
+                text.push_str(digits.format(ceil_secs(s.reset_after_ns)));
+            }
+        });
     }
     if options.x_ratelimit {
         if let Some(s) = statuses.get(tightest) {
             let capacity = s.limit.capacity();
-            let mut number = |n: u64| digits.format(n).to_owned();
-            out.push(("x-ratelimit-limit", number(capacity)));
-            out.push(("x-ratelimit-remaining", number(s.remaining)));
-            out.push(("x-ratelimit-used", number(capacity.saturating_sub(s.remaining))));
-            out.push(("x-ratelimit-reset", number(now.saturating_add(s.reset_after_ns).as_secs_ceil())));
-            out.push(("x-ratelimit-resource", s.limit.name.clone()));
+            let reset = now.saturating_add(s.reset_after_ns).as_secs_ceil();
+            let mut number = |name: &'static str, n: u64| out.push(name, digits.format(n));
+            number("x-ratelimit-limit", capacity);
+            number("x-ratelimit-remaining", s.remaining);
+            number("x-ratelimit-used", capacity.saturating_sub(s.remaining));
+            number("x-ratelimit-reset", reset);
+            out.push("x-ratelimit-resource", &s.limit.name);
         }
     }
 }
@@ -73,4 +145,23 @@ pub fn tightest(statuses: &[LimitStatus<'_>]) -> usize {
 /// `Retry-After` in whole seconds, rounded up, at least 1 when anything is left to wait.
 pub fn retry_after_secs(retry_after_ns: u64) -> u64 {
     ceil_secs(retry_after_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headers;
+
+    #[test]
+    fn values_share_one_buffer_and_keep_their_order() {
+        let mut h = Headers::new();
+        assert!(h.is_empty() && h.get("a").is_none());
+        h.push("a", "1");
+        h.push("empty", "");
+        h.push_with("b", |t| t.push_str("two"));
+        h.push("a", "3");
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("a", "1"), ("empty", ""), ("b", "two"), ("a", "3")]);
+        assert_eq!((h.get("a"), h.get("empty"), h.get("b"), h.get("c")), (Some("1"), Some(""), Some("two"), None));
+        assert_eq!(Headers::one("retry-after", "1").iter().collect::<Vec<_>>(), [("retry-after", "1")]);
+    }
 }

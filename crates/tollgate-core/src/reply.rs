@@ -42,9 +42,9 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
         "Rate limit reached for the {} tier: limit \"{}\" allows {rate}. Try again in {retry_after} s (at {retry_at}). {hint}",
         tier.name, limit.name
     );
-    headers.push(("retry-after", retry_after.to_string()));
+    headers.push("retry-after", &retry_after.to_string());
     let body = if config.headers.problem_json {
-        headers.push(("content-type", PROBLEM_JSON.to_owned()));
+        headers.push("content-type", PROBLEM_JSON);
         json!({
             "type": QUOTA_EXCEEDED,
             "title": "Request cannot be satisfied as assigned quota has been exceeded",
@@ -57,7 +57,7 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
             "upgrade": hint,
         })
     } else {
-        headers.push(("content-type", JSON.to_owned()));
+        headers.push("content-type", JSON);
         let mut body = json!({ "error": {
             "message": message,
             "type": "rate_limit_error",
@@ -93,10 +93,10 @@ fn upgrade_hint(tier: &Tier, anonymous: bool) -> String {
 pub fn invalid_token() -> LocalReply {
     error_reply(
         401,
-        vec![(
+        Headers::one(
             "www-authenticate",
-            "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"unknown API key\"".to_owned(),
-        )],
+            "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"unknown API key\"",
+        ),
         "The API key is not valid. Check that the whole key is sent as 'Authorization: Bearer <token>'.",
         "authentication_error",
         "invalid_api_key",
@@ -107,7 +107,7 @@ pub fn invalid_token() -> LocalReply {
 pub fn missing_token() -> LocalReply {
     error_reply(
         401,
-        vec![("www-authenticate", "Bearer realm=\"tollgate\"".to_owned())],
+        Headers::one("www-authenticate", "Bearer realm=\"tollgate\""),
         "An API key is required. Send it as 'Authorization: Bearer <token>'.",
         "authentication_error",
         "missing_api_key",
@@ -118,7 +118,7 @@ pub fn missing_token() -> LocalReply {
 pub fn malformed_credential(error: CredentialError) -> LocalReply {
     error_reply(
         400,
-        vec![("www-authenticate", "Bearer realm=\"tollgate\", error=\"invalid_request\"".to_owned())],
+        Headers::one("www-authenticate", "Bearer realm=\"tollgate\", error=\"invalid_request\""),
         &format!("Malformed credentials: {}.", error.describe()),
         "invalid_request_error",
         "malformed_credentials",
@@ -129,7 +129,7 @@ pub fn malformed_credential(error: CredentialError) -> LocalReply {
 pub fn unavailable() -> LocalReply {
     error_reply(
         503,
-        vec![("retry-after", "1".to_owned())],
+        Headers::one("retry-after", "1"),
         "The rate limiter is momentarily overloaded. Retry in 1 s.",
         "server_error",
         "rate_limiter_unavailable",
@@ -137,7 +137,7 @@ pub fn unavailable() -> LocalReply {
 }
 
 fn error_reply(status: u16, mut headers: Headers, message: &str, kind: &str, code: &str) -> LocalReply {
-    headers.push(("content-type", JSON.to_owned()));
+    headers.push("content-type", JSON);
     let body = json!({ "error": { "message": message, "type": kind, "param": Value::Null, "code": code } });
     LocalReply { status, headers, body: body.to_string() }
 }
@@ -146,7 +146,7 @@ fn error_reply(status: u16, mut headers: Headers, message: &str, kind: &str, cod
 pub fn quota_unavailable() -> LocalReply {
     error_reply(
         503,
-        vec![("retry-after", "1".to_owned())],
+        Headers::one("retry-after", "1"),
         "The quota service is unavailable, so this request cannot be metered. Retry in 1 s.",
         "server_error",
         "quota_service_unavailable",

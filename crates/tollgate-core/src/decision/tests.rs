@@ -28,7 +28,7 @@ fn post<'a>(path: &'a str, auth: Option<&'a str>, address: &'a str) -> RequestIn
 
 fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
     let headers = d.reply.as_ref().map_or(&d.response_headers, |r| &r.headers);
-    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    headers.get(name)
 }
 
 fn body(d: &Decision) -> Value {

@@ -137,7 +137,7 @@ fn bulk_ref(c: &Config) -> LeaseRef {
 
 fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
     let headers = d.reply.as_ref().map_or(&d.response_headers, |r| &r.headers);
-    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    headers.get(name)
 }
 
 #[test]
