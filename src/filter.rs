@@ -12,6 +12,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use tollgate_core::decision::{self, Answer, Outcome, Pending, Step};
 use tollgate_core::headers::Headers;
+use tollgate_core::hold;
 use tollgate_core::keycache::KeyCache;
 use tollgate_core::lease::{self, Held, Reclaim};
 use tollgate_core::{Config, Decision, Nanos, RequestInfo};
@@ -80,9 +81,13 @@ impl RootContext for TollgateRoot {
                     u64::from(config.store.slots) * tollgate_core::config::SLOT_WAYS as u64,
                     config.quota.as_ref().map_or("none", |q| q.cluster.as_str()),
                 );
-                let keys = RefCell::new(KeyCache::new(cache_size));
-                if let Some(quota) = config.quota.as_ref().filter(|_| lease::any(&config)) {
-                    let _ = hostcalls::set_tick_period(Duration::from_millis(lease::tick_ms(quota)));
+                let holds = hold::any(&config);
+                let keys = KeyCache::new(cache_size).with_holds(if holds { hold::MAX_HOLDS } else { 0 });
+                let keys = RefCell::new(keys);
+                let lease_tick = config.quota.as_ref().filter(|_| lease::any(&config)).map(lease::tick_ms);
+                let hold_tick = holds.then_some(hold::TICK_MS);
+                if let Some(ms) = lease_tick.into_iter().chain(hold_tick).min() {
+                    let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
                 }
                 let held = RefCell::new(Vec::new());
                 self.state = Some(Rc::new(State { config, metrics, keys, in_flight: Cell::new(0), held }));
@@ -95,16 +100,21 @@ impl RootContext for TollgateRoot {
         }
     }
 
-    /// Gives back the balance of leases unused for `lease_idle_return_ms`, from the root
+    /// Gives back this worker's idle holds of local quota to shared data, and the balance
+    /// of leases unused for `lease_idle_return_ms` to the quota service, from the root
     /// context: its callouts are not tied to a request's stream.
     fn on_tick(&mut self) {
         let Some(state) = self.state.clone() else {
             return;
         };
+        let now = host::now();
+        if state.keys.borrow().holds.enabled() {
+            let mut keys = state.keys.borrow_mut();
+            decision::return_idle_holds(&state.config, &HostSharedData, &mut keys, now);
+        }
         let Some(quota) = state.config.quota.as_ref() else {
             return;
         };
-        let now = host::now();
         let idle_ns = quota.lease_idle_return_ms.saturating_mul(1_000_000);
         let (stale_ns, retries) = (lease::marker_ttl_ns(quota), state.config.store.cas_retries);
         let mut returns = Vec::new();

@@ -10,6 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tollgate_core::decision::decide_with;
 use tollgate_core::headers::{rate_limit_headers, Headers, LimitStatus};
+use tollgate_core::hold;
 use tollgate_core::identity::sha256;
 use tollgate_core::keycache::KeyCache;
 use tollgate_core::store::FakeSharedData;
@@ -54,11 +55,15 @@ fn authorizations(n: usize) -> Vec<String> {
 
 fn decide_local(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
-    for (name, keys) in [("local_1_key", 1), ("local_10k_keys", 10_000)] {
+    // `_exact`: every request decided on shared data, as with `lease_block: 0`.
+    for (name, keys, holds) in
+        [("local_1_key", 1, true), ("local_10k_keys", 10_000, true), ("local_1_key_exact", 1, false)]
+    {
         let config = config(keys);
         let store = FakeSharedData::default();
-        // One cache for the run, as a worker keeps one (it remembers the keys it has seen).
-        let mut cache = KeyCache::new(1);
+        // One cache for the run, as a worker keeps one (it remembers the keys it has seen,
+        // and holds blocks of the benchmark's large limits as the filter does).
+        let mut cache = KeyCache::new(1).with_holds(if holds && hold::any(&config) { hold::MAX_HOLDS } else { 0 });
         let auth = authorizations(keys);
         let mut i = 0usize;
         let mut now = Nanos::from_secs(1_700_000_000);

@@ -11,13 +11,16 @@ use smallvec::SmallVec;
 use crate::breaker::{self, Admission, BreakerConfig, Transition};
 use crate::config::{Config, ContentionPolicy, FailureMode, Limit, LimitKind, Mode, QuotaService, Tier};
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
+use crate::hold::{self, HeldLimit, Hold, HoldKey, Holds};
 use crate::identity::{client_network, hex, sha256, token};
 use crate::keycache::{CachedKey, KeyCache, Lookup};
 use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
-use crate::limit::{evaluate, Evaluation};
+use crate::limit::{self, evaluate, Evaluation};
 use crate::quota::{CheckRequest, CheckResponse, LimitSpec, VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply, Refusal};
-use crate::store::{self, state_of, Change, Limits, SharedStore, SlotRef, StoredLimit, UpdateReport};
+use crate::store::{
+    self, identity_fingerprint, state_of, Change, Limits, SharedStore, SlotRef, StoreError, StoredLimit, UpdateReport,
+};
 use crate::time::Nanos;
 
 /// What happened to a request, for stats and logs.
@@ -269,7 +272,7 @@ pub fn begin<S: SharedStore + ?Sized>(
             });
             if let Some(key) = known.and_then(|i| config.keys.get(i)) {
                 let caller = ["key:", key.id.as_str()].concat();
-                return with_tier(config, store, route, key.tier, caller, false, report, now);
+                return with_tier(config, store, Some(&mut cache.holds), route, key.tier, caller, false, report, now);
             }
             let hash = hash.unwrap_or_else(|| sha256(token.as_bytes()));
             let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
@@ -277,7 +280,8 @@ pub fn begin<S: SharedStore + ?Sized>(
             };
             let stale = match cache.get(&hash, now) {
                 Lookup::Fresh(CachedKey::Known { id, tier }) => {
-                    return with_tier(config, store, route, tier, ["key:", id.as_str()].concat(), false, report, now);
+                    let caller = ["key:", id.as_str()].concat();
+                    return with_tier(config, store, Some(&mut cache.holds), route, tier, caller, false, report, now);
                 }
                 Lookup::Fresh(CachedKey::Unknown) => {
                     return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
@@ -300,7 +304,8 @@ pub fn begin<S: SharedStore + ?Sized>(
             Some(tier) => {
                 let identity = &config.identity;
                 let network = client_network(request.client_address, identity.ipv4_prefix, identity.ipv6_prefix);
-                with_tier(config, store, route, tier, ["ip:", network.as_str()].concat(), true, report, now)
+                let caller = ["ip:", network.as_str()].concat();
+                with_tier(config, store, Some(&mut cache.holds), route, tier, caller, true, report, now)
             }
             None => Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::missing_token(), config.mode)),
         },
@@ -335,7 +340,8 @@ pub fn resume<S: SharedStore + ?Sized>(
                 (true, Some(id), Some(tier)) => {
                     let key = CachedKey::Known { id: id.clone(), tier };
                     cache.put(hash, key, now, quota.key_cache_ttl_ms);
-                    with_tier(config, store, route, tier, ["key:", id.as_str()].concat(), false, report, now)
+                    let caller = ["key:", id.as_str()].concat();
+                    with_tier(config, store, Some(&mut cache.holds), route, tier, caller, false, report, now)
                 }
                 _ => {
                     cache.put(hash, CachedKey::Unknown, now, quota.negative_cache_ttl_ms);
@@ -401,6 +407,7 @@ pub fn resume<S: SharedStore + ?Sized>(
 fn with_tier<S: SharedStore + ?Sized>(
     config: &Config,
     store: &S,
+    holds: Option<&mut Holds>,
     route: usize,
     tier_index: usize,
     caller: String,
@@ -425,7 +432,10 @@ fn with_tier<S: SharedStore + ?Sized>(
     let global: Vec<usize> = applied.filter(|(_, l)| l.global.is_some()).map(|(i, _)| i).collect();
     let mut metering = Metering { tier: tier_index, caller, anonymous, local, global, local_status: Statuses::new() };
     let Some(quota) = config.quota.as_ref().filter(|_| !metering.global.is_empty()) else {
-        return Step::Done(commit(config, store, route, metering, &[], Statuses::new(), report, now));
+        return Step::Done(match holds {
+            Some(holds) if holds.enabled() => commit_holding(config, store, holds, route, metering, report, now),
+            _ => commit(config, store, route, metering, &[], Statuses::new(), report, now),
+        });
     };
 
     // Local limits first, without charging them: a request they refuse costs no callout.
@@ -726,7 +736,9 @@ fn verify_unavailable<S: SharedStore + ?Sized>(
     now: Nanos,
 ) -> Step {
     match stale {
-        Some((id, tier)) => with_tier(config, store, route, tier, ["key:", id.as_str()].concat(), false, report, now),
+        Some((id, tier)) => {
+            with_tier(config, store, None, route, tier, ["key:", id.as_str()].concat(), false, report, now)
+        }
         None => {
             let mut d = Decision::refuse(Outcome::QuotaUnavailable, reply::quota_unavailable(), config.mode);
             d.quota = report;
@@ -774,6 +786,187 @@ fn commit<S: SharedStore + ?Sized>(
     }
     statuses.extend(global);
     conclude(config, metering, statuses, store_report, report, now)
+}
+
+/// [`commit`] of a request metered by local limits only, on a worker that keeps holds:
+/// admitted from the caller's hold when it covers the cost, else decided on shared data,
+/// charging a block more when every limit has room for it (see [`crate::hold`]).
+fn commit_holding<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    holds: &mut Holds,
+    route: usize,
+    metering: Metering,
+    report: QuotaReport,
+    now: Nanos,
+) -> Decision {
+    let (Some(tier), Some(r)) = (config.tiers.get(metering.tier), config.routes.get(route)) else {
+        return commit(config, store, route, metering, &[], Statuses::new(), report, now);
+    };
+    let cost = r.cost;
+    let block = hold_block(tier, &metering.local, cost);
+    if block == 0 {
+        return commit(config, store, route, metering, &[], Statuses::new(), report, now);
+    }
+    let fingerprint = identity_fingerprint(&tier.name, &metering.caller);
+    let key = HoldKey { fingerprint, mask: r.applies.get(metering.tier).copied().unwrap_or(0) };
+    if let Some(hold) = holds.spend(key, cost, now) {
+        let statuses = hold
+            .view(now)
+            .map(|(index, remaining, reset_after_ns)| Status {
+                index,
+                admitted: true,
+                remaining,
+                reset_after_ns,
+                retry_after_ns: 0,
+            })
+            .collect();
+        return conclude(config, metering, statuses, UpdateReport::default(), report, now);
+    }
+    let slot = SlotRef::from_fingerprint(fingerprint, config.store.slots);
+    let metered = &metering.local;
+    let with_block = cost.saturating_add(block);
+    let mut statuses = Statuses::new();
+    let mut took = 0;
+    let (result, store_report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
+        statuses = evaluate_all(tier, metered, stored, now, with_block);
+        if statuses.iter().all(|s| s.admitted) {
+            took = block;
+            return next_states(tier, metered, stored, now, with_block);
+        }
+        took = 0;
+        statuses = evaluate_all(tier, metered, stored, now, cost);
+        if statuses.iter().all(|s| s.admitted) {
+            next_states(tier, metered, stored, now, cost)
+        } else {
+            Change::Keep
+        }
+    });
+    if result.is_err() {
+        let mut d = store_failure(config, metering.tier, metering.caller, store_report);
+        d.quota = report;
+        return d;
+    }
+    if took > 0 {
+        let limits = statuses
+            .iter()
+            .filter_map(|s| {
+                let m = metered.iter().find(|m| m.index == s.index)?;
+                Some(HeldLimit {
+                    index: s.index,
+                    fingerprint: m.fingerprint,
+                    remaining: s.remaining,
+                    reset_after_ns: s.reset_after_ns,
+                })
+            })
+            .collect();
+        let expires_at = hold_expiry(tier, metered, now);
+        let hold = Hold {
+            units: took,
+            tier: metering.tier,
+            slot_key: slot.key,
+            fingerprint,
+            limits,
+            taken_at: now,
+            expires_at,
+            last_used: now,
+        };
+        // This request's headers count the units held (the block and what was left of
+        // the last one) as remaining, as the next requests' will.
+        let held = took.saturating_add(holds.units(key, now));
+        for s in &mut statuses {
+            s.remaining = s.remaining.saturating_add(held);
+        }
+        if let Some(pushed_out) = holds.put(key, hold, now) {
+            // Failing to give it back loses its units for now: under-admission, never over.
+            let _ = give_back(config, store, &pushed_out, now);
+        }
+    }
+    conclude(config, metering, statuses, store_report, report, now)
+}
+
+/// The block a request on `metered` limits can take at `cost`: the smallest block of them;
+/// 0 (exact) if any limit is exact or the block is below the cost.
+fn hold_block(tier: &Tier, metered: &[Metered], cost: u64) -> u64 {
+    let block = metered.iter().map(|m| tier.limits.get(m.index).map_or(0, |l| l.lease_block)).min().unwrap_or(0);
+    if block >= cost.max(1) {
+        block
+    } else {
+        0
+    }
+}
+
+/// When units charged now stop counting: the end of the earliest fixed window among the
+/// limits (never, for token buckets).
+fn hold_expiry(tier: &Tier, metered: &[Metered], now: Nanos) -> Nanos {
+    let end = metered
+        .iter()
+        .filter_map(|m| match tier.limits.get(m.index)?.kind {
+            LimitKind::FixedWindow { window_ns } if window_ns > 0 => {
+                Some((now.0 / window_ns).saturating_add(1).saturating_mul(window_ns))
+            }
+            _ => None,
+        })
+        .min();
+    Nanos(end.unwrap_or(u64::MAX))
+}
+
+/// Gives a hold's unspent units back to its caller's slot.
+pub fn give_back<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    hold: &Hold,
+    now: Nanos,
+) -> Result<(), StoreError> {
+    let Some(tier) = config.tiers.get(hold.tier) else {
+        return Ok(());
+    };
+    let slot = SlotRef { key: hold.slot_key.clone(), fingerprint: hold.fingerprint };
+    let (result, _) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
+        refund_states(tier, &hold.limits, stored, now, hold.units)
+    });
+    result
+}
+
+/// Gives back the holds of this worker unused for [`hold::IDLE_RETURN_NS`], at most
+/// [`hold::MAX_RETURNS_PER_TICK`] (from the worker's tick); how many were given back.
+pub fn return_idle_holds<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    cache: &mut KeyCache,
+    now: Nanos,
+) -> usize {
+    let idle = cache.holds.take_idle(now, hold::IDLE_RETURN_NS, hold::MAX_RETURNS_PER_TICK);
+    idle.iter().filter(|hold| give_back(config, store, hold, now).is_ok()).count()
+}
+
+/// The states of the tier in a slot with `units` given back to the held limits. Nothing
+/// is written when the slot no longer has their states (the units then came back anyway:
+/// a state only goes when it is idle).
+fn refund_states(tier: &Tier, held: &[HeldLimit], stored: &[StoredLimit], now: Nanos, units: u64) -> Change {
+    if !held.iter().any(|h| state_of(stored, h.fingerprint).is_some()) {
+        return Change::Keep;
+    }
+    let mut states = Limits::new();
+    let mut idle_at = now;
+    for (index, limit) in tier.limits.iter().enumerate() {
+        let own = limit.global.is_none().then_some(limit.fingerprint);
+        let fallback = (limit.global == Some(FailureMode::Local)).then_some(limit.fingerprint ^ FALLBACK_SALT);
+        for fingerprint in own.into_iter().chain(fallback) {
+            let Some(mut state) = state_of(stored, fingerprint) else {
+                continue;
+            };
+            if held.iter().any(|h| h.index == index && h.fingerprint == fingerprint) {
+                state = limit::refund(limit, state, now, units);
+            }
+            let e = evaluate(limit, Some(state), now, 0);
+            if e.idle_at > now {
+                idle_at = idle_at.max(e.idle_at);
+                states.push(StoredLimit { fingerprint, state: e.state });
+            }
+        }
+    }
+    Change::Write { states, idle_at }
 }
 
 fn store_failure(config: &Config, tier: usize, caller: String, store_report: UpdateReport) -> Decision {
@@ -949,3 +1142,5 @@ mod tests;
 
 #[cfg(test)]
 mod global_tests;
+#[cfg(test)]
+mod hold_tests;

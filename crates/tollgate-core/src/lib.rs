@@ -34,6 +34,7 @@ pub mod config;
 pub mod decision;
 pub mod headermap;
 pub mod headers;
+pub mod hold;
 pub mod identity;
 pub mod keycache;
 pub mod lease;

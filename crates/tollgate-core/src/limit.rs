@@ -61,6 +61,23 @@ pub fn evaluate(limit: &Limit, state: Option<LimitState>, now: Nanos, cost: u64)
     }
 }
 
+/// Gives back `units` charged earlier and never spent (a worker's unused block, see
+/// [`crate::hold`]): the state as if they had not been charged, as far as it still counts
+/// them. A token bucket cannot go above full; a fixed window's units only count in their
+/// own window, so a refund in a later one changes nothing.
+pub fn refund(limit: &Limit, state: LimitState, now: Nanos, units: u64) -> LimitState {
+    match limit.kind {
+        LimitKind::TokenBucket { interval_ns, .. } => {
+            let tat = state.a.saturating_sub(units.saturating_mul(interval_ns)).max(now.0);
+            LimitState { a: tat, b: 0 }
+        }
+        LimitKind::FixedWindow { window_ns } if state.a == now.0 / window_ns.max(1) => {
+            LimitState { a: state.a, b: state.b.saturating_sub(units) }
+        }
+        LimitKind::FixedWindow { .. } => state,
+    }
+}
+
 fn token_bucket(state: Option<LimitState>, now: u64, cost: u64, interval: u64, depth: u64) -> Evaluation {
     let tat = state.map_or(now, |s| s.a).max(now);
     let new_tat = tat.saturating_add(cost.saturating_mul(interval));

@@ -88,8 +88,10 @@ pub struct Limit {
     /// `None`: counted locally. `Some(mode)`: counted by the quota service, with `mode`
     /// when it cannot answer.
     pub global: Option<FailureMode>,
-    /// Global limits: units leased from the quota service at a time; 0 means exact (a
-    /// callout per request). See [`crate::lease`].
+    /// Units taken at a time; 0 means exact. Global limits: leased from the quota service
+    /// (see [`crate::lease`]), instead of a callout per request. Local limits: charged in
+    /// shared data by one worker and spent by it (see [`crate::hold`]), instead of a
+    /// shared-data update per request.
     pub lease_block: u64,
     /// This limit's item of the `RateLimit-Policy` header, `"name";q=<quota>;w=<secs>`:
     /// it never changes, so it is written once here rather than for every request.
@@ -393,17 +395,14 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
         }
     };
     limit.lease_block = match (raw.scope, raw.lease_block) {
-        (Scope::Local, None) => 0,
-        (Scope::Local, Some(_)) => {
-            return err(format!("{path}.lease_block"), "lease_block applies only to limits with \"scope\": \"global\"")
-        }
+        (Scope::Local, None) => default_worker_block(limit.capacity()),
         (Scope::Global, None) => default_lease_block(limit.capacity()),
-        (Scope::Global, Some(block)) => {
+        (_, Some(block)) => {
             if block > limit.capacity() / 2 {
                 return err(
                     format!("{path}.lease_block"),
                     format!(
-                        "expected 0 (exact) to half the limit's capacity ({}): the service must be able to grant two blocks",
+                        "expected 0 (exact) to half the limit's capacity ({}): two blocks must fit in it",
                         limit.capacity() / 2
                     ),
                 );
@@ -479,6 +478,21 @@ pub const MAX_DEFAULT_LEASE_BLOCK: u64 = 1000;
 pub fn default_lease_block(capacity: u64) -> u64 {
     let block = (capacity / 100).min(MAX_DEFAULT_LEASE_BLOCK);
     if block >= MIN_DEFAULT_LEASE_BLOCK {
+        block
+    } else {
+        0
+    }
+}
+
+/// Smallest worker block the default gives a local limit; below it the limit stays exact.
+pub const MIN_DEFAULT_WORKER_BLOCK: u64 = 100;
+
+/// The worker block of a local limit without `lease_block` (see [`crate::hold`]): 1 % of
+/// its capacity, at most [`MAX_DEFAULT_LEASE_BLOCK`]; 0 (exact) when that is under
+/// [`MIN_DEFAULT_WORKER_BLOCK`], i.e. for every limit with a capacity under 10,000.
+pub fn default_worker_block(capacity: u64) -> u64 {
+    let block = (capacity / 100).min(MAX_DEFAULT_LEASE_BLOCK);
+    if block >= MIN_DEFAULT_WORKER_BLOCK {
         block
     } else {
         0

@@ -52,12 +52,6 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "half the limit's capacity (50)",
     ),
     (
-        "lease_block_on_local_limit",
-        include_str!("../../fixtures/bad/lease_block_on_local_limit.json"),
-        "tiers.free.limits[0].lease_block",
-        "only to limits with \"scope\": \"global\"",
-    ),
-    (
         "burst_on_fixed_window",
         include_str!("../../fixtures/bad/burst_on_fixed_window.json"),
         "tiers.free.limits[0].burst",

@@ -167,8 +167,14 @@ fn lease_blocks_are_validated() {
     let e =
         with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 51 })).unwrap_err();
     assert_eq!(e.path, "tiers.t.limits[0].lease_block");
-    let e = with(json!({ "name": "d", "limit": 100, "window": "1d", "lease_block": 5 })).unwrap_err();
+    // A local limit takes worker blocks (crate::hold), under the same bound.
+    let e = with(json!({ "name": "d", "limit": 100, "window": "1d", "lease_block": 51 })).unwrap_err();
     assert_eq!(e.path, "tiers.t.limits[0].lease_block");
+    assert_eq!(
+        with(json!({ "name": "d", "limit": 100, "window": "1d", "lease_block": 5 })).unwrap().tiers[0].limits[0]
+            .lease_block,
+        5
+    );
     assert!(with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 50 })).is_ok());
     assert!(with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 0 })).is_ok());
 }

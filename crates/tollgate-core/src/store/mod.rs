@@ -57,7 +57,11 @@ pub struct SlotRef {
 impl SlotRef {
     /// `tier` and `identity` together name the entry; `slots` is the table size.
     pub fn new(tier: &str, identity: &str, slots: u32) -> SlotRef {
-        let fingerprint = identity_fingerprint(tier, identity);
+        SlotRef::from_fingerprint(identity_fingerprint(tier, identity), slots)
+    }
+
+    /// The slot of an identity whose [`identity_fingerprint`] is known.
+    pub fn from_fingerprint(fingerprint: u64, slots: u32) -> SlotRef {
         SlotRef { key: table_key(SLOT_KEY_PREFIX, slots, fingerprint), fingerprint }
     }
 }

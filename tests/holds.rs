@@ -1,0 +1,78 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! Worker blocks of local quota (`tollgate_core::hold`) in real Envoy with two workers:
+//! never more admitted than the limit, at most a block per worker held back, and idle
+//! blocks given back to shared data.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::{Envoy, EnvoyOptions};
+use serde_json::json;
+
+const IMAGES: &str = "/v1/images/generations";
+const LIMIT: u32 = 300;
+const BLOCK: u32 = 50;
+const WORKERS: u32 = 2;
+
+#[test]
+fn two_workers_holding_blocks_never_admit_more_than_the_limit_and_give_idle_blocks_back() {
+    let config = json!({
+        "identity": { "anonymous": { "tier": "bulk" } },
+        "tiers": { "bulk": { "limits": [
+            { "name": "per-day", "limit": LIMIT, "window": "1d", "algorithm": "fixed_window", "lease_block": BLOCK } ] } },
+        "routes": [ { "path_prefix": IMAGES, "cost": 1 } ]
+    });
+    let envoy = Envoy::start(EnvoyOptions {
+        concurrency: WORKERS,
+        plugin_config: Some(config.to_string()),
+        ..EnvoyOptions::default()
+    });
+    let post = || envoy.raw(&format!("POST {IMAGES} HTTP/1.1\nHost: x\n"));
+    // 200 requests on fresh connections (spread over both workers), 10 each from 20 threads.
+    let burst = || {
+        let admitted = AtomicU32::new(0);
+        let start = std::sync::Barrier::new(20);
+        std::thread::scope(|s| {
+            for _ in 0..20 {
+                s.spawn(|| {
+                    start.wait();
+                    for _ in 0..10 {
+                        match post().status {
+                            200 => {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                            429 => {}
+                            other => panic!("unexpected status {other}"),
+                        }
+                    }
+                });
+            }
+        });
+        admitted.load(Ordering::Relaxed)
+    };
+    // Idle for over a second, each worker gives its block back at its next tick: one
+    // more request then sees exactly what is left in shared data.
+    let remaining_after_idle = || {
+        sleep(Duration::from_millis(2500));
+        let r = post();
+        (r.status, r.header("x-ratelimit-remaining").map(str::to_owned))
+    };
+
+    // Two blocks of 50 and 200 requests fit in 300: all admitted, and the units still
+    // held when the burst ends come back.
+    assert_eq!(burst(), 200);
+    assert_eq!(remaining_after_idle(), (200, Some((LIMIT - 201).to_string())));
+
+    // 200 more than the 99 left: never more than the limit, at most a block per worker
+    // held back while the burst lasts.
+    let admitted = 201 + burst();
+    assert!(admitted <= LIMIT, "{admitted} admitted over a limit of {LIMIT}");
+    assert!(admitted >= LIMIT - WORKERS * BLOCK, "{admitted} admitted: more than a block per worker held back");
+    let left = LIMIT - admitted;
+    let (status, remaining) = remaining_after_idle();
+    assert_eq!(status, if left > 0 { 200 } else { 429 });
+    assert_eq!(remaining, Some(left.saturating_sub(1).to_string()), "{admitted} admitted before");
+}
