@@ -843,13 +843,14 @@ fn doubts(md: &mut String, view: &View<'_>) {
 }
 
 /// Host calls tollgate makes on an admitted request of the local path (a key, two limits,
-/// both header families), by reading `src/filter.rs`; the anonymous path adds one
-/// `source_address`.
+/// both header families) admitted from the worker's block, by reading `src/filter.rs`;
+/// the anonymous path adds one `source_address`, and the request that takes a block (one
+/// in `lease_block`) a `shared_get` and a `shared_set`.
 const LOCAL_PATH_CALLS: [(&str, u32); 6] = [
     ("request_headers", 1),
     ("time", 1),
-    ("shared_get", 1),
-    ("shared_set", 1),
+    ("shared_get", 0),
+    ("shared_set", 0),
     ("increment_metric", 1),
     ("add_response_header", 7),
 ];
@@ -877,6 +878,9 @@ fn host_calls(md: &mut String, results: &Results) {
         total += ns * f64::from(count);
         let made = match (name, count) {
             ("source_address", _) => "1 (anonymous callers only)".to_owned(),
+            ("shared_get" | "shared_set", _) => {
+                "1 per block (1000 requests here); 1 per request for an exact limit (`lease_block: 0`)".to_owned()
+            }
             ("nothing", _) => "–".to_owned(),
             (_, 0) => "0".to_owned(),
             (_, n) => n.to_string(),
@@ -885,7 +889,8 @@ fn host_calls(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\nOn an admitted request with a key, tollgate makes {} host calls (counted in `src/filter.rs`): warm, they \
+        "\nOn a request admitted from the worker's block (see README, Worker blocks), tollgate makes {} host calls \
+         (counted in `src/filter.rs`); exact limits add the slot's get and set. Warm, they \
          take {:.1} µs together, a small part of the CPU the local path adds per request under load (see above): the \
          rest is entering the module for each stream event, the module's own code, and cache misses that a loop of \
          warm calls does not see.\n",
