@@ -110,7 +110,8 @@ impl RootContext for TollgateRoot {
         let now = host::now();
         if state.keys.borrow().holds.enabled() {
             let mut keys = state.keys.borrow_mut();
-            decision::return_idle_holds(&state.config, &HostSharedData, &mut keys, now);
+            let given_back = decision::return_idle_holds(&state.config, &HostSharedData, &mut keys, now);
+            state.metrics.record_blocks_given_back(given_back);
         }
         let Some(quota) = state.config.quota.as_ref() else {
             return;

@@ -1,6 +1,7 @@
 //! Counters in Envoy's stats (`/stats`, `/stats/prometheus`):
 //! `tollgate.requests.<tier>.<outcome>` (tier `none` before a tier is known),
-//! `tollgate.store.<event>` and `tollgate.quota.<event>`.
+//! `tollgate.store.<event>` and `tollgate.quota.<event>`. Every count is sent only when it
+//! is not zero: a request admitted from a worker block adds one call (its outcome).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -40,6 +41,8 @@ pub struct Metrics {
     evictions_live: Option<u32>,
     corrupt_values: Option<u32>,
     errors: Option<u32>,
+    blocks_taken: Option<u32>,
+    blocks_given_back: Option<u32>,
     callouts: Option<u32>,
     callout_failures: Option<u32>,
     callout_timeouts: Option<u32>,
@@ -95,6 +98,8 @@ impl Metrics {
             evictions_live: counter("tollgate.store.evictions_live"),
             corrupt_values: counter("tollgate.store.corrupt_values"),
             errors: counter("tollgate.store.errors"),
+            blocks_taken: counter("tollgate.store.blocks_taken"),
+            blocks_given_back: counter("tollgate.store.blocks_given_back"),
             callouts: q("tollgate.quota.callouts", MetricType::Counter),
             callout_failures: q("tollgate.quota.failures", MetricType::Counter),
             callout_timeouts: q("tollgate.quota.timeouts", MetricType::Counter),
@@ -125,6 +130,8 @@ impl Metrics {
         bump(self.evictions_live, u32::from(store.evicted_live));
         bump(self.corrupt_values, u32::from(store.corrupt_value));
         bump(self.errors, u32::from(matches!(decision.outcome, Outcome::StoreBypassed | Outcome::StoreRefused)));
+        bump(self.blocks_taken, u32::from(store.block_taken));
+        bump(self.blocks_given_back, store.blocks_given_back);
         let quota = &decision.quota;
         bump(self.short_circuited, u32::from(quota.short_circuited));
         bump(self.breaker_opened, u32::from(quota.breaker_opened));
@@ -143,6 +150,11 @@ impl Metrics {
             Some(FailureMode::Local) => bump(self.degraded_local, 1),
             None => {}
         }
+    }
+
+    /// Idle worker blocks given back at a tick.
+    pub fn record_blocks_given_back(&self, blocks: usize) {
+        bump(self.blocks_given_back, u32::try_from(blocks).unwrap_or(u32::MAX));
     }
 
     /// A callout left (or could not be started).

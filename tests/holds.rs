@@ -64,7 +64,12 @@ fn two_workers_holding_blocks_never_admit_more_than_the_limit_and_give_idle_bloc
     // Two blocks of 50 and 200 requests fit in 300: all admitted, and the units still
     // held when the burst ends come back.
     assert_eq!(burst(), 200);
+    let taken = envoy.counter("tollgate.store.blocks_taken").unwrap_or(0);
+    // A worker serving n of them takes ceil(n / 51) blocks (each with the request that takes it).
+    assert!((4..=5).contains(&taken), "{taken} blocks of 50 taken for 200 requests on 2 workers");
     assert_eq!(remaining_after_idle(), (200, Some((LIMIT - 201).to_string())));
+    let given_back = envoy.counter("tollgate.store.blocks_given_back").unwrap_or(0);
+    assert!(given_back >= 1, "no idle block given back");
 
     // 200 more than the 99 left: never more than the limit, at most a block per worker
     // held back while the burst lasts.

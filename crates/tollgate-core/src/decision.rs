@@ -828,7 +828,7 @@ fn commit_holding<S: SharedStore + ?Sized>(
     let with_block = cost.saturating_add(block);
     let mut statuses = Statuses::new();
     let mut took = 0;
-    let (result, store_report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
+    let (result, mut store_report) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
         statuses = evaluate_all(tier, metered, stored, now, with_block);
         if statuses.iter().all(|s| s.admitted) {
             took = block;
@@ -861,25 +861,20 @@ fn commit_holding<S: SharedStore + ?Sized>(
             })
             .collect();
         let expires_at = hold_expiry(tier, metered, now);
-        let hold = Hold {
-            units: took,
-            tier: metering.tier,
-            slot_key: slot.key,
-            fingerprint,
-            limits,
-            taken_at: now,
-            expires_at,
-            last_used: now,
-        };
+        let hold =
+            Hold { units: took, tier: metering.tier, fingerprint, limits, taken_at: now, expires_at, last_used: now };
         // This request's headers count the units held (the block and what was left of
         // the last one) as remaining, as the next requests' will.
         let held = took.saturating_add(holds.units(key, now));
         for s in &mut statuses {
             s.remaining = s.remaining.saturating_add(held);
         }
+        store_report.block_taken = true;
         if let Some(pushed_out) = holds.put(key, hold, now) {
             // Failing to give it back loses its units for now: under-admission, never over.
-            let _ = give_back(config, store, &pushed_out, now);
+            if give_back(config, store, &pushed_out, now).is_ok() {
+                store_report.blocks_given_back += 1;
+            }
         }
     }
     conclude(config, metering, statuses, store_report, report, now)
@@ -921,7 +916,7 @@ pub fn give_back<S: SharedStore + ?Sized>(
     let Some(tier) = config.tiers.get(hold.tier) else {
         return Ok(());
     };
-    let slot = SlotRef { key: hold.slot_key.clone(), fingerprint: hold.fingerprint };
+    let slot = SlotRef::from_fingerprint(hold.fingerprint, config.store.slots);
     let (result, _) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
         refund_states(tier, &hold.limits, stored, now, hold.units)
     });

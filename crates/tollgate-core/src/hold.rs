@@ -70,10 +70,11 @@ pub struct Hold {
     /// Units charged and not yet spent.
     pub units: u64,
     pub tier: usize,
-    /// The caller's slot: its shared-data key and entry fingerprint.
-    pub slot_key: String,
+    /// The caller's entry fingerprint (its slot follows from it).
     pub fingerprint: u64,
-    pub limits: SmallVec<[HeldLimit; 4]>,
+    /// Inline for up to two limits: a worker may keep thousands of holds, and the smaller
+    /// each is, the more of them stay in cache.
+    pub limits: SmallVec<[HeldLimit; 2]>,
     pub taken_at: Nanos,
     /// The end of the earliest fixed window charged (never, for token buckets only).
     pub expires_at: Nanos,

@@ -64,10 +64,12 @@ fn a_worker_admits_from_its_hold_without_touching_shared_data() {
     let first = decide_with(&c, &s, &mut w, &request(IMAGES), EVENING);
     assert_eq!(first.outcome, Outcome::Allowed);
     assert_eq!(remaining(&first), 9999, "the held block still counts as remaining");
+    assert!(first.store.block_taken);
     let writes = s.writes();
     for i in 1..=100u64 {
         let d = decide_with(&c, &s, &mut w, &request(IMAGES), Nanos(EVENING.0 + i * SEC));
         assert_eq!(d.outcome, Outcome::Allowed);
+        assert!(!d.store.block_taken);
         assert_eq!(remaining(&d), 9999 - i);
         assert_eq!(header(&d, "x-ratelimit-reset"), Some("1795478400"));
         assert_eq!(header(&d, "ratelimit"), Some(format!("\"per-day\";r={};t={}", 9999 - i, 6 * 3600 - i).as_str()));
@@ -210,4 +212,7 @@ fn a_full_table_gives_back_what_it_pushes_out() {
         .collect();
     assert_eq!(left.iter().filter(|&&l| l == 9_999).count(), 1, "{left:?}");
     assert_eq!(left.iter().filter(|&&l| l == 9_899).count(), 2, "{left:?}");
+    // The request that pushed one out says so, for the stats.
+    let d = decide_with(&c, &s, &mut w, &anonymous("198.51.100.4:0"), Nanos(EVENING.0 + 2));
+    assert_eq!((d.store.block_taken, d.store.blocks_given_back), (true, 1));
 }

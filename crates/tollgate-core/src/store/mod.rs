@@ -105,6 +105,10 @@ pub struct UpdateReport {
     pub created_slot: bool,
     pub evicted_live: bool,
     pub corrupt_value: bool,
+    /// A worker block was charged with the request (see [`crate::hold`]).
+    pub block_taken: bool,
+    /// Worker blocks given back to make room for this one.
+    pub blocks_given_back: u32,
 }
 
 /// Reads the identity's states, lets `decide` compute the change, and writes it back with
