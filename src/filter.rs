@@ -108,11 +108,8 @@ impl RootContext for TollgateRoot {
             return;
         };
         let now = host::now();
-        if state.keys.borrow().holds.enabled() {
-            let mut keys = state.keys.borrow_mut();
-            let given_back = decision::return_idle_holds(&state.config, &HostSharedData, &mut keys, now);
-            state.metrics.record_blocks_given_back(given_back);
-        }
+        let given_back = decision::return_idle_holds(&state.config, &HostSharedData, &mut state.keys.borrow_mut(), now);
+        state.metrics.record_blocks_given_back(given_back);
         let Some(quota) = state.config.quota.as_ref() else {
             return;
         };

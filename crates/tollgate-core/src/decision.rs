@@ -15,7 +15,7 @@ use crate::hold::{self, HeldLimit, Hold, HoldKey, Holds};
 use crate::identity::{client_network, hex, sha256, token};
 use crate::keycache::{CachedKey, KeyCache, Lookup};
 use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
-use crate::limit::{self, evaluate, Evaluation};
+use crate::limit::{self, evaluate, Evaluation, LimitState};
 use crate::quota::{CheckRequest, CheckResponse, LimitSpec, VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply, Refusal};
 use crate::store::{
@@ -804,7 +804,8 @@ fn commit_holding<S: SharedStore + ?Sized>(
         return commit(config, store, route, metering, &[], Statuses::new(), report, now);
     };
     let cost = r.cost;
-    let block = hold_block(tier, &metering.local, cost);
+    // The same rule as a lease's block: the smallest of the limits', 0 if it is below the cost.
+    let block = lease::request_block(metering.local.iter().filter_map(|m| tier.limits.get(m.index)), cost);
     if block == 0 {
         return commit(config, store, route, metering, &[], Statuses::new(), report, now);
     }
@@ -880,17 +881,6 @@ fn commit_holding<S: SharedStore + ?Sized>(
     conclude(config, metering, statuses, store_report, report, now)
 }
 
-/// The block a request on `metered` limits can take at `cost`: the smallest block of them;
-/// 0 (exact) if any limit is exact or the block is below the cost.
-fn hold_block(tier: &Tier, metered: &[Metered], cost: u64) -> u64 {
-    let block = metered.iter().map(|m| tier.limits.get(m.index).map_or(0, |l| l.lease_block)).min().unwrap_or(0);
-    if block >= cost.max(1) {
-        block
-    } else {
-        0
-    }
-}
-
 /// When units charged now stop counting: the end of the earliest fixed window among the
 /// limits (never, for token buckets).
 fn hold_expiry(tier: &Tier, metered: &[Metered], now: Nanos) -> Nanos {
@@ -942,26 +932,13 @@ fn refund_states(tier: &Tier, held: &[HeldLimit], stored: &[StoredLimit], now: N
     if !held.iter().any(|h| state_of(stored, h.fingerprint).is_some()) {
         return Change::Keep;
     }
-    let mut states = Limits::new();
-    let mut idle_at = now;
-    for (index, limit) in tier.limits.iter().enumerate() {
-        let own = limit.global.is_none().then_some(limit.fingerprint);
-        let fallback = (limit.global == Some(FailureMode::Local)).then_some(limit.fingerprint ^ FALLBACK_SALT);
-        for fingerprint in own.into_iter().chain(fallback) {
-            let Some(mut state) = state_of(stored, fingerprint) else {
-                continue;
-            };
-            if held.iter().any(|h| h.index == index && h.fingerprint == fingerprint) {
-                state = limit::refund(limit, state, now, units);
-            }
-            let e = evaluate(limit, Some(state), now, 0);
-            if e.idle_at > now {
-                idle_at = idle_at.max(e.idle_at);
-                states.push(StoredLimit { fingerprint, state: e.state });
-            }
-        }
-    }
-    Change::Write { states, idle_at }
+    rewrite_states(tier, stored, now, |index, limit, fingerprint, previous| {
+        let refunded = held.iter().any(|h| h.index == index && h.fingerprint == fingerprint);
+        previous.map(|s| {
+            let s = if refunded { limit::refund(limit, s, now, units) } else { s };
+            evaluate(limit, Some(s), now, 0)
+        })
+    })
 }
 
 fn store_failure(config: &Config, tier: usize, caller: String, store_report: UpdateReport) -> Decision {
@@ -1064,6 +1041,23 @@ fn evaluate_all(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: N
 /// New states for every state the tier keeps in shared data: the metered ones charged,
 /// the others carried over. States of limits no longer configured are dropped.
 fn next_states(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Change {
+    rewrite_states(tier, stored, now, |index, limit, fingerprint, previous| {
+        if metered.iter().any(|m| m.index == index && m.fingerprint == fingerprint) {
+            Some(evaluate(limit, previous, now, cost))
+        } else {
+            previous.map(|s| evaluate(limit, Some(s), now, 0))
+        }
+    })
+}
+
+/// Every state the tier keeps in shared data, as `next` evaluates it from what is stored
+/// (limit index, limit, state fingerprint, stored state); the idle ones are dropped.
+fn rewrite_states(
+    tier: &Tier,
+    stored: &[StoredLimit],
+    now: Nanos,
+    mut next: impl FnMut(usize, &Limit, u32, Option<LimitState>) -> Option<Evaluation>,
+) -> Change {
     let mut states = Limits::new();
     let mut idle_at = now;
     for (index, limit) in tier.limits.iter().enumerate() {
@@ -1071,14 +1065,8 @@ fn next_states(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Na
         let own = limit.global.is_none().then_some(limit.fingerprint);
         let fallback = (limit.global == Some(FailureMode::Local)).then_some(limit.fingerprint ^ FALLBACK_SALT);
         for fingerprint in own.into_iter().chain(fallback) {
-            let previous = state_of(stored, fingerprint);
-            let charged = metered.iter().any(|m| m.index == index && m.fingerprint == fingerprint);
-            let e: Option<Evaluation> = if charged {
-                Some(evaluate(limit, previous, now, cost))
-            } else {
-                previous.map(|s| evaluate(limit, Some(s), now, 0))
-            };
-            if let Some(e) = e.filter(|e| e.idle_at > now) {
+            if let Some(e) = next(index, limit, fingerprint, state_of(stored, fingerprint)).filter(|e| e.idle_at > now)
+            {
                 idle_at = idle_at.max(e.idle_at);
                 states.push(StoredLimit { fingerprint, state: e.state });
             }

@@ -476,12 +476,7 @@ pub const MAX_DEFAULT_LEASE_BLOCK: u64 = 1000;
 /// [`MAX_DEFAULT_LEASE_BLOCK`]; 0 (exact) when that is under [`MIN_DEFAULT_LEASE_BLOCK`],
 /// i.e. for every limit with a capacity under 1000 (a daily 5 or 100 stays exact).
 pub fn default_lease_block(capacity: u64) -> u64 {
-    let block = (capacity / 100).min(MAX_DEFAULT_LEASE_BLOCK);
-    if block >= MIN_DEFAULT_LEASE_BLOCK {
-        block
-    } else {
-        0
-    }
+    one_percent_block(capacity, MIN_DEFAULT_LEASE_BLOCK)
 }
 
 /// Smallest worker block the default gives a local limit; below it the limit stays exact.
@@ -491,8 +486,13 @@ pub const MIN_DEFAULT_WORKER_BLOCK: u64 = 100;
 /// its capacity, at most [`MAX_DEFAULT_LEASE_BLOCK`]; 0 (exact) when that is under
 /// [`MIN_DEFAULT_WORKER_BLOCK`], i.e. for every limit with a capacity under 10,000.
 pub fn default_worker_block(capacity: u64) -> u64 {
+    one_percent_block(capacity, MIN_DEFAULT_WORKER_BLOCK)
+}
+
+/// 1 % of `capacity`, at most [`MAX_DEFAULT_LEASE_BLOCK`]; 0 (exact) under `min`.
+fn one_percent_block(capacity: u64, min: u64) -> u64 {
     let block = (capacity / 100).min(MAX_DEFAULT_LEASE_BLOCK);
-    if block >= MIN_DEFAULT_WORKER_BLOCK {
+    if block >= min {
         block
     } else {
         0
