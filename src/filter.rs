@@ -108,14 +108,15 @@ impl RootContext for TollgateRoot {
             return;
         };
         let now = host::now();
-        let given_back = decision::return_idle_holds(&state.config, &HostSharedData, &mut state.keys.borrow_mut(), now);
-        state.metrics.record_blocks_given_back(given_back);
+        let idle = decision::return_idle_holds(&state.config, &HostSharedData, &mut state.keys.borrow_mut(), now);
+        state.metrics.record_blocks_given_back(idle.shared);
         let Some(quota) = state.config.quota.as_ref() else {
             return;
         };
+        // Blocks of leases whose record has moved on go straight back to the service.
+        let mut returns = idle.to_service;
         let idle_ns = quota.lease_idle_return_ms.saturating_mul(1_000_000);
         let (stale_ns, retries) = (lease::marker_ttl_ns(quota), state.config.store.cas_retries);
-        let mut returns = Vec::new();
         state.held.borrow_mut().retain(|held| {
             match lease::reclaim(&HostSharedData, held, idle_ns, stale_ns, retries, now) {
                 Ok(Reclaim::Busy) | Err(_) => true,

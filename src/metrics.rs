@@ -130,7 +130,7 @@ impl Metrics {
         bump(self.evictions_live, u32::from(store.evicted_live));
         bump(self.corrupt_values, u32::from(store.corrupt_value));
         bump(self.errors, u32::from(matches!(decision.outcome, Outcome::StoreBypassed | Outcome::StoreRefused)));
-        bump(self.blocks_taken, u32::from(store.block_taken));
+        bump(self.blocks_taken, u32::from(store.block_taken || decision.quota.block_taken));
         bump(self.blocks_given_back, store.blocks_given_back);
         let quota = &decision.quota;
         bump(self.short_circuited, u32::from(quota.short_circuited));

@@ -16,7 +16,7 @@ use crate::identity::{client_network, hex, sha256, token};
 use crate::keycache::{CachedKey, KeyCache, Lookup};
 use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
 use crate::limit::{self, evaluate, Evaluation, LimitState};
-use crate::quota::{CheckRequest, CheckResponse, LimitSpec, VerifyRequest, VerifyResponse};
+use crate::quota::{CheckRequest, CheckResponse, LimitSpec, ReturnRequest, VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply, Refusal};
 use crate::store::{
     self, identity_fingerprint, state_of, Change, Limits, SharedStore, SlotRef, StoreError, StoredLimit, UpdateReport,
@@ -76,6 +76,8 @@ pub struct QuotaReport {
     pub from_lease: bool,
     /// Units a refill of this request leased (0: no refill granted).
     pub leased_units: u64,
+    /// This request took a worker block out of a lease's balance (see [`crate::hold`]).
+    pub block_taken: bool,
 }
 
 /// Everything the host needs to act on a request.
@@ -141,6 +143,8 @@ struct Refill {
     /// `Some`: the request was already admitted from the balance (the record after it);
     /// `None`: it takes its units from the block.
     admitted: Option<Lease>,
+    /// Units the worker took out of the balance with it and holds.
+    held: u64,
 }
 
 /// A caller with a tier on a route: what to meter and how it stood before the callout.
@@ -461,7 +465,7 @@ fn with_tier<S: SharedStore + ?Sized>(
     }
     let block = lease::request_block(metering.global.iter().filter_map(|&i| tier.limits.get(i)), cost);
     if block > 0 {
-        match leased(config, store, quota, route, metering, block, report, now) {
+        match leased(config, store, holds, quota, route, metering, block, report, now) {
             Ok(step) => return step,
             Err(exact) => metering = *exact,
         }
@@ -499,6 +503,7 @@ fn stale_ns(quota: &QuotaService) -> u64 {
 fn leased<S: SharedStore + ?Sized>(
     config: &Config,
     store: &S,
+    holds: Option<&mut Holds>,
     quota: &QuotaService,
     route: usize,
     metering: Metering,
@@ -510,33 +515,45 @@ fn leased<S: SharedStore + ?Sized>(
         return Err(Box::new(metering));
     };
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
-    let lease_ref = LeaseRef::new(
-        &tier.name,
-        &metering.caller,
-        metering.global.iter().filter_map(|&i| tier.limits.get(i)),
-        config.store.slots,
-    );
+    let fingerprint =
+        lease::fingerprint(&tier.name, &metering.caller, metering.global.iter().filter_map(|&i| tier.limits.get(i)));
+    // A worker that keeps holds spends its block of the lease first (see `crate::hold`).
+    let mut holds = holds.filter(|h| h.enabled());
+    let worker_block = if holds.is_some() { lease::worker_block(block, cost) } else { 0 };
+    let key = HoldKey { fingerprint, mask: 0 };
+    if let Some(hold) = holds.as_deref_mut().filter(|_| worker_block > 0).and_then(|h| h.spend(key, cost, now)) {
+        let statuses = hold_statuses(hold, now);
+        report.from_lease = true;
+        return Ok(Step::Done(commit(config, store, route, metering, &[], statuses, report, now)));
+    }
+    let lease_ref = LeaseRef::from_fingerprint(fingerprint, config.store.slots);
     let (stale, retries) = (stale_ns(quota), config.store.cas_retries);
-    let Ok(taken) = lease::take(store, &lease_ref, cost, block, true, stale, retries, now) else {
+    let Ok(taken) = lease::take(store, &lease_ref, cost, worker_block, block, true, stale, retries, now) else {
         return Err(Box::new(metering));
     };
     let breaker_open =
         |store: &S| breaker::admit(store, &breaker_key(quota), &breaker_config(quota), now) == Admission::Open;
     match taken {
         Take::Empty { refill: None } => Err(Box::new(metering)),
-        Take::Admitted { lease, refill } => {
+        Take::Admitted { lease, refill, extra } => {
             report.from_lease = true;
+            let mut held = 0;
+            if let Some(holds) = holds.filter(|_| extra > 0) {
+                held = keep_lease_hold(config, store, holds, tier, &metering, key, extra, &lease, now);
+                report.block_taken = true;
+            }
             let marker = match refill {
                 Some(marker) if !breaker_open(store) => marker,
                 other => {
                     if let Some(marker) = other {
                         let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
                     }
-                    let statuses = lease_statuses(tier, &metering.global, &lease, now);
+                    let mut statuses = lease_statuses(tier, &metering.global, &lease, now);
+                    add_remaining(&mut statuses, held);
                     return Ok(Step::Done(commit(config, store, route, metering, &[], statuses, report, now)));
                 }
             };
-            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: Some(lease) };
+            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: Some(lease), held };
             Ok(refill_call(tier, route, refill, report))
         }
         Take::Empty { refill: Some(marker) } => {
@@ -545,9 +562,70 @@ fn leased<S: SharedStore + ?Sized>(
                 report.short_circuited = true;
                 return Ok(Step::Done(fallback(config, store, route, metering, report, now)));
             }
-            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: None };
+            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: None, held: 0 };
             Ok(refill_call(tier, route, refill, report))
         }
+    }
+}
+
+/// Keeps `units` just taken out of a lease (the record after it: `lease`) as this worker's
+/// hold; returns the units the worker now holds for it.
+#[allow(clippy::too_many_arguments)]
+fn keep_lease_hold<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    holds: &mut Holds,
+    tier: &Tier,
+    metering: &Metering,
+    key: HoldKey,
+    units: u64,
+    lease: &Lease,
+    now: Nanos,
+) -> u64 {
+    let limits = lease_statuses(tier, &metering.global, lease, now)
+        .iter()
+        .map(|s| HeldLimit { index: s.index, fingerprint: 0, remaining: s.remaining, reset_after_ns: s.reset_after_ns })
+        .collect();
+    let back = ReturnRequest {
+        key: format!("{}/{}", tier.name, metering.caller),
+        units: 0,
+        limits: metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(LimitSpec::of).collect(),
+        windows: (0..metering.global.len()).map(|i| lease.grants.get(i).and_then(|g| g.window)).collect(),
+    };
+    let held = units.saturating_add(holds.units(key, now));
+    let hold = Hold {
+        units,
+        tier: metering.tier,
+        fingerprint: key.fingerprint,
+        limits,
+        taken_at: now,
+        expires_at: Nanos(lease.expires_at),
+        last_used: now,
+        lease: Some(Box::new(back)),
+    };
+    if let Some(pushed_out) = holds.put(key, hold, now) {
+        give_back_now(config, store, holds, pushed_out, now);
+    }
+    held
+}
+
+/// Where the limits of a request admitted from a hold stand.
+fn hold_statuses(hold: &Hold, now: Nanos) -> Statuses {
+    hold.view(now)
+        .map(|(index, remaining, reset_after_ns)| Status {
+            index,
+            admitted: true,
+            remaining,
+            reset_after_ns,
+            retry_after_ns: 0,
+        })
+        .collect()
+}
+
+/// Units a worker holds count as remaining: the next requests may spend them.
+fn add_remaining(statuses: &mut Statuses, units: u64) {
+    for s in statuses {
+        s.remaining = s.remaining.saturating_add(units);
     }
 }
 
@@ -573,7 +651,7 @@ fn refilled<S: SharedStore + ?Sized>(
     mut report: QuotaReport,
     now: Nanos,
 ) -> Step {
-    let Refill { metering, lease: lease_ref, marker, block, admitted } = refill;
+    let Refill { metering, lease: lease_ref, marker, block, admitted, held } = refill;
     let Some(tier) = config.tiers.get(metering.tier) else {
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
@@ -613,7 +691,7 @@ fn refilled<S: SharedStore + ?Sized>(
             )
             .ok()
             .flatten();
-            let statuses = match &credited {
+            let mut statuses = match &credited {
                 Some(l) => lease_statuses(tier, &metering.global, l, now),
                 None => metering
                     .global
@@ -628,6 +706,7 @@ fn refilled<S: SharedStore + ?Sized>(
                     })
                     .collect(),
             };
+            add_remaining(&mut statuses, held);
             let held = Held {
                 lease: lease_ref,
                 key: format!("{}/{}", tier.name, metering.caller),
@@ -645,7 +724,8 @@ fn refilled<S: SharedStore + ?Sized>(
             let _ = lease::settle(store, &lease_ref, marker, until, stale, retries, now);
             match admitted {
                 Some(l) => {
-                    let statuses = lease_statuses(tier, &metering.global, &l, now);
+                    let mut statuses = lease_statuses(tier, &metering.global, &l, now);
+                    add_remaining(&mut statuses, held);
                     Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
                 }
                 None => exact_check(tier, route, cost, metering, report),
@@ -655,7 +735,8 @@ fn refilled<S: SharedStore + ?Sized>(
             let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
             match admitted {
                 Some(l) => {
-                    let statuses = lease_statuses(tier, &metering.global, &l, now);
+                    let mut statuses = lease_statuses(tier, &metering.global, &l, now);
+                    add_remaining(&mut statuses, held);
                     Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
                 }
                 None => Step::Done(fallback(config, store, route, metering, report, now)),
@@ -812,16 +893,7 @@ fn commit_holding<S: SharedStore + ?Sized>(
     let fingerprint = identity_fingerprint(&tier.name, &metering.caller);
     let key = HoldKey { fingerprint, mask: r.applies.get(metering.tier).copied().unwrap_or(0) };
     if let Some(hold) = holds.spend(key, cost, now) {
-        let statuses = hold
-            .view(now)
-            .map(|(index, remaining, reset_after_ns)| Status {
-                index,
-                admitted: true,
-                remaining,
-                reset_after_ns,
-                retry_after_ns: 0,
-            })
-            .collect();
+        let statuses = hold_statuses(hold, now);
         return conclude(config, metering, statuses, UpdateReport::default(), report, now);
     }
     let slot = SlotRef::from_fingerprint(fingerprint, config.store.slots);
@@ -862,18 +934,22 @@ fn commit_holding<S: SharedStore + ?Sized>(
             })
             .collect();
         let expires_at = hold_expiry(tier, metered, now);
-        let hold =
-            Hold { units: took, tier: metering.tier, fingerprint, limits, taken_at: now, expires_at, last_used: now };
+        let hold = Hold {
+            units: took,
+            tier: metering.tier,
+            fingerprint,
+            limits,
+            taken_at: now,
+            expires_at,
+            last_used: now,
+            lease: None,
+        };
         // This request's headers count the units held (the block and what was left of
         // the last one) as remaining, as the next requests' will.
-        let held = took.saturating_add(holds.units(key, now));
-        for s in &mut statuses {
-            s.remaining = s.remaining.saturating_add(held);
-        }
+        add_remaining(&mut statuses, took.saturating_add(holds.units(key, now)));
         store_report.block_taken = true;
         if let Some(pushed_out) = holds.put(key, hold, now) {
-            // Failing to give it back loses its units for now: under-admission, never over.
-            if give_back(config, store, &pushed_out, now).is_ok() {
+            if give_back_now(config, store, holds, pushed_out, now) {
                 store_report.blocks_given_back += 1;
             }
         }
@@ -896,33 +972,104 @@ fn hold_expiry(tier: &Tier, metered: &[Metered], now: Nanos) -> Nanos {
     Nanos(end.unwrap_or(u64::MAX))
 }
 
-/// Gives a hold's unspent units back to its caller's slot.
+/// Where a hold's unspent units went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GivenBack {
+    /// Into shared data: the caller's slot, or the lease record they came from.
+    Shared,
+    /// The lease record has moved on: send this `POST /v1/return` to the service.
+    ToService(ReturnRequest),
+    /// Nothing to give back (expired, spent, or its tier is gone).
+    Void,
+}
+
+/// Gives a hold's unspent units back: a local hold to its caller's slot; a lease's to its
+/// record, or when the record has moved on, to the service.
 pub fn give_back<S: SharedStore + ?Sized>(
     config: &Config,
     store: &S,
     hold: &Hold,
     now: Nanos,
-) -> Result<(), StoreError> {
+) -> Result<GivenBack, StoreError> {
+    if now >= hold.expires_at || hold.units == 0 {
+        return Ok(GivenBack::Void);
+    }
+    if let Some(back) = &hold.lease {
+        let lease = LeaseRef::from_fingerprint(hold.fingerprint, config.store.slots);
+        let (stale, retries) = (config.quota.as_ref().map_or(0, stale_ns), config.store.cas_retries);
+        let credited =
+            lease::give_back(store, &lease, hold.units, hold.expires_at.0, hold.last_used, stale, retries, now)?;
+        return Ok(if credited {
+            GivenBack::Shared
+        } else {
+            GivenBack::ToService(ReturnRequest { units: hold.units, ..(**back).clone() })
+        });
+    }
     let Some(tier) = config.tiers.get(hold.tier) else {
-        return Ok(());
+        return Ok(GivenBack::Void);
     };
     let slot = SlotRef::from_fingerprint(hold.fingerprint, config.store.slots);
     let (result, _) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
         refund_states(tier, &hold.limits, stored, now, hold.units)
     });
-    result
+    result.map(|()| GivenBack::Shared)
 }
 
-/// Gives back the holds of this worker unused for [`hold::IDLE_RETURN_NS`], at most
-/// [`hold::MAX_RETURNS_PER_TICK`] (from the worker's tick); how many were given back.
+/// Gives back a hold pushed out of a full table, from a request: what must go to the
+/// service waits for the next tick. Whether its units went back into shared data.
+fn give_back_now<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    holds: &mut Holds,
+    hold: Hold,
+    now: Nanos,
+) -> bool {
+    match give_back(config, store, &hold, now) {
+        Ok(GivenBack::Shared) => true,
+        Ok(GivenBack::ToService(_)) => {
+            holds.orphan(hold);
+            false
+        }
+        // Failing to give it back loses its units: under-admission, never over.
+        Ok(GivenBack::Void) | Err(_) => false,
+    }
+}
+
+/// What a tick gave back.
+#[derive(Debug, Default)]
+pub struct IdleReturns {
+    /// Holds whose units went back into shared data.
+    pub shared: usize,
+    /// Lease units to send back to the service (`POST /v1/return`).
+    pub to_service: Vec<ReturnRequest>,
+}
+
+/// How long a hold may stay unused before a tick gives it back: [`hold::IDLE_RETURN_NS`],
+/// or less with a shorter `lease_idle_return_ms`, so that a worker's block of a lease is
+/// back in the record before the lease is due to go back to the service.
+pub fn hold_idle_ns(config: &Config) -> u64 {
+    let lease_idle = config.quota.as_ref().map_or(u64::MAX, |q| q.lease_idle_return_ms.saturating_mul(1_000_000) / 2);
+    hold::IDLE_RETURN_NS.min(lease_idle)
+}
+
+/// Gives back the holds of this worker unused for [`hold_idle_ns`], at most
+/// [`hold::MAX_RETURNS_PER_TICK`] (from the worker's tick).
 pub fn return_idle_holds<S: SharedStore + ?Sized>(
     config: &Config,
     store: &S,
     cache: &mut KeyCache,
     now: Nanos,
-) -> usize {
-    let idle = cache.holds.take_idle(now, hold::IDLE_RETURN_NS, hold::MAX_RETURNS_PER_TICK);
-    idle.iter().filter(|hold| give_back(config, store, hold, now).is_ok()).count()
+) -> IdleReturns {
+    let idle = cache.holds.take_idle(now, hold_idle_ns(config), hold::MAX_RETURNS_PER_TICK);
+    let mut out = IdleReturns::default();
+    for hold in &idle {
+        match give_back(config, store, hold, now) {
+            Ok(GivenBack::Shared) => out.shared += 1,
+            Ok(GivenBack::ToService(request)) => out.to_service.push(request),
+            Ok(GivenBack::Void) | Err(_) => {}
+        }
+    }
+    out
 }
 
 /// The states of the tier in a slot with `units` given back to the held limits. Nothing

@@ -25,10 +25,29 @@
 //! - **Headers** of a request admitted from a hold are computed from the hold: the
 //!   remaining units as of the block's charge plus what is still held, and the reset time
 //!   counted down since; they lag the shared state by what other workers did since.
+//!
+//! # Worker blocks of leases
+//! A global limit's lease ([`crate::lease`]) is a balance in shared data that every worker
+//! of an Envoy spends with compare-and-swap. A worker that keeps holds takes a tenth of the
+//! block ([`crate::lease::worker_block`]) out of the balance with a request's own units and
+//! admits the caller's next requests against it, with no shared-data call. The units were
+//! charged at the service when leased, so this moves them from the Envoy's balance to one
+//! worker's, and the lease's bounds hold for the sum:
+//! - fixed windows: the hold expires with the lease's window, so no overshoot;
+//! - token buckets: what one Envoy holds, charged and unspent, is at most
+//!   `max_balance(block) + workers × (block / 10 + cost − 1)` per caller and set of global
+//!   limits, and the overshoot over any interval at most that per Envoy;
+//! - an idle hold goes back into the balance (or, when the record has moved on, to the
+//!   service with `POST /v1/return`) on the worker's tick, marked used when the worker last
+//!   spent from it, so the lease itself is not given back before its units stop being used.
+//!
+//! Lease holds are keyed by the lease record's fingerprint with a route mask of 0 (a
+//! route that meters nothing never reaches a hold).
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+use crate::quota::ReturnRequest;
 use crate::time::Nanos;
 
 /// A hold unused for this long is given back at the next tick.
@@ -40,9 +59,11 @@ pub const MAX_RETURNS_PER_TICK: usize = 1024;
 /// Holds one worker keeps at most; one more pushes another out (and gives it back).
 pub const MAX_HOLDS: usize = 16_384;
 
-/// Whether any local limit of the configuration takes blocks: then workers keep holds.
+/// Whether any limit of the configuration takes blocks (a local limit, or a global one
+/// that leases): then workers keep holds.
 pub fn any(config: &crate::Config) -> bool {
-    config.tiers.iter().flat_map(|t| &t.limits).any(|l| l.global.is_none() && l.lease_block > 0)
+    let leases = config.quota.is_some();
+    config.tiers.iter().flat_map(|t| &t.limits).any(|l| l.lease_block > 0 && (l.global.is_none() || leases))
 }
 
 /// A caller on a route: the slot fingerprint of (tier, caller) and the route's mask of
@@ -79,6 +100,9 @@ pub struct Hold {
     /// The end of the earliest fixed window charged (never, for token buckets only).
     pub expires_at: Nanos,
     pub last_used: Nanos,
+    /// A hold of a lease's units: how to give them back to the service when the lease
+    /// record has moved on (`units` unset). `None`: a hold of local quota.
+    pub lease: Option<Box<ReturnRequest>>,
 }
 
 impl Hold {
@@ -97,11 +121,22 @@ impl Hold {
 pub struct Holds {
     map: HashMap<HoldKey, Hold>,
     capacity: usize,
+    /// Holds out of the table whose units could not be given back at once: the next tick
+    /// takes them first.
+    orphans: Vec<Hold>,
 }
 
 impl Holds {
     pub fn new(capacity: usize) -> Holds {
-        Holds { map: HashMap::new(), capacity }
+        Holds { map: HashMap::new(), capacity, orphans: Vec::new() }
+    }
+
+    /// Keeps a hold for the next tick to give back (at most [`MAX_RETURNS_PER_TICK`] wait;
+    /// past that its units are lost: under-admission, never over).
+    pub fn orphan(&mut self, hold: Hold) {
+        if self.orphans.len() < MAX_RETURNS_PER_TICK {
+            self.orphans.push(hold);
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -151,7 +186,8 @@ impl Holds {
     /// back (the others wait for the next tick, so that a worker never stalls on a mass of
     /// returns); expired and spent ones are dropped.
     pub fn take_idle(&mut self, now: Nanos, idle_ns: u64, max: usize) -> Vec<Hold> {
-        let mut idle = Vec::new();
+        let mut idle = std::mem::take(&mut self.orphans);
+        idle.retain(|h| now < h.expires_at && h.units > 0);
         self.map.retain(|_, h| {
             if now >= h.expires_at || h.units == 0 {
                 return false;

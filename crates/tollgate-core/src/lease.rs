@@ -128,14 +128,36 @@ pub struct LeaseRef {
 impl LeaseRef {
     /// The record of `caller` in `tier` for this set of global `limits` (with their blocks).
     pub fn new<'a>(tier: &str, caller: &str, limits: impl IntoIterator<Item = &'a Limit>, slots: u32) -> LeaseRef {
-        // The hash of `tier NUL caller (NUL fingerprint block)*`, without building it.
-        let mut fingerprint = identity_fingerprint(tier, caller);
-        for l in limits {
-            fingerprint = fnv1a64_more(fingerprint, &[0]);
-            fingerprint = fnv1a64_more(fingerprint, &l.fingerprint.to_le_bytes());
-            fingerprint = fnv1a64_more(fingerprint, &l.lease_block.to_le_bytes());
-        }
+        LeaseRef::from_fingerprint(fingerprint(tier, caller, limits), slots)
+    }
+
+    /// The record whose [`fingerprint`] is known.
+    pub fn from_fingerprint(fingerprint: u64, slots: u32) -> LeaseRef {
         LeaseRef { key: table_key(LEASE_KEY_PREFIX, slots, fingerprint), fingerprint }
+    }
+}
+
+/// What tells a lease record apart: the hash of `tier NUL caller (NUL fingerprint block)*`
+/// over its global limits, without building it.
+pub fn fingerprint<'a>(tier: &str, caller: &str, limits: impl IntoIterator<Item = &'a Limit>) -> u64 {
+    let mut fingerprint = identity_fingerprint(tier, caller);
+    for l in limits {
+        fingerprint = fnv1a64_more(fingerprint, &[0]);
+        fingerprint = fnv1a64_more(fingerprint, &l.fingerprint.to_le_bytes());
+        fingerprint = fnv1a64_more(fingerprint, &l.lease_block.to_le_bytes());
+    }
+    fingerprint
+}
+
+/// The worker block of a lease of `block` (see [`crate::hold`]): a tenth of it, taken out
+/// of the record with a request's own units so that the worker's next requests need no
+/// compare-and-swap; 0 (none) when it would not cover a request of `cost`.
+pub fn worker_block(block: u64, cost: u64) -> u64 {
+    let units = block / 10;
+    if units >= cost.max(1) {
+        units
+    } else {
+        0
     }
 }
 
@@ -152,20 +174,23 @@ pub struct Held {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
     /// Admitted from the balance (`lease` is the record after it). `refill`: this request
-    /// holds the refill marker and should refill now.
-    Admitted { lease: Lease, refill: Option<u64> },
+    /// holds the refill marker and should refill now. `extra`: units taken beyond the cost
+    /// for the worker to keep (0 or all that was asked for).
+    Admitted { lease: Lease, refill: Option<u64>, extra: u64 },
     /// Not enough balance. `refill`: this request holds the marker and should take a block
     /// (and its own units from it); `None`: decide exactly (a refill is in flight, or
     /// refills are paused after a refusal).
     Empty { refill: Option<u64> },
 }
 
-/// Takes `cost` units from the lease, or says how to get them.
+/// Takes `cost` units from the lease (and `extra` more when the balance has them all), or
+/// says how to get them.
 #[allow(clippy::too_many_arguments)]
 pub fn take<S: SharedStore + ?Sized>(
     store: &S,
     lease: &LeaseRef,
     cost: u64,
+    extra: u64,
     block: u64,
     may_refill: bool,
     stale_ns: u64,
@@ -179,13 +204,14 @@ pub fn take<S: SharedStore + ?Sized>(
         l.balance = l.live_balance(now);
         let can_refill = may_refill && !l.refilling(now, stale_ns) && l.no_refill_until <= now.0;
         if l.balance >= cost {
-            l.balance -= cost;
+            let extra = if l.balance - cost >= extra { extra } else { 0 };
+            l.balance -= cost + extra;
             l.used_at = now.0;
             let refill = (can_refill && l.balance < low_water(block)).then_some(marker);
             if refill.is_some() {
                 l.refill_at = marker;
             }
-            (Some(l.clone()), Take::Admitted { lease: l, refill })
+            (Some(l.clone()), Take::Admitted { lease: l, refill, extra })
         } else if can_refill {
             l.refill_at = marker;
             l.used_at = now.0;
@@ -241,6 +267,32 @@ pub fn settle<S: SharedStore + ?Sized>(
     edit(store, lease, retries, now, stale_ns, |current| match current.filter(|l| l.refill_at == marker) {
         Some(l) => (Some(Lease { refill_at: 0, no_refill_until: until.0, ..l.clone() }), ()),
         None => (None, ()),
+    })
+}
+
+/// Gives a worker's unspent units back to the record they were taken from: added to its
+/// balance if it still holds units of the same window (`expires_at`), and marked used at
+/// `last_used` (the units were in use until then, so the record is not idle before).
+/// `false`: the record is gone or has moved on; the units must go back to the service.
+#[allow(clippy::too_many_arguments)]
+pub fn give_back<S: SharedStore + ?Sized>(
+    store: &S,
+    lease: &LeaseRef,
+    units: u64,
+    expires_at: u64,
+    last_used: Nanos,
+    stale_ns: u64,
+    retries: u32,
+    now: Nanos,
+) -> Result<bool, StoreError> {
+    edit(store, lease, retries, now, stale_ns, |current| match current {
+        Some(l) if l.expires_at == expires_at && now.0 < expires_at => {
+            let mut l = l.clone();
+            l.balance = l.balance.saturating_add(units);
+            l.used_at = l.used_at.max(last_used.0);
+            (Some(l), true)
+        }
+        _ => (None, false),
     })
 }
 

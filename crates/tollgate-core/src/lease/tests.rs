@@ -109,9 +109,21 @@ fn run(
     req: &RequestInfo<'_>,
     now: Nanos,
 ) -> (Decision, Vec<u64>) {
-    let mut cache = KeyCache::new(10);
+    run_on(&mut KeyCache::new(10), c, store, service, req, now)
+}
+
+/// [`run`] on a worker's cache that outlives the request (with holds: as the filter's).
+fn run_on(
+    cache: &mut KeyCache,
+    c: &Config,
+    store: &FakeSharedData,
+    service: &Mutex<Service>,
+    req: &RequestInfo<'_>,
+    now: Nanos,
+) -> (Decision, Vec<u64>) {
+    let cache = &mut *cache;
     let mut costs = Vec::new();
-    let mut step = begin(c, store, &mut cache, req, now);
+    let mut step = begin(c, store, cache, req, now);
     loop {
         match step {
             Step::Done(d) => return (d, costs),
@@ -120,10 +132,8 @@ fn run(
                 costs.push(sent.cost);
                 let reply = service.lock().unwrap().check(&call.body, now);
                 step = match &reply {
-                    Some(body) => {
-                        resume(c, store, &mut cache, call.pending, Answer::Response { status: 200, body }, now)
-                    }
-                    None => resume(c, store, &mut cache, call.pending, Answer::Failed, now),
+                    Some(body) => resume(c, store, cache, call.pending, Answer::Response { status: 200, body }, now),
+                    None => resume(c, store, cache, call.pending, Answer::Failed, now),
                 };
             }
         }
@@ -306,12 +316,12 @@ fn a_refill_marker_holds_for_the_callout_timeout_and_then_expires() {
     let s = FakeSharedData::default();
     let r = bulk_ref(&c);
     let stale = 1_100 * 1_000_000;
-    let Take::Empty { refill: Some(marker) } = take(&s, &r, 1, 50, true, stale, 8, T0).unwrap() else { panic!() };
+    let Take::Empty { refill: Some(marker) } = take(&s, &r, 1, 0, 50, true, stale, 8, T0).unwrap() else { panic!() };
     // Another worker meanwhile: no second refill, decide exactly.
-    assert_eq!(take(&s, &r, 1, 50, true, stale, 8, Nanos(T0.0 + stale - 1)).unwrap(), Take::Empty { refill: None });
+    assert_eq!(take(&s, &r, 1, 0, 50, true, stale, 8, Nanos(T0.0 + stale - 1)).unwrap(), Take::Empty { refill: None });
     // The first callout was lost: after the timeout another request may refill.
     let later = Nanos(T0.0 + stale);
-    let Take::Empty { refill: Some(second) } = take(&s, &r, 1, 50, true, stale, 8, later).unwrap() else { panic!() };
+    let Take::Empty { refill: Some(second) } = take(&s, &r, 1, 0, 50, true, stale, 8, later).unwrap() else { panic!() };
     assert_ne!(marker, second);
     // A late answer to the first refill is not credited.
     let grants = [Grant { remaining: 900, reset_at: T0.0 + 3600 * SEC, window: Some(1) }];
@@ -443,4 +453,206 @@ fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
     assert_eq!(d.outcome, Outcome::Allowed);
     // 1 + 24 + 1 + 24 from leases, 1 exact: 51 admitted, 101 charged, 50 held.
     assert_eq!(service.lock().unwrap().charged, 51 + 50);
+}
+
+/// A worker as the filter keeps one: its holds outlive the request.
+fn worker() -> KeyCache {
+    KeyCache::new(10).with_holds(crate::hold::MAX_HOLDS)
+}
+
+/// Units a worker holds of the bulk lease.
+fn held(c: &Config, w: &KeyCache, now: Nanos) -> u64 {
+    w.holds.units(crate::hold::HoldKey { fingerprint: bulk_ref(c).fingerprint, mask: 0 }, now)
+}
+
+#[test]
+fn a_worker_takes_a_tenth_of_the_block_and_spends_it_without_shared_data() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    assert_eq!(worker_block(50, 1), 5);
+    assert_eq!(worker_block(50, 6), 0, "a worker block below the cost is none");
+    let mut w = worker();
+    let bulk = request("Bearer tok-bulk");
+    let (first, costs) = run_on(&mut w, &c, &s, &service, &bulk, T0);
+    assert_eq!((costs.as_slice(), first.outcome), (&[50][..], Outcome::Allowed));
+    assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 49);
+    // The next request takes its unit and a worker block of 5 out of the balance.
+    let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, T0);
+    assert!(costs.is_empty() && d.quota.block_taken && d.quota.from_lease);
+    assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 43);
+    assert_eq!(held(&c, &w, T0), 5);
+    assert_eq!(header(&d, "x-ratelimit-remaining"), Some("998"), "950 at the service + 43 + 5 held");
+    let writes = s.writes();
+    for i in 0..5u64 {
+        let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, T0);
+        assert!(costs.is_empty() && !d.quota.block_taken && d.quota.from_lease);
+        assert_eq!(d.outcome, Outcome::Allowed);
+        assert_eq!(header(&d, "x-ratelimit-remaining"), Some(&*format!("{}", 997 - i)));
+    }
+    assert_eq!(s.writes(), writes, "5 requests from the worker block: no shared-data write");
+    run_on(&mut w, &c, &s, &service, &bulk, T0);
+    assert_eq!(s.writes(), writes + 1, "the next one takes another block");
+    let svc = service.lock().unwrap();
+    assert_eq!(svc.charged, 50, "one block leased for 8 requests");
+}
+
+#[test]
+fn workers_with_blocks_of_one_lease_spend_a_fixed_window_to_the_last_unit() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut workers: Vec<KeyCache> = (0..3).map(|_| worker()).collect();
+    let bulk = request("Bearer tok-bulk");
+    let mut admitted = 0u64;
+    for i in 0..1500usize {
+        let now = Nanos(T0.0 + i as u64 * 1_000);
+        let (d, _) = run_on(&mut workers[i % 3], &c, &s, &service, &bulk, now);
+        match d.outcome {
+            Outcome::Allowed => admitted += 1,
+            Outcome::Limited => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let now = Nanos(T0.0 + 1500 * 1_000);
+    let held: u64 = workers.iter().map(|w| held(&c, w, now)).sum();
+    let balance = read(&s, &bulk_ref(&c)).unwrap().map_or(0, |l| l.balance);
+    assert_eq!(held, 0, "every worker kept asking: nothing is left in a block");
+    assert_eq!(admitted + balance, 1000, "every unit is admitted once or still in the balance");
+    assert_eq!(admitted, 1000);
+    assert_eq!(service.lock().unwrap().charged, 1000);
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn concurrent_workers_with_blocks_never_admit_more_than_was_leased() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    let leftovers: Vec<u64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut w = worker();
+                    for _ in 0..400 {
+                        let (d, _) = run_on(&mut w, &c, &s, &service, &request("Bearer tok-bulk"), T0);
+                        match d.outcome {
+                            Outcome::Allowed => {
+                                admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Outcome::Limited => {}
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    held(&c, &w, T0)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let admitted = admitted.into_inner();
+    let balance = read(&s, &bulk_ref(&c)).unwrap().map_or(0, |l| l.balance);
+    let held: u64 = leftovers.iter().sum();
+    let charged = service.lock().unwrap().charged;
+    assert!(charged <= 1000);
+    assert_eq!(admitted + balance + held, charged, "every unit leased is admitted once or still held");
+    assert!(leftovers.iter().all(|&h| h < 5 + 1), "{leftovers:?}: at most a block (+ cost − 1) per worker");
+}
+
+#[test]
+fn token_bucket_overshoot_with_worker_blocks_stays_within_the_bound() {
+    let c = config();
+    let (a, b, service) = (FakeSharedData::default(), FakeSharedData::default(), Mutex::new(Service::default()));
+    // rpm: 600 a minute (10 a second), burst 600, block 20 (worker block 2); two Envoys of
+    // two workers each; 50 requests a second for 60 s.
+    let mut workers: Vec<KeyCache> = (0..4).map(|_| worker()).collect();
+    let mut admitted = 0u64;
+    let steps = 3000u64;
+    for i in 0..steps {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let now = Nanos(T0.0 + i * 20_000_000);
+        let w = &mut workers[(i % 4) as usize];
+        admitted +=
+            u64::from(run_on(w, &c, store, &service, &request("Bearer tok-rate"), now).0.outcome == Outcome::Allowed);
+    }
+    let elapsed_s = steps * 20 / 1000;
+    let per_envoy = max_balance(20) + 2 * (worker_block(20, 1) + 1 - 1);
+    let bound = 600 + 10 * elapsed_s + 2 * per_envoy;
+    assert!(admitted <= bound, "{admitted} admitted > {bound}");
+    assert!(admitted >= 600 + 10 * (elapsed_s - 1) - 2 * per_envoy, "{admitted}: the limit is reachable");
+}
+
+#[test]
+fn an_idle_worker_block_goes_back_into_its_lease_or_to_the_service() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut w = worker();
+    let bulk = request("Bearer tok-bulk");
+    let (d, _) = run_on(&mut w, &c, &s, &service, &bulk, T0);
+    let remembered = d.lease.unwrap();
+    run_on(&mut w, &c, &s, &service, &bulk, T0);
+    let last_use = Nanos(T0.0 + SEC);
+    run_on(&mut w, &c, &s, &service, &bulk, last_use); // from the block: 4 left
+    assert_eq!((held(&c, &w, last_use), read(&s, &bulk_ref(&c)).unwrap().unwrap().balance), (4, 43));
+    let idle_ns = crate::decision::hold_idle_ns(&c);
+    assert_eq!(idle_ns, crate::hold::IDLE_RETURN_NS);
+    let soon = Nanos(last_use.0 + idle_ns - 1);
+    assert_eq!(crate::decision::return_idle_holds(&c, &s, &mut w, soon).shared, 0, "not idle yet");
+    let idle = Nanos(last_use.0 + idle_ns);
+    let back = crate::decision::return_idle_holds(&c, &s, &mut w, idle);
+    assert_eq!((back.shared, back.to_service.len()), (1, 0));
+    let record = read(&s, &bulk_ref(&c)).unwrap().unwrap();
+    assert_eq!(record.balance, 47, "back into the balance");
+    assert_eq!(record.used_at, last_use.0, "in use until the block was last spent");
+    // The lease itself goes back once idle since then, with the block's units in it.
+    let lease_idle = 10 * SEC;
+    assert_eq!(
+        reclaim(&s, &remembered, lease_idle, SEC, 8, Nanos(last_use.0 + lease_idle - 1)).unwrap(),
+        Reclaim::Busy
+    );
+    let Reclaim::Return(ret) = reclaim(&s, &remembered, lease_idle, SEC, 8, Nanos(last_use.0 + lease_idle)).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(ret.units, 47);
+
+    // A block whose lease was given back meanwhile goes to the service itself.
+    let later = Nanos(last_use.0 + lease_idle + SEC);
+    run_on(&mut w, &c, &s, &service, &bulk, later); // a new block leased: 49
+    run_on(&mut w, &c, &s, &service, &bulk, later); // 43 in the balance, 5 held
+    let reclaim_at = Nanos(later.0 + lease_idle);
+    assert!(
+        matches!(reclaim(&s, &remembered, lease_idle, SEC, 8, reclaim_at).unwrap(), Reclaim::Return(r) if r.units == 43)
+    );
+    let back = crate::decision::return_idle_holds(&c, &s, &mut w, reclaim_at);
+    assert_eq!(back.shared, 0);
+    let [ret] = back.to_service.as_slice() else { panic!("{back:?}") };
+    assert_eq!((ret.key.as_str(), ret.units), ("bulk/key:bulk", 5));
+    assert_eq!(ret.limits[0].name, "per-day");
+    assert_eq!(ret.windows, [Some(T0.0 / (86_400 * SEC))]);
+    assert!(w.holds.is_empty());
+}
+
+#[test]
+fn a_worker_block_of_a_fixed_window_dies_with_the_window() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut w = worker();
+    let bulk = request("Bearer tok-bulk");
+    let day = 86_400 * SEC;
+    let before_reset = Nanos((T0.0 / day + 1) * day - SEC);
+    run_on(&mut w, &c, &s, &service, &bulk, before_reset);
+    run_on(&mut w, &c, &s, &service, &bulk, before_reset);
+    assert_eq!(held(&c, &w, before_reset), 5);
+    let after = Nanos(before_reset.0 + SEC);
+    assert_eq!(held(&c, &w, after), 0, "void at the reset");
+    let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, after);
+    assert_eq!((costs.as_slice(), d.outcome), (&[50][..], Outcome::Allowed), "a new block for the new window");
+    let back = crate::decision::return_idle_holds(&c, &s, &mut w, Nanos(after.0 + 10 * SEC));
+    assert_eq!((back.shared, back.to_service.len()), (0, 0), "yesterday's units are not given back");
+}
+
+#[test]
+fn a_short_lease_idle_time_gives_worker_blocks_back_first() {
+    let c = {
+        let mut c = config();
+        if let Some(q) = c.quota.as_mut() {
+            q.lease_idle_return_ms = 500;
+        }
+        c
+    };
+    assert_eq!(crate::decision::hold_idle_ns(&c), 250_000_000);
 }
