@@ -395,11 +395,28 @@ where
     F: FnMut(Option<&Lease>) -> (Option<Lease>, T),
 {
     let mut out = None;
+    let mut change = |current: Option<&Lease>| {
+        let (next, result) = change(current);
+        out = Some(result);
+        next
+    };
+    rewrite(store, lease, retries, now, stale_ns, &mut change)?;
+    out.ok_or(StoreError::Host)
+}
+
+/// The compare-and-swap of [`edit`], not generic over the change: lease operations run once
+/// per block, so one copy of the codec in the module is enough.
+fn rewrite<S: SharedStore + ?Sized>(
+    store: &S,
+    lease: &LeaseRef,
+    retries: u32,
+    now: Nanos,
+    stale_ns: u64,
+    change: &mut dyn FnMut(Option<&Lease>) -> Option<Lease>,
+) -> Result<(), StoreError> {
     cas_update(store, &lease.key, retries, |bytes| {
         let mut records = decode(bytes);
-        let (next, result) = change(records.iter().find(|l| l.fingerprint == lease.fingerprint));
-        out = Some(result);
-        let next = next?;
+        let next = change(records.iter().find(|l| l.fingerprint == lease.fingerprint))?;
         records.retain(|l| l.fingerprint != lease.fingerprint && !l.idle(now, stale_ns));
         while records.len() >= SLOT_WAYS {
             let Some((victim, _)) = records.iter().enumerate().min_by_key(|(_, l)| l.used_at) else {
@@ -411,8 +428,7 @@ where
             records.push(next);
         }
         Some(encode(&records))
-    })?;
-    out.ok_or(StoreError::Host)
+    })
 }
 
 /// `0x01 count:u8 (fingerprint balance expires_at refill_at used_at no_refill_until:u64
