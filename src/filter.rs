@@ -107,6 +107,7 @@ impl RootContext for TollgateRoot {
         let Some(state) = self.state.clone() else {
             return;
         };
+        state.metrics.flush();
         let now = host::now();
         let idle = decision::return_idle_holds(&state.config, &HostSharedData, &mut state.keys.borrow_mut(), now);
         state.metrics.record_blocks_given_back(idle.shared);
@@ -289,7 +290,7 @@ fn log_decision(config: &Config, decision: &Decision) {
     // anonymous caller hashes its network).
     if log::log_enabled!(level) {
         let tier = decision.tier.and_then(|t| config.tiers.get(t)).map_or("none", |t| t.name.as_str());
-        let caller = decision.caller.as_deref().map_or_else(|| "-".to_owned(), loggable_caller);
+        let caller = decision.caller_name(config).map_or_else(|| "-".to_owned(), loggable_caller);
         let caller = caller.as_str();
         let limit = decision.limited_by.as_deref().unwrap_or("-");
         let outcome = decision.outcome.as_str();

@@ -2,6 +2,10 @@
 //! `tollgate.requests.<tier>.<outcome>` (tier `none` before a tier is known),
 //! `tollgate.store.<event>` and `tollgate.quota.<event>`. Every count is sent only when it
 //! is not zero: a request admitted from a worker block adds one call (its outcome).
+//! `tollgate.quota.lease.admitted`, which would add a second to every request admitted from
+//! a lease, is counted in the module and added on the worker's tick (at most 1 s late).
+
+use std::cell::Cell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -55,6 +59,8 @@ pub struct Metrics {
     degraded_closed: Option<u32>,
     degraded_local: Option<u32>,
     lease_admitted: Option<u32>,
+    /// Requests admitted from a lease since the last tick.
+    lease_admitted_pending: Cell<u32>,
     lease_refills: Option<u32>,
     lease_units_leased: Option<u32>,
     lease_returns: Option<u32>,
@@ -112,6 +118,7 @@ impl Metrics {
             degraded_closed: q("tollgate.quota.failure_mode.closed", MetricType::Counter),
             degraded_local: q("tollgate.quota.failure_mode.local", MetricType::Counter),
             lease_admitted: q("tollgate.quota.lease.admitted", MetricType::Counter),
+            lease_admitted_pending: Cell::new(0),
             lease_refills: q("tollgate.quota.lease.refills", MetricType::Counter),
             lease_units_leased: q("tollgate.quota.lease.units_leased", MetricType::Counter),
             lease_returns: q("tollgate.quota.lease.returns", MetricType::Counter),
@@ -141,7 +148,9 @@ impl Metrics {
                 let _ = hostcalls::record_metric(gauge, u64::from(quota.breaker_opened));
             }
         }
-        bump(self.lease_admitted, u32::from(quota.from_lease));
+        if quota.from_lease {
+            self.lease_admitted_pending.set(self.lease_admitted_pending.get().saturating_add(1));
+        }
         bump(self.lease_refills, u32::from(quota.leased_units > 0));
         bump(self.lease_units_leased, u32::try_from(quota.leased_units).unwrap_or(u32::MAX));
         match quota.degraded {
@@ -150,6 +159,11 @@ impl Metrics {
             Some(FailureMode::Local) => bump(self.degraded_local, 1),
             None => {}
         }
+    }
+
+    /// Adds what is counted in the module (from the worker's tick).
+    pub fn flush(&self) {
+        bump(self.lease_admitted, self.lease_admitted_pending.replace(0));
     }
 
     /// Idle worker blocks given back at a tick.

@@ -13,7 +13,7 @@ use crate::config::{Config, ContentionPolicy, FailureMode, Limit, LimitKind, Mod
 use crate::headers::{rate_limit_headers, tightest, Headers, LimitStatus};
 use crate::hold::{self, HeldLimit, Hold, HoldKey, Holds};
 use crate::identity::{client_network, hex, sha256, token};
-use crate::keycache::{CachedKey, KeyCache, Lookup};
+use crate::keycache::{CachedKey, KeyCache, Lookup, StaticKey};
 use crate::lease::{self, Grant, Held, Lease, LeaseRef, Take};
 use crate::limit::{self, evaluate, Evaluation, LimitState};
 use crate::quota::{CheckRequest, CheckResponse, LimitSpec, ReturnRequest, VerifyRequest, VerifyResponse};
@@ -92,12 +92,33 @@ pub struct Decision {
     pub response_headers: Headers,
     /// The limit that refused (or would have refused) the request.
     pub limited_by: Option<String>,
-    /// Who was metered, safe to log: `key:<id>` or `ip:<network>`; never a token.
-    pub caller: Option<String>,
+    /// Who was metered, safe to log ([`Decision::caller_name`]); never a token.
+    pub caller: Option<Caller>,
     pub store: UpdateReport,
     pub quota: QuotaReport,
     /// A lease this request refilled: the worker remembers it to give it back when idle.
     pub lease: Option<Held>,
+}
+
+/// Who is metered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A configured key, by its index in `config.keys`: its name and fingerprint were made
+    /// with the configuration, so a request of a key allocates neither.
+    Key(usize),
+    /// A key verified by the quota service (`key:<id>`) or an anonymous network
+    /// (`ip:<network>`).
+    Named(String),
+}
+
+impl Caller {
+    /// `key:<id>` or `ip:<network>`.
+    pub fn name<'a>(&'a self, config: &'a Config) -> &'a str {
+        match self {
+            Caller::Key(index) => config.keys.get(*index).map_or("key:?", |k| k.caller.as_str()),
+            Caller::Named(name) => name,
+        }
+    }
 }
 
 /// Either the decision, or a call to the quota service to make first.
@@ -151,10 +172,12 @@ struct Refill {
 #[derive(Debug)]
 struct Metering {
     tier: usize,
-    caller: String,
+    caller: Caller,
+    /// The identity fingerprint of (tier, caller): where its states live.
+    fingerprint: u64,
     anonymous: bool,
     local: Metereds,
-    global: Vec<usize>,
+    global: SmallVec<[usize; 4]>,
     /// Local limits as they stood (not yet charged) when the callout left.
     local_status: Statuses,
 }
@@ -206,6 +229,11 @@ impl Decision {
             quota: QuotaReport::default(),
             lease: None,
         }
+    }
+
+    /// Who was metered: `key:<id>` or `ip:<network>`.
+    pub fn caller_name<'a>(&'a self, config: &'a Config) -> Option<&'a str> {
+        self.caller.as_ref().map(|c| c.name(config))
     }
 
     fn refuse(outcome: Outcome, reply: LocalReply, mode: Mode) -> Decision {
@@ -271,12 +299,15 @@ pub fn begin<S: SharedStore + ?Sized>(
             let mut hash = None;
             let known = cache.static_key(tag).or_else(|| {
                 let index = config.key_index_by_hash(hash.insert(sha256(token.as_bytes())))?;
-                cache.remember_static_key(tag, index, config.keys.len());
-                Some(index)
+                let key = config.keys.get(index)?;
+                let known = StaticKey { index, tier: key.tier, fingerprint: key.fingerprint };
+                cache.remember_static_key(tag, known, config.keys.len());
+                Some(known)
             });
-            if let Some(key) = known.and_then(|i| config.keys.get(i)) {
-                let caller = ["key:", key.id.as_str()].concat();
-                return with_tier(config, store, Some(&mut cache.holds), route, key.tier, caller, false, report, now);
+            if let Some(key) = known {
+                let (caller, fingerprint) = (Caller::Key(key.index), Some(key.fingerprint));
+                let holds = Some(&mut cache.holds);
+                return with_tier(config, store, holds, route, key.tier, caller, fingerprint, false, report, now);
             }
             let hash = hash.unwrap_or_else(|| sha256(token.as_bytes()));
             let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
@@ -284,8 +315,9 @@ pub fn begin<S: SharedStore + ?Sized>(
             };
             let stale = match cache.get(&hash, now) {
                 Lookup::Fresh(CachedKey::Known { id, tier }) => {
-                    let caller = ["key:", id.as_str()].concat();
-                    return with_tier(config, store, Some(&mut cache.holds), route, tier, caller, false, report, now);
+                    let caller = Caller::Named(["key:", id.as_str()].concat());
+                    let holds = Some(&mut cache.holds);
+                    return with_tier(config, store, holds, route, tier, caller, None, false, report, now);
                 }
                 Lookup::Fresh(CachedKey::Unknown) => {
                     return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
@@ -308,8 +340,8 @@ pub fn begin<S: SharedStore + ?Sized>(
             Some(tier) => {
                 let identity = &config.identity;
                 let network = client_network(request.client_address, identity.ipv4_prefix, identity.ipv6_prefix);
-                let caller = ["ip:", network.as_str()].concat();
-                with_tier(config, store, Some(&mut cache.holds), route, tier, caller, true, report, now)
+                let caller = Caller::Named(["ip:", network.as_str()].concat());
+                with_tier(config, store, Some(&mut cache.holds), route, tier, caller, None, true, report, now)
             }
             None => Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::missing_token(), config.mode)),
         },
@@ -344,8 +376,8 @@ pub fn resume<S: SharedStore + ?Sized>(
                 (true, Some(id), Some(tier)) => {
                     let key = CachedKey::Known { id: id.clone(), tier };
                     cache.put(hash, key, now, quota.key_cache_ttl_ms);
-                    let caller = ["key:", id.as_str()].concat();
-                    with_tier(config, store, Some(&mut cache.holds), route, tier, caller, false, report, now)
+                    let caller = Caller::Named(["key:", id.as_str()].concat());
+                    with_tier(config, store, Some(&mut cache.holds), route, tier, caller, None, false, report, now)
                 }
                 _ => {
                     cache.put(hash, CachedKey::Unknown, now, quota.negative_cache_ttl_ms);
@@ -414,7 +446,8 @@ fn with_tier<S: SharedStore + ?Sized>(
     holds: Option<&mut Holds>,
     route: usize,
     tier_index: usize,
-    caller: String,
+    caller: Caller,
+    fingerprint: Option<u64>,
     anonymous: bool,
     mut report: QuotaReport,
     now: Nanos,
@@ -433,8 +466,10 @@ fn with_tier<S: SharedStore + ?Sized>(
         .filter(|(_, l)| l.global.is_none())
         .map(|(index, l)| Metered { index, fingerprint: l.fingerprint })
         .collect();
-    let global: Vec<usize> = applied.filter(|(_, l)| l.global.is_some()).map(|(i, _)| i).collect();
-    let mut metering = Metering { tier: tier_index, caller, anonymous, local, global, local_status: Statuses::new() };
+    let global = applied.filter(|(_, l)| l.global.is_some()).map(|(i, _)| i).collect();
+    let fingerprint = fingerprint.unwrap_or_else(|| identity_fingerprint(&tier.name, caller.name(config)));
+    let mut metering =
+        Metering { tier: tier_index, caller, fingerprint, anonymous, local, global, local_status: Statuses::new() };
     let Some(quota) = config.quota.as_ref().filter(|_| !metering.global.is_empty()) else {
         return Step::Done(match holds {
             Some(holds) if holds.enabled() => commit_holding(config, store, holds, route, metering, report, now),
@@ -449,7 +484,7 @@ fn with_tier<S: SharedStore + ?Sized>(
     let (result, store_report) = if metering.local.is_empty() {
         (Ok(()), UpdateReport::default())
     } else {
-        let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
+        let slot = SlotRef::from_fingerprint(metering.fingerprint, config.store.slots);
         store::update(store, &slot, now, config.store.cas_retries, |stored| {
             looked = evaluate_all(tier, &metering.local, stored, now, cost);
             Change::Keep
@@ -474,19 +509,24 @@ fn with_tier<S: SharedStore + ?Sized>(
         report.short_circuited = true;
         return Step::Done(fallback(config, store, route, metering, report, now));
     }
-    exact_check(tier, route, cost, metering, report)
+    exact_check(config, tier, route, cost, metering, report)
 }
 
 /// A `/v1/check` of the request's own cost: the exact path.
-fn exact_check(tier: &Tier, route: usize, cost: u64, metering: Metering, report: QuotaReport) -> Step {
-    let body = check_body(tier, &metering, cost);
+fn exact_check(config: &Config, tier: &Tier, route: usize, cost: u64, metering: Metering, report: QuotaReport) -> Step {
+    let body = check_body(config, tier, &metering, cost);
     let pending = Pending { route, stage: Stage::Check(metering), quota: report };
     Step::Call(Box::new(Callout { path: "/v1/check", body, pending }))
 }
 
-fn check_body(tier: &Tier, metering: &Metering, cost: u64) -> String {
+/// The caller's key at the quota service: `<tier>/<caller>`.
+fn service_key(config: &Config, tier: &Tier, metering: &Metering) -> String {
+    [tier.name.as_str(), "/", metering.caller.name(config)].concat()
+}
+
+fn check_body(config: &Config, tier: &Tier, metering: &Metering, cost: u64) -> String {
     let request = CheckRequest {
-        key: format!("{}/{}", tier.name, metering.caller),
+        key: service_key(config, tier, metering),
         cost,
         limits: metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(LimitSpec::of).collect(),
     };
@@ -516,7 +556,7 @@ fn leased<S: SharedStore + ?Sized>(
     };
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
     let fingerprint =
-        lease::fingerprint(&tier.name, &metering.caller, metering.global.iter().filter_map(|&i| tier.limits.get(i)));
+        lease::fingerprint(metering.fingerprint, metering.global.iter().filter_map(|&i| tier.limits.get(i)));
     // A worker that keeps holds spends its block of the lease first (see `crate::hold`).
     let mut holds = holds.filter(|h| h.enabled());
     let worker_block = if holds.is_some() { lease::worker_block(block, cost) } else { 0 };
@@ -554,7 +594,7 @@ fn leased<S: SharedStore + ?Sized>(
                 }
             };
             let refill = Refill { metering, lease: lease_ref, marker, block, admitted: Some(lease), held };
-            Ok(refill_call(tier, route, refill, report))
+            Ok(refill_call(config, tier, route, refill, report))
         }
         Take::Empty { refill: Some(marker) } => {
             if breaker_open(store) {
@@ -563,7 +603,7 @@ fn leased<S: SharedStore + ?Sized>(
                 return Ok(Step::Done(fallback(config, store, route, metering, report, now)));
             }
             let refill = Refill { metering, lease: lease_ref, marker, block, admitted: None, held: 0 };
-            Ok(refill_call(tier, route, refill, report))
+            Ok(refill_call(config, tier, route, refill, report))
         }
     }
 }
@@ -587,7 +627,7 @@ fn keep_lease_hold<S: SharedStore + ?Sized>(
         .map(|s| HeldLimit { index: s.index, fingerprint: 0, remaining: s.remaining, reset_after_ns: s.reset_after_ns })
         .collect();
     let back = ReturnRequest {
-        key: format!("{}/{}", tier.name, metering.caller),
+        key: service_key(config, tier, metering),
         units: 0,
         limits: metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(LimitSpec::of).collect(),
         windows: (0..metering.global.len()).map(|i| lease.grants.get(i).and_then(|g| g.window)).collect(),
@@ -630,8 +670,8 @@ fn add_remaining(statuses: &mut Statuses, units: u64) {
 }
 
 /// The callout that asks the service for the next block of a lease.
-fn refill_call(tier: &Tier, route: usize, refill: Refill, report: QuotaReport) -> Step {
-    let body = check_body(tier, &refill.metering, refill.block);
+fn refill_call(config: &Config, tier: &Tier, route: usize, refill: Refill, report: QuotaReport) -> Step {
+    let body = check_body(config, tier, &refill.metering, refill.block);
     Step::Call(Box::new(Callout {
         path: "/v1/check",
         body,
@@ -709,7 +749,7 @@ fn refilled<S: SharedStore + ?Sized>(
             add_remaining(&mut statuses, held);
             let held = Held {
                 lease: lease_ref,
-                key: format!("{}/{}", tier.name, metering.caller),
+                key: service_key(config, tier, &metering),
                 limits: limits.iter().map(|l| LimitSpec::of(l)).collect(),
             };
             let mut d = commit(config, store, route, metering, &[], statuses, report, now);
@@ -728,7 +768,7 @@ fn refilled<S: SharedStore + ?Sized>(
                     add_remaining(&mut statuses, held);
                     Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
                 }
-                None => exact_check(tier, route, cost, metering, report),
+                None => exact_check(config, tier, route, cost, metering, report),
             }
         }
         None => {
@@ -818,7 +858,8 @@ fn verify_unavailable<S: SharedStore + ?Sized>(
 ) -> Step {
     match stale {
         Some((id, tier)) => {
-            with_tier(config, store, None, route, tier, ["key:", id.as_str()].concat(), false, report, now)
+            let caller = Caller::Named(["key:", id.as_str()].concat());
+            with_tier(config, store, None, route, tier, caller, None, false, report, now)
         }
         None => {
             let mut d = Decision::refuse(Outcome::QuotaUnavailable, reply::quota_unavailable(), config.mode);
@@ -848,7 +889,7 @@ fn commit<S: SharedStore + ?Sized>(
     let mut statuses = Statuses::new();
     let mut store_report = UpdateReport::default();
     if !metered.is_empty() {
-        let slot = SlotRef::new(&tier.name, &metering.caller, config.store.slots);
+        let slot = SlotRef::from_fingerprint(metering.fingerprint, config.store.slots);
         let cost = config.routes.get(route).map_or(1, |r| r.cost);
         let (result, r) = store::update(store, &slot, now, config.store.cas_retries, |stored| {
             statuses = evaluate_all(tier, &metered, stored, now, cost);
@@ -890,7 +931,7 @@ fn commit_holding<S: SharedStore + ?Sized>(
     if block == 0 {
         return commit(config, store, route, metering, &[], Statuses::new(), report, now);
     }
-    let fingerprint = identity_fingerprint(&tier.name, &metering.caller);
+    let fingerprint = metering.fingerprint;
     let key = HoldKey { fingerprint, mask: r.applies.get(metering.tier).copied().unwrap_or(0) };
     if let Some(hold) = holds.spend(key, cost, now) {
         let statuses = hold_statuses(hold, now);
@@ -1088,7 +1129,7 @@ fn refund_states(tier: &Tier, held: &[HeldLimit], stored: &[StoredLimit], now: N
     })
 }
 
-fn store_failure(config: &Config, tier: usize, caller: String, store_report: UpdateReport) -> Decision {
+fn store_failure(config: &Config, tier: usize, caller: Caller, store_report: UpdateReport) -> Decision {
     let mut d = Decision {
         tier: Some(tier),
         caller: Some(caller),

@@ -38,9 +38,20 @@ pub struct KeyCache {
     capacity: usize,
     /// SipHash keys drawn at random for this cache (the host's `random_get` under WASI).
     tagger: RandomState,
-    /// Tag of a token → index of the configured key it matched.
-    static_keys: HashMap<Tag, usize>,
+    /// Tag of a token → the configured key it matched.
+    static_keys: HashMap<Tag, StaticKey>,
     pub holds: Holds,
+}
+
+/// A configured key as a request needs it, beside its tag: deciding for it reads nothing
+/// else (no key table, no id) until a slow path names the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticKey {
+    /// Its index in `config.keys`.
+    pub index: usize,
+    pub tier: usize,
+    /// Its identity fingerprint (`config::Key::fingerprint`).
+    pub fingerprint: u64,
 }
 
 /// A keyed 128-bit hash of a token: two SipHash outputs under a secret random key, over
@@ -76,18 +87,18 @@ impl KeyCache {
         Tag(half(1), half(2))
     }
 
-    /// The configured key (its index) a token with this tag matched before.
-    pub fn static_key(&self, tag: Tag) -> Option<usize> {
+    /// The configured key a token with this tag matched before.
+    pub fn static_key(&self, tag: Tag) -> Option<StaticKey> {
         self.static_keys.get(&tag).copied()
     }
 
-    /// Remembers that the token with `tag` is configured key `index`; `keys` is the number
+    /// Remembers that the token with `tag` is configured key `key`; `keys` is the number
     /// of configured keys, which bounds the map (a full map is cleared, never grown).
-    pub fn remember_static_key(&mut self, tag: Tag, index: usize, keys: usize) {
+    pub fn remember_static_key(&mut self, tag: Tag, key: StaticKey, keys: usize) {
         if self.static_keys.len() >= keys.max(1) {
             self.static_keys.clear();
         }
-        self.static_keys.insert(tag, index);
+        self.static_keys.insert(tag, key);
     }
 
     pub fn get(&self, hash: &[u8; 32], now: Nanos) -> Lookup {
@@ -150,11 +161,12 @@ mod tests {
     fn static_keys_are_found_by_tag_and_bounded_by_the_number_of_keys() {
         let mut c = KeyCache::new(1);
         let (a, b, other) = (c.tag("tg_a"), c.tag("tg_b"), c.tag("tg_other"));
-        c.remember_static_key(a, 0, 2);
-        c.remember_static_key(b, 1, 2);
-        assert_eq!((c.static_key(a), c.static_key(b), c.static_key(other)), (Some(0), Some(1), None));
-        c.remember_static_key(other, 1, 2);
-        assert_eq!(c.static_key(other), Some(1));
+        let key = |index| StaticKey { index, tier: 0, fingerprint: 7 };
+        c.remember_static_key(a, key(0), 2);
+        c.remember_static_key(b, key(1), 2);
+        assert_eq!((c.static_key(a), c.static_key(b), c.static_key(other)), (Some(key(0)), Some(key(1)), None));
+        c.remember_static_key(other, key(1), 2);
+        assert_eq!(c.static_key(other), Some(key(1)));
         assert!(c.static_key(a).is_none() && c.static_key(b).is_none(), "a full map starts over");
     }
 

@@ -128,7 +128,7 @@ pub struct LeaseRef {
 impl LeaseRef {
     /// The record of `caller` in `tier` for this set of global `limits` (with their blocks).
     pub fn new<'a>(tier: &str, caller: &str, limits: impl IntoIterator<Item = &'a Limit>, slots: u32) -> LeaseRef {
-        LeaseRef::from_fingerprint(fingerprint(tier, caller, limits), slots)
+        LeaseRef::from_fingerprint(fingerprint(identity_fingerprint(tier, caller), limits), slots)
     }
 
     /// The record whose [`fingerprint`] is known.
@@ -138,9 +138,10 @@ impl LeaseRef {
 }
 
 /// What tells a lease record apart: the hash of `tier NUL caller (NUL fingerprint block)*`
-/// over its global limits, without building it.
-pub fn fingerprint<'a>(tier: &str, caller: &str, limits: impl IntoIterator<Item = &'a Limit>) -> u64 {
-    let mut fingerprint = identity_fingerprint(tier, caller);
+/// over its global limits, without building it, from the caller's `identity` fingerprint
+/// ([`identity_fingerprint`] of `tier NUL caller`).
+pub fn fingerprint<'a>(identity: u64, limits: impl IntoIterator<Item = &'a Limit>) -> u64 {
+    let mut fingerprint = identity;
     for l in limits {
         fingerprint = fnv1a64_more(fingerprint, &[0]);
         fingerprint = fnv1a64_more(fingerprint, &l.fingerprint.to_le_bytes());

@@ -66,6 +66,10 @@ pub struct Identity {
 pub struct Key {
     pub id: String,
     pub tier: usize,
+    /// How the key is metered and logged: `key:<id>`.
+    pub caller: String,
+    /// [`crate::store::identity_fingerprint`] of its tier and caller: where its state lives.
+    pub fingerprint: u64,
 }
 
 #[derive(Debug)]
@@ -594,7 +598,9 @@ fn validate_keys(
         if by_hash.insert(hash, keys.len()).is_some() {
             return err(format!("{path}.sha256"), "the same hash is configured for another key");
         }
-        keys.push(Key { id: k.id.clone(), tier });
+        let caller = ["key:", k.id.as_str()].concat();
+        let fingerprint = crate::store::identity_fingerprint(&k.tier, &caller);
+        keys.push(Key { id: k.id.clone(), tier, caller, fingerprint });
     }
     Ok((keys, by_hash))
 }
