@@ -50,7 +50,8 @@ use smallvec::SmallVec;
 use crate::quota::ReturnRequest;
 use crate::time::Nanos;
 
-/// A hold unused for this long is given back at the next tick.
+/// A hold unused for this long is given back at the next tick (or sooner with a
+/// `lease_idle_return_ms` under twice as long: `decision::hold_idle_ns`).
 pub const IDLE_RETURN_NS: u64 = 1_000_000_000;
 /// How often a worker with holds looks for idle ones.
 pub const TICK_MS: u64 = 500;
