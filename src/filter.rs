@@ -184,6 +184,18 @@ impl Context for TollgateHttp {
     }
 }
 
+/// A stream that ends while its decision waits for a callout (the client went away; Envoy
+/// cancels the callout): the callout no longer counts as in flight, and a lease refill
+/// gives up its marker.
+impl Drop for TollgateHttp {
+    fn drop(&mut self) {
+        if let Some((pending, _)) = self.waiting.take() {
+            self.state.in_flight.set(self.state.in_flight.get().saturating_sub(1));
+            decision::abandon(&self.state.config, &HostSharedData, pending, host::now());
+        }
+    }
+}
+
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let state = Rc::clone(&self.state);

@@ -4,11 +4,13 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::services::{QuotaService, Redis};
+use common::services::{BrokenQuota, Misbehaviour, QuotaService, Redis};
 use common::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
 
@@ -226,4 +228,53 @@ fn five_a_day_stays_exact() {
     assert_eq!(stat(&envoy, "tollgate.quota.lease.units_leased"), 0, "no lease for 5 a day");
     assert_eq!(stat(&envoy, "tollgate.quota.callouts"), 12, "a callout per request");
     assert_eq!(used_units(&service, "free/ip:127.0.0.1/32"), 5);
+}
+
+/// Sends a request as a client that gives up after `wait` and closes its connection.
+fn abandoned_post(envoy: &Envoy, token: &str, wait: Duration) {
+    let mut stream = TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    let request = format!(
+        "POST {IMAGES} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    sleep(wait);
+}
+
+/// How many callouts of `cost` the service has read.
+fn callouts_of_cost(service: &BrokenQuota, cost: u64) -> usize {
+    let received = service.received.lock().unwrap();
+    let needle = format!("\"cost\":{cost},");
+    received.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count()
+}
+
+#[test]
+fn a_client_that_leaves_while_its_request_refills_frees_the_refill_and_the_callout_slot() {
+    // The service never answers, and a callout would wait 10 s for it; one in flight at most.
+    let service = BrokenQuota::start(Misbehaviour::Hang);
+    let mut config = plugin_config("closed", 60_000);
+    config["quota_service"]["timeout_ms"] = json!(10_000);
+    config["quota_service"]["max_pending_callouts"] = json!(1);
+    let envoy = envoy_with(service.port, &config);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    abandoned_post(&envoy, BULK_TOKEN, Duration::from_millis(300));
+    while callouts_of_cost(&service, BULK_BLOCK) < 1 {
+        assert!(Instant::now() < deadline, "the first request never asked for a block");
+        sleep(Duration::from_millis(50));
+    }
+    // Its client is gone, and Envoy cancelled the callout. The next request finds no refill
+    // in flight and a free callout slot: it asks for a block itself, rather than deciding
+    // exactly (a check of cost 1) for the marker's 11 s, or being refused a callout.
+    sleep(Duration::from_millis(200));
+    abandoned_post(&envoy, BULK_TOKEN, Duration::from_millis(300));
+    while callouts_of_cost(&service, BULK_BLOCK) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second block asked for: {} exact checks, {} callouts refused",
+            callouts_of_cost(&service, 1),
+            stat(&envoy, "tollgate.quota.failures")
+        );
+        sleep(Duration::from_millis(50));
+    }
+    assert_eq!(callouts_of_cost(&service, 1), 0, "no exact check");
+    assert_eq!(stat(&envoy, "tollgate.quota.failures"), 0, "no callout refused or failed");
 }

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -236,6 +236,8 @@ pub struct BrokenQuota {
     pub port: u16,
     stop: Arc<AtomicBool>,
     pub requests: Arc<AtomicU32>,
+    /// Every byte read, over all connections (callout bodies are plain JSON in them).
+    pub received: Arc<Mutex<Vec<u8>>>,
 }
 
 impl BrokenQuota {
@@ -244,7 +246,8 @@ impl BrokenQuota {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU32::new(0));
-        let (stop2, requests2) = (Arc::clone(&stop), Arc::clone(&requests));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2, received2) = (Arc::clone(&stop), Arc::clone(&requests), Arc::clone(&received));
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for stream in listener.incoming() {
@@ -253,6 +256,7 @@ impl BrokenQuota {
                 }
                 let Ok(mut stream) = stream else { continue };
                 let requests = Arc::clone(&requests2);
+                let received = Arc::clone(&received2);
                 let stop = Arc::clone(&stop2);
                 let handle = std::thread::spawn(move || {
                     let mut buf = [0u8; 8192];
@@ -260,8 +264,9 @@ impl BrokenQuota {
                     while !stop.load(Ordering::SeqCst) {
                         match stream.read(&mut buf) {
                             Ok(0) => break,
-                            Ok(_) => {
+                            Ok(n) => {
                                 requests.fetch_add(1, Ordering::SeqCst);
+                                received.lock().unwrap().extend_from_slice(&buf[..n]);
                                 if how == Misbehaviour::Error500 {
                                     let body = r#"{"error":{"code":"boom","message":"internal error"}}"#;
                                     let reply = format!(
@@ -285,7 +290,7 @@ impl BrokenQuota {
                 held.push(handle);
             }
         });
-        BrokenQuota { port, stop, requests }
+        BrokenQuota { port, stop, requests, received }
     }
 }
 

@@ -438,6 +438,17 @@ pub fn resume<S: SharedStore + ?Sized>(
     }
 }
 
+/// A decision waiting for a callout was dropped (its stream ended first: Envoy cancels the
+/// callout). A refill gives up its marker at once, so that the next request may refill
+/// instead of finding a refill "in flight" until the marker's time to live and deciding
+/// every request exactly meanwhile. The units of the lost answer are lost (under-admission).
+pub fn abandon<S: SharedStore + ?Sized>(config: &Config, store: &S, pending: Pending, now: Nanos) {
+    let (Some(quota), Stage::Refill(refill)) = (config.quota.as_ref(), pending.stage) else {
+        return;
+    };
+    let _ = lease::settle(store, &refill.lease, refill.marker, now, stale_ns(quota), config.store.cas_retries, now);
+}
+
 /// The caller is known: meter them.
 #[allow(clippy::too_many_arguments)]
 fn with_tier<S: SharedStore + ?Sized>(

@@ -656,3 +656,22 @@ fn a_short_lease_idle_time_gives_worker_blocks_back_first() {
     };
     assert_eq!(crate::decision::hold_idle_ns(&c), 250_000_000);
 }
+
+#[test]
+fn an_abandoned_refill_gives_up_its_marker() {
+    let (c, s) = (config(), FakeSharedData::default());
+    let mut cache = KeyCache::new(10);
+    let bulk = request("Bearer tok-bulk");
+    let Step::Call(refill) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a refill") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&refill.body).unwrap().cost, 50);
+    // While it is in flight, the next request decides exactly.
+    let Step::Call(exact) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a callout") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&exact.body).unwrap().cost, 1);
+    // The refilling request's stream ended: its callout is gone, and so is its marker.
+    crate::decision::abandon(&c, &s, refill.pending, T0);
+    let Step::Call(again) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a refill") };
+    assert_eq!(serde_json::from_str::<CheckRequest>(&again.body).unwrap().cost, 50, "the next request refills");
+    // Abandoning an exact check changes nothing.
+    crate::decision::abandon(&c, &s, exact.pending, T0);
+    assert!(read(&s, &bulk_ref(&c)).unwrap().unwrap().refill_at != 0, "the new refill's marker stands");
+}
