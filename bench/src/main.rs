@@ -54,6 +54,10 @@ pub struct Results {
     pub runs: Vec<Run>,
     /// The quota service and redis-benchmark runs.
     pub quota_runs: Vec<Run>,
+    /// Two tollgate configurations side by side ([`SIDE_BY_SIDE`]): `id` is
+    /// `<configuration>/<reference>`, and the baseline is the reference.
+    #[serde(default)]
+    pub side_by_side: Vec<Run>,
     pub micro: Vec<Micro>,
     /// perf profiles of a few configurations (extra runs).
     #[serde(default)]
@@ -64,6 +68,12 @@ pub struct Results {
     #[serde(default)]
     pub hostcalls: Vec<hostcalls::HostCall>,
 }
+
+/// Goals that compare two tollgate configurations are also measured with the two taking
+/// turns directly (configuration, reference), as each does with the no-filter Envoy: the
+/// ratio of two ratios taken at different moments carries the drift of both.
+pub const SIDE_BY_SIDE: [(&str, &str); 2] =
+    [("tollgate-local-10k", "tollgate-local-1"), ("global-default-redis", "tollgate-local-1")];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -166,6 +176,7 @@ fn main() {
     let configs: Vec<_> = scenarios().into_iter().filter(|s| wanted(s.id)).collect();
     let mut runs = Vec::new();
     let mut quota_runs = Vec::new();
+    let mut side_by_side = Vec::new();
     for round in 0..settings.rounds {
         // Odd rounds go backwards, so no configuration always runs at the same point of a round.
         let order: Vec<_> =
@@ -183,6 +194,21 @@ fn main() {
             );
             runs.push(reference);
             runs.push(run);
+        }
+        for (id, reference) in SIDE_BY_SIDE {
+            let find = |id: &str| configs.iter().find(|s| s.id == id);
+            let (Some(scenario), Some(peer)) = (find(id), find(reference)) else { continue };
+            let (peer_run, mut run) = bench.pair(peer, scenario, round);
+            eprintln!(
+                "bench: round {} {:<22} {:>8.0} req/s  {:.3}× {reference} side by side ({:.0} req/s)",
+                round + 1,
+                id,
+                run.rps,
+                run.rps / peer_run.rps.max(1.0),
+                peer_run.rps
+            );
+            run.id = format!("{id}/{reference}");
+            side_by_side.push(run);
         }
         if wanted("quota") {
             for store in [QuotaStore::Memory, QuotaStore::Redis] {
@@ -270,6 +296,7 @@ fn main() {
         machine,
         runs,
         quota_runs,
+        side_by_side,
         micro,
         profiles,
         sizes,
