@@ -25,13 +25,21 @@
 //!   held at its start: overshoot ≤ `envoys × max_balance(block)` per caller and set of
 //!   limits.
 //!
+//! A worker that keeps holds ([`crate::hold`]) takes a tenth of the block out of the
+//! balance with a request ([`worker_block`]) and spends it without shared data; what the
+//! workers hold counts on top of the record: `max_balance(block) + workers ×
+//! (block / 10 + cost − 1)` per Envoy.
+//!
 //! Units are never spent twice: the balance only goes down by compare-and-swap. Lost
 //! units (a refill answer that arrives after its marker was taken over, an evicted record,
 //! a failed return) are under-admission, never over-admission.
 //!
 //! # Return when idle
 //! A record unused for `lease_idle_return_ms` is zeroed by compare-and-swap and its
-//! balance given back with `POST /v1/return` ([`reclaim`]), from the root context.
+//! balance given back with `POST /v1/return` ([`reclaim`]), from the root context. A
+//! worker's idle block goes back into the record first ([`give_back`]), or to the service
+//! when the record has moved on. A refill whose request's stream ends first gives up its
+//! marker (`decision::abandon`).
 //!
 //! # Memory
 //! Records live in `slots` shared-data keys (`tollgate/lease/v1/<slots>/<i>`), up to
