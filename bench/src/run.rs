@@ -68,6 +68,9 @@ pub struct Paired {
     pub idle_p99_us: f64,
     #[serde(default)]
     pub envoy_cpu_us: Option<f64>,
+    /// Its p99 under load (absent in results of older runs).
+    #[serde(default)]
+    pub p99_us: Option<f64>,
 }
 
 pub struct Bench {
@@ -157,6 +160,7 @@ impl Bench {
             idle_p50_us: reference.idle_p50_us.unwrap_or(0.0),
             idle_p99_us: reference.idle_p99_us.unwrap_or(0.0),
             envoy_cpu_us: reference.envoy_cpu_us,
+            p99_us: Some(reference.p99_us),
         });
         let stats = live[1].envoy.counters();
         let find = |suffix: &str| stats.iter().find(|(n, _)| n.ends_with(suffix)).map_or(0, |(_, v)| *v);
