@@ -65,8 +65,14 @@ fn two_workers_holding_blocks_never_admit_more_than_the_limit_and_give_idle_bloc
     // held when the burst ends come back.
     assert_eq!(burst(), 200);
     let taken = envoy.counter("tollgate.store.blocks_taken").unwrap_or(0);
-    // A worker serving n of them takes ceil(n / 51) blocks (each with the request that takes it).
-    assert!((4..=5).contains(&taken), "{taken} blocks of 50 taken for 200 requests on 2 workers");
+    // A worker serving n of them takes ceil(n / 51) blocks (each with the request that takes
+    // it), and one more after each block it gave back idle in between: a worker can wait a
+    // second for its next request on a slow machine (a connect that lost its SYN waits 1 s).
+    let given_back_meanwhile = envoy.counter("tollgate.store.blocks_given_back").unwrap_or(0);
+    assert!(
+        (4..=5 + given_back_meanwhile).contains(&taken),
+        "{taken} blocks of 50 taken for 200 requests on 2 workers, {given_back_meanwhile} given back meanwhile"
+    );
     assert_eq!(remaining_after_idle(), (200, Some((LIMIT - 201).to_string())));
     let given_back = envoy.counter("tollgate.store.blocks_given_back").unwrap_or(0);
     assert!(given_back >= 1, "no idle block given back");
