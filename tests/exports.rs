@@ -62,9 +62,27 @@ fn the_filter_keeps_what_the_host_needs_to_run_it() {
         "proxy_on_vm_start",
         "proxy_on_configure",
         "proxy_on_tick",
+        "proxy_on_queue_ready",
         "memory",
         "_initialize",
     ] {
         assert!(exports.contains(needed), "{needed} is not exported: {exports:?}");
     }
+}
+
+#[test]
+fn the_filter_exports_no_callback_of_what_it_never_uses() {
+    let exports = exports();
+    // gRPC calls, network (L4) filters and foreign functions: Envoy never calls these for
+    // tollgate, and their code is gone with their exports.
+    let unused: Vec<&String> = exports
+        .iter()
+        .filter(|e| {
+            e.starts_with("proxy_on_grpc_")
+                || e.contains("_connection")
+                || e.ends_with("_data")
+                || *e == "proxy_on_foreign_function"
+        })
+        .collect();
+    assert!(unused.is_empty(), "{unused:?}");
 }
