@@ -3,6 +3,8 @@
 //! and carries it out: reply, continue with headers, or call the quota service first.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,7 +12,8 @@ use log::{debug, error, info, warn, Level};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
-use tollgate_core::decision::{self, Answer, Outcome, Pending, Step};
+use tollgate_core::config::QuotaService;
+use tollgate_core::decision::{self, Answer, Callout, Outcome, Pending, QuotaReport, Step};
 use tollgate_core::headers::Headers;
 use tollgate_core::hold;
 use tollgate_core::keycache::KeyCache;
@@ -24,6 +27,8 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub struct TollgateRoot {
     state: Option<Rc<State>>,
+    /// Refills ahead of need in flight: the callout's token, its decision, when it left.
+    refills: Vec<(u32, Pending, Nanos)>,
 }
 
 struct State {
@@ -35,18 +40,101 @@ struct State {
     in_flight: Cell<u32>,
     /// Leases this worker refilled, looked at on each tick to give back idle ones.
     held: RefCell<Vec<Held>>,
+    /// Refills ahead of need that requests handed over, for the root context to send: a
+    /// callout a request sends is answered to that request's context, gone by then.
+    ahead: RefCell<Vec<Callout>>,
+    /// This worker's shared queue: a request rings it to have the root context send
+    /// `ahead` at once (else the next tick does).
+    queue: Option<u32>,
+}
+
+impl State {
+    /// Starts a callout unless `max_pending_callouts` are in flight; its token.
+    fn dispatch(&self, quota: &QuotaService, path: &str, body: &str) -> Option<u32> {
+        let token = if self.in_flight.get() >= quota.max_pending_callouts {
+            None
+        } else {
+            host::post_to_quota(quota, path, body)
+                .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
+                .ok()
+        };
+        self.metrics.record_dispatch(token.is_some());
+        if token.is_some() {
+            self.in_flight.set(self.in_flight.get().saturating_add(1));
+        }
+        token
+    }
+
+    /// A callout sent at `sent` came back: its status (`None`: no answer) and body, counted.
+    fn answered(&self, num_headers: usize, body_size: usize, sent: Nanos, now: Nanos) -> (Option<u16>, Vec<u8>) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        let elapsed_ms = now.0.saturating_sub(sent.0) / 1_000_000;
+        let status = host::callout_status(num_headers);
+        let timeout_ms = self.config.quota.as_ref().map_or(0, |q| q.timeout_ms);
+        self.metrics.record_callout(status, elapsed_ms, timeout_ms);
+        let body = match status {
+            Some(_) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten(),
+            None => None,
+        };
+        (status, body.unwrap_or_default())
+    }
+
+    /// Remembers a lease this worker refilled, to give it back when idle.
+    fn remember(&self, held: Held) {
+        let mut list = self.held.borrow_mut();
+        if !list.iter().any(|h| h.lease == held.lease) {
+            if list.len() >= MAX_HELD {
+                list.remove(0);
+            }
+            list.push(held);
+        }
+    }
+}
+
+impl TollgateRoot {
+    /// Sends the refills ahead of need that requests handed over; one that cannot leave
+    /// gives up its marker, so that a later request refills.
+    fn send_ahead(&mut self, state: &State) {
+        let calls = std::mem::take(&mut *state.ahead.borrow_mut());
+        let Some(quota) = state.config.quota.as_ref() else {
+            return;
+        };
+        for call in calls {
+            let Callout { path, body, pending } = call;
+            match state.dispatch(quota, path, &body) {
+                Some(token) => self.refills.push((token, pending, host::now())),
+                None => decision::abandon(&state.config, &HostSharedData, pending, host::now()),
+            }
+        }
+    }
 }
 
 /// Leases a worker remembers at most; past it the oldest is forgotten (its balance is then
 /// not given back: under-admission, never over).
 const MAX_HELD: usize = 4096;
 
-/// The root context's callouts are `POST /v1/return`s.
+/// The root context's callouts are refills ahead of need and `POST /v1/return`s.
 impl Context for TollgateRoot {
-    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
-        let Some(state) = self.state.as_ref() else {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let Some(state) = self.state.clone() else {
             return;
         };
+        if let Some(i) = self.refills.iter().position(|(t, ..)| *t == token) {
+            let (_, pending, sent) = self.refills.swap_remove(i);
+            let now = host::now();
+            let (status, body) = state.answered(num_headers, body_size, sent, now);
+            let answer = match status {
+                Some(status) => Answer::Response { status, body: &body },
+                None => Answer::Failed,
+            };
+            let (held, report) = decision::refilled_ahead(&state.config, &HostSharedData, pending, answer, now);
+            state.metrics.record_quota(&report);
+            log_breaker(&report);
+            if let Some(held) = held {
+                state.remember(held);
+            }
+            return;
+        }
         let status = host::callout_status(num_headers);
         let units = match status {
             Some(200) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
@@ -89,8 +177,20 @@ impl RootContext for TollgateRoot {
                 if let Some(ms) = lease_tick.into_iter().chain(hold_tick).min() {
                     let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
                 }
-                let held = RefCell::new(Vec::new());
-                self.state = Some(Rc::new(State { config, metrics, keys, in_flight: Cell::new(0), held }));
+                // Queues are named per VM id: each worker needs a name of its own.
+                let queue = lease_tick.and_then(|_| {
+                    let name = format!("tollgate/refill/{:016x}", RandomState::new().hash_one(0u8));
+                    hostcalls::register_shared_queue(&name).ok()
+                });
+                self.state = Some(Rc::new(State {
+                    config,
+                    metrics,
+                    keys,
+                    in_flight: Cell::new(0),
+                    held: RefCell::new(Vec::new()),
+                    ahead: RefCell::new(Vec::new()),
+                    queue,
+                }));
                 true
             }
             Err(e) => {
@@ -107,6 +207,7 @@ impl RootContext for TollgateRoot {
         let Some(state) = self.state.clone() else {
             return;
         };
+        self.send_ahead(&state);
         state.metrics.flush();
         let now = host::now();
         let idle = decision::return_idle_holds(&state.config, &HostSharedData, &mut state.keys.borrow_mut(), now);
@@ -136,6 +237,14 @@ impl RootContext for TollgateRoot {
         }
     }
 
+    /// A request handed over a refill ahead of need.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(state) = self.state.clone() {
+            self.send_ahead(&state);
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
         Some(Box::new(TollgateHttp { state, response_headers: Headers::new(), waiting: None }))
@@ -159,17 +268,8 @@ impl Context for TollgateHttp {
             return;
         };
         let state = Rc::clone(&self.state);
-        state.in_flight.set(state.in_flight.get().saturating_sub(1));
         let now = host::now();
-        let elapsed_ms = now.0.saturating_sub(sent.0) / 1_000_000;
-        let status = host::callout_status(num_headers);
-        let timeout_ms = state.config.quota.as_ref().map_or(0, |q| q.timeout_ms);
-        state.metrics.record_callout(status, elapsed_ms, timeout_ms);
-        let body = match status {
-            Some(_) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten(),
-            None => None,
-        }
-        .unwrap_or_default();
+        let (status, body) = state.answered(num_headers, body_size, sent, now);
         let answer = match status {
             Some(status) => Answer::Response { status, body: &body },
             None => Answer::Failed,
@@ -184,9 +284,9 @@ impl Context for TollgateHttp {
     }
 }
 
-/// A stream that ends while its decision waits for a callout (the client went away; Envoy
-/// cancels the callout): the callout no longer counts as in flight, and a lease refill
-/// gives up its marker.
+/// A stream that ends while its decision waits for a callout (the client went away; the
+/// answer will find no context): the callout no longer counts as in flight, and a lease
+/// refill gives up its marker.
 impl Drop for TollgateHttp {
     fn drop(&mut self) {
         if let Some((pending, _)) = self.waiting.take() {
@@ -239,16 +339,7 @@ impl TollgateHttp {
                     let Some(quota) = state.config.quota.as_ref() else {
                         return Action::Continue;
                     };
-                    let dispatched = if state.in_flight.get() >= quota.max_pending_callouts {
-                        None
-                    } else {
-                        host::post_to_quota(quota, call.path, &call.body)
-                            .map_err(|e| warn!("callout to {} failed to start: {e:?}", quota.cluster))
-                            .ok()
-                    };
-                    state.metrics.record_dispatch(dispatched.is_some());
-                    if dispatched.is_some() {
-                        state.in_flight.set(state.in_flight.get().saturating_add(1));
+                    if state.dispatch(quota, call.path, &call.body).is_some() {
                         self.waiting = Some((call.pending, host::now()));
                         return Action::Pause;
                     }
@@ -265,12 +356,16 @@ impl TollgateHttp {
         let state = Rc::clone(&self.state);
         state.metrics.record(&decision);
         if let Some(held) = decision.lease.take() {
-            let mut list = state.held.borrow_mut();
-            if !list.iter().any(|h| h.lease == held.lease) {
-                if list.len() >= MAX_HELD {
-                    list.remove(0);
+            state.remember(held);
+        }
+        if let Some(call) = decision.refill.take() {
+            let mut ahead = state.ahead.borrow_mut();
+            ahead.push(*call);
+            // One ring per batch; without a queue (or if it fails) the tick sends them.
+            if ahead.len() == 1 {
+                if let Some(queue) = state.queue {
+                    let _ = hostcalls::enqueue_shared_queue(queue, Some(b"r"));
                 }
-                list.push(held);
             }
         }
         log_decision(&state.config, &decision);
@@ -320,10 +415,14 @@ fn log_decision(config: &Config, decision: &Decision) {
             Outcome::Allowed | Outcome::Unlimited => debug!("decision={outcome} tier={tier} caller={caller}"),
         }
     }
-    if decision.quota.breaker_opened {
+    log_breaker(&decision.quota);
+}
+
+fn log_breaker(quota: &QuotaReport) {
+    if quota.breaker_opened {
         warn!("quota service breaker opened: callouts stop for the cooldown");
     }
-    if decision.quota.breaker_closed {
+    if quota.breaker_closed {
         info!("quota service breaker closed: callouts resume");
     }
 }

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use tollgate_core::config::FailureMode;
-use tollgate_core::decision::Outcome;
+use tollgate_core::decision::{Outcome, QuotaReport};
 use tollgate_core::{Config, Decision};
 
 /// Outcomes a request of a known tier can have.
@@ -139,7 +139,12 @@ impl Metrics {
         bump(self.errors, u32::from(matches!(decision.outcome, Outcome::StoreBypassed | Outcome::StoreRefused)));
         bump(self.blocks_taken, u32::from(store.block_taken || decision.quota.block_taken));
         bump(self.blocks_given_back, store.blocks_given_back);
-        let quota = &decision.quota;
+        self.record_quota(&decision.quota);
+    }
+
+    /// How the quota service figured in a decision, or in the answer to a refill sent
+    /// ahead of need.
+    pub fn record_quota(&self, quota: &QuotaReport) {
         bump(self.short_circuited, u32::from(quota.short_circuited));
         bump(self.breaker_opened, u32::from(quota.breaker_opened));
         bump(self.breaker_closed, u32::from(quota.breaker_closed));

@@ -261,7 +261,7 @@ fn a_client_that_leaves_while_its_request_refills_frees_the_refill_and_the_callo
         assert!(Instant::now() < deadline, "the first request never asked for a block");
         sleep(Duration::from_millis(50));
     }
-    // Its client is gone, and Envoy cancelled the callout. The next request finds no refill
+    // Its client is gone, and the answer would find no request. The next request finds no refill
     // in flight and a free callout slot: it asks for a block itself, rather than deciding
     // exactly (a check of cost 1) for the marker's 11 s, or being refused a callout.
     sleep(Duration::from_millis(200));
@@ -277,4 +277,88 @@ fn a_client_that_leaves_while_its_request_refills_frees_the_refill_and_the_callo
     }
     assert_eq!(callouts_of_cost(&service, 1), 0, "no exact check");
     assert_eq!(stat(&envoy, "tollgate.quota.failures"), 0, "no callout refused or failed");
+}
+
+/// A TCP relay in front of the quota service that can freeze: while frozen, bytes wait in
+/// it in both directions (callouts in flight get no answer; Envoy's HTTP/2 connection to
+/// the service stays up).
+struct Gate {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    fn start(upstream: u16) -> Gate {
+        use std::io::Read;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let gate = Arc::clone(&frozen);
+        std::thread::spawn(move || {
+            for downstream in listener.incoming() {
+                let Ok(downstream) = downstream else { return };
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                for (mut from, mut to) in
+                    [(downstream.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, downstream)]
+                {
+                    let frozen = Arc::clone(&gate);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            while frozen.load(Ordering::SeqCst) {
+                                sleep(Duration::from_millis(5));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Gate { port, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn the_request_that_refills_ahead_of_need_does_not_wait_for_the_service() {
+    let service = QuotaService::start("memory");
+    let gate = Gate::start(service.port);
+    let mut config = plugin_config("closed", 60_000);
+    // A callout waited for would hold its request for a minute: past the client's 30 s.
+    config["quota_service"]["timeout_ms"] = json!(60_000);
+    let envoy = envoy_with(gate.port, &config);
+    assert_eq!(post(&envoy, BULK_TOKEN).status, 200, "the first request takes a block");
+    assert_eq!(stat(&envoy, "tollgate.quota.callouts"), 1);
+    // The service goes silent. The balance admits requests until one leaves it under half
+    // a block; that one starts a refill, which gets no answer, and is answered all the same.
+    gate.freeze(true);
+    let mut sent = 1;
+    while stat(&envoy, "tollgate.quota.callouts") < 2 {
+        assert!(sent < BULK_BLOCK, "{sent} requests and no refill: the balance is spent");
+        assert_eq!(post(&envoy, BULK_TOKEN).status, 200, "request {sent}");
+        sent += 1;
+    }
+    assert_eq!(stat(&envoy, "tollgate.quota.lease.refills"), 1, "the refill is still in flight");
+    assert!(sent > BULK_BLOCK / 2 - 1, "refilled at {sent}, before the balance was under half a block");
+    // The service answers again: the refill is credited (by the worker's root context: its
+    // request is long gone), and the next requests spend the new block without a callout.
+    gate.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&envoy, "tollgate.quota.lease.refills") < 2 {
+        assert!(Instant::now() < deadline, "the refill's answer was never credited");
+        sleep(Duration::from_millis(20));
+    }
+    assert_eq!(used_units(&service, "bulk/key:test-bulk"), 2 * BULK_BLOCK);
+    for _ in 0..10 {
+        assert_eq!(post(&envoy, BULK_TOKEN).status, 200);
+    }
+    assert_eq!(stat(&envoy, "tollgate.quota.callouts"), 2, "the refilled balance decides them");
 }

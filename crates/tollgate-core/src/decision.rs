@@ -3,7 +3,9 @@
 //! and come back with its answer ([`Step::Call`] → [`resume`]). The host performs it.
 //!
 //! Global limits that lease ([`crate::lease`]) are decided from the Envoy's balance without
-//! a callout; only the request that refills it (or one that finds it empty) calls out.
+//! a callout. A request that leaves the balance low is admitted at once and hands the host
+//! a refill to send on its own ([`Decision::refill`], answered with [`refilled_ahead`]);
+//! only a request that finds the balance empty waits for a callout.
 
 use serde::Serialize;
 use smallvec::SmallVec;
@@ -98,6 +100,10 @@ pub struct Decision {
     pub quota: QuotaReport,
     /// A lease this request refilled: the worker remembers it to give it back when idle.
     pub lease: Option<Held>,
+    /// A refill of a lease to send ahead of need: the request is decided already and does
+    /// not wait for it. The host sends it where its answer outlives the request (the root
+    /// context) and gives the answer to [`refilled_ahead`].
+    pub refill: Option<Box<Callout>>,
 }
 
 /// Who is metered.
@@ -161,11 +167,9 @@ struct Refill {
     lease: LeaseRef,
     marker: u64,
     block: u64,
-    /// `Some`: the request was already admitted from the balance (the record after it);
-    /// `None`: it takes its units from the block.
-    admitted: Option<Lease>,
-    /// Units the worker took out of the balance with it and holds.
-    held: u64,
+    /// Units of the block its request takes: its cost when it waits for the answer, 0 for
+    /// a refill ahead of need (the request was admitted from the balance).
+    own: u64,
 }
 
 /// A caller with a tier on a route: what to meter and how it stood before the callout.
@@ -228,6 +232,7 @@ impl Decision {
             store: UpdateReport::default(),
             quota: QuotaReport::default(),
             lease: None,
+            refill: None,
         }
     }
 
@@ -386,12 +391,7 @@ pub fn resume<S: SharedStore + ?Sized>(
             }
         }
         Stage::Check(metering) => {
-            let checked = match answer {
-                Answer::Response { status: 200, body } => serde_json::from_slice::<CheckResponse>(body)
-                    .ok()
-                    .filter(|r| r.limits.len() == metering.global.len()),
-                _ => None,
-            };
+            let checked = check_answer(answer, metering.global.len());
             record_breaker(store, quota, checked.is_some(), now, &mut report);
             let Some(checked) = checked else {
                 return Step::Done(fallback(config, store, route, metering, report, now));
@@ -426,20 +426,16 @@ pub fn resume<S: SharedStore + ?Sized>(
             Step::Done(commit(config, store, route, metering, &[], global, report, now))
         }
         Stage::Refill(refill) => {
-            let checked = match answer {
-                Answer::Response { status: 200, body } => serde_json::from_slice::<CheckResponse>(body)
-                    .ok()
-                    .filter(|r| r.limits.len() == refill.metering.global.len()),
-                _ => None,
-            };
+            let checked = check_answer(answer, refill.metering.global.len());
             record_breaker(store, quota, checked.is_some(), now, &mut report);
             refilled(config, store, quota, route, refill, checked, report, now)
         }
     }
 }
 
-/// A decision waiting for a callout was dropped (its stream ended first: Envoy cancels the
-/// callout). A refill gives up its marker at once, so that the next request may refill
+/// A decision waiting for a callout was dropped (its stream ended first, so the answer has
+/// no request to go to), or a refill ahead of need could not be sent. A refill gives up its
+/// marker at once, so that the next request may refill
 /// instead of finding a refill "in flight" until the marker's time to live and deciding
 /// every request exactly meanwhile. The units of the lost answer are lost (under-admission).
 pub fn abandon<S: SharedStore + ?Sized>(config: &Config, store: &S, pending: Pending, now: Nanos) {
@@ -593,19 +589,30 @@ fn leased<S: SharedStore + ?Sized>(
                 held = keep_lease_hold(config, store, holds, tier, &metering, key, extra, &lease, now);
                 report.block_taken = true;
             }
-            let marker = match refill {
-                Some(marker) if !breaker_open(store) => marker,
-                other => {
-                    if let Some(marker) = other {
-                        let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
-                    }
-                    let mut statuses = lease_statuses(tier, &metering.global, &lease, now);
-                    add_remaining(&mut statuses, held);
-                    return Ok(Step::Done(commit(config, store, route, metering, &[], statuses, report, now)));
+            let marker = refill.filter(|&marker| {
+                let open = breaker_open(store);
+                if open {
+                    let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
                 }
-            };
-            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: Some(lease), held };
-            Ok(refill_call(config, tier, route, refill, report))
+                !open
+            });
+            let mut statuses = lease_statuses(tier, &metering.global, &lease, now);
+            add_remaining(&mut statuses, held);
+            // The refill ahead of need leaves with its own report: the request's counts once.
+            let ahead = marker.map(|marker| {
+                let metering = Metering {
+                    caller: metering.caller.clone(),
+                    local: Metereds::new(),
+                    global: metering.global.clone(),
+                    local_status: Statuses::new(),
+                    ..metering
+                };
+                let refill = Refill { metering, lease: lease_ref, marker, block, own: 0 };
+                refill_call(config, tier, route, refill, QuotaReport::default())
+            });
+            let mut d = commit(config, store, route, metering, &[], statuses, report, now);
+            d.refill = ahead;
+            Ok(Step::Done(d))
         }
         Take::Empty { refill: Some(marker) } => {
             if breaker_open(store) {
@@ -613,8 +620,8 @@ fn leased<S: SharedStore + ?Sized>(
                 report.short_circuited = true;
                 return Ok(Step::Done(fallback(config, store, route, metering, report, now)));
             }
-            let refill = Refill { metering, lease: lease_ref, marker, block, admitted: None, held: 0 };
-            Ok(refill_call(config, tier, route, refill, report))
+            let refill = Refill { metering, lease: lease_ref, marker, block, own: cost };
+            Ok(Step::Call(refill_call(config, tier, route, refill, report)))
         }
     }
 }
@@ -681,16 +688,80 @@ fn add_remaining(statuses: &mut Statuses, units: u64) {
 }
 
 /// The callout that asks the service for the next block of a lease.
-fn refill_call(config: &Config, tier: &Tier, route: usize, refill: Refill, report: QuotaReport) -> Step {
+fn refill_call(config: &Config, tier: &Tier, route: usize, refill: Refill, report: QuotaReport) -> Box<Callout> {
     let body = check_body(config, tier, &refill.metering, refill.block);
-    Step::Call(Box::new(Callout {
+    Box::new(Callout {
         path: "/v1/check",
         body,
         pending: Pending { route, stage: Stage::Refill(refill), quota: report },
-    }))
+    })
 }
 
-/// The answer to a refill: credit the lease, or settle it and decide otherwise.
+/// What the answer to a refill did to its lease.
+enum Refilled {
+    /// Granted and credited; `credited` is the record after it (`None`: it had moved on
+    /// and the block is lost: under-admission).
+    Granted { grants: Vec<Grant>, credited: Option<Lease>, held: Held },
+    /// Not a whole block left: the lease decides exactly until one could pass.
+    Short,
+    /// No answer: the lease is settled.
+    Failed,
+}
+
+/// Credits the block of a granted refill to its lease, or settles the lease.
+#[allow(clippy::too_many_arguments)]
+fn apply_refill<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    quota: &QuotaService,
+    tier: &Tier,
+    refill: &Refill,
+    checked: Option<CheckResponse>,
+    report: &mut QuotaReport,
+    now: Nanos,
+) -> Refilled {
+    let Refill { metering, lease: lease_ref, marker, block, own } = refill;
+    let (stale, retries) = (stale_ns(quota), config.store.cas_retries);
+    let Some(answer) = checked else {
+        let _ = lease::settle(store, lease_ref, *marker, now, stale, retries, now);
+        return Refilled::Failed;
+    };
+    if !answer.admitted {
+        // Not a whole block left: spend what the lease holds, then decide exactly until
+        // a block could be granted again.
+        let wait_ms = answer.limits.iter().filter(|r| !r.admitted).map(|r| r.retry_after_ms).max().unwrap_or(0);
+        let until = now.saturating_add(wait_ms.saturating_mul(1_000_000));
+        let _ = lease::settle(store, lease_ref, *marker, until, stale, retries, now);
+        return Refilled::Short;
+    }
+    let limits: Vec<&Limit> = metering.global.iter().filter_map(|&i| tier.limits.get(i)).collect();
+    let grants: Vec<Grant> = limits
+        .iter()
+        .zip(&answer.limits)
+        .map(|(limit, r)| {
+            let reset_at = now.0.saturating_add(align(Some(limit.kind), r.reset_after_ms, now));
+            let window = r.window.or(match limit.kind {
+                LimitKind::FixedWindow { window_ns } if window_ns > 0 => Some((reset_at / window_ns).saturating_sub(1)),
+                _ => None,
+            });
+            Grant { remaining: r.remaining, reset_at, window }
+        })
+        .collect();
+    let expires_at = lease::expiry(&limits, &grants);
+    report.leased_units = *block;
+    let credit = block.saturating_sub(*own);
+    let credited =
+        lease::credit(store, lease_ref, *marker, credit, &grants, expires_at, stale, retries, now).ok().flatten();
+    let held = Held {
+        lease: lease_ref.clone(),
+        key: service_key(config, tier, metering),
+        limits: limits.iter().map(|l| LimitSpec::of(l)).collect(),
+    };
+    Refilled::Granted { grants, credited, held }
+}
+
+/// The answer to a refill its request waited for: credit the lease and admit the request
+/// from the block, or decide it otherwise.
 #[allow(clippy::too_many_arguments)]
 fn refilled<S: SharedStore + ?Sized>(
     config: &Config,
@@ -702,47 +773,16 @@ fn refilled<S: SharedStore + ?Sized>(
     mut report: QuotaReport,
     now: Nanos,
 ) -> Step {
-    let Refill { metering, lease: lease_ref, marker, block, admitted, held } = refill;
-    let Some(tier) = config.tiers.get(metering.tier) else {
+    let Some(tier) = config.tiers.get(refill.metering.tier) else {
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
     let cost = config.routes.get(route).map_or(1, |r| r.cost);
-    let (stale, retries) = (stale_ns(quota), config.store.cas_retries);
-    let limits: Vec<&Limit> = metering.global.iter().filter_map(|&i| tier.limits.get(i)).collect();
-    match checked {
-        Some(answer) if answer.admitted => {
-            let grants: Vec<Grant> = limits
-                .iter()
-                .zip(&answer.limits)
-                .map(|(limit, r)| {
-                    let reset_at = now.0.saturating_add(align(Some(limit.kind), r.reset_after_ms, now));
-                    let window = r.window.or(match limit.kind {
-                        LimitKind::FixedWindow { window_ns } if window_ns > 0 => {
-                            Some((reset_at / window_ns).saturating_sub(1))
-                        }
-                        _ => None,
-                    });
-                    Grant { remaining: r.remaining, reset_at, window }
-                })
-                .collect();
-            let expires_at = lease::expiry(&limits, &grants);
-            let own = if admitted.is_some() { 0 } else { cost };
-            report.leased_units = block;
+    let applied = apply_refill(config, store, quota, tier, &refill, checked, &mut report, now);
+    let metering = refill.metering;
+    match applied {
+        Refilled::Granted { grants, credited, held } => {
             report.from_lease = true;
-            let credited = lease::credit(
-                store,
-                &lease_ref,
-                marker,
-                block.saturating_sub(own),
-                &grants,
-                expires_at,
-                stale,
-                retries,
-                now,
-            )
-            .ok()
-            .flatten();
-            let mut statuses = match &credited {
+            let statuses = match &credited {
                 Some(l) => lease_statuses(tier, &metering.global, l, now),
                 None => metering
                     .global
@@ -757,42 +797,48 @@ fn refilled<S: SharedStore + ?Sized>(
                     })
                     .collect(),
             };
-            add_remaining(&mut statuses, held);
-            let held = Held {
-                lease: lease_ref,
-                key: service_key(config, tier, &metering),
-                limits: limits.iter().map(|l| LimitSpec::of(l)).collect(),
-            };
             let mut d = commit(config, store, route, metering, &[], statuses, report, now);
             d.lease = Some(held);
             Step::Done(d)
         }
-        Some(answer) => {
-            // Not a whole block left: spend what the lease holds, then decide exactly until
-            // a block could be granted again.
-            let wait_ms = answer.limits.iter().filter(|r| !r.admitted).map(|r| r.retry_after_ms).max().unwrap_or(0);
-            let until = now.saturating_add(wait_ms.saturating_mul(1_000_000));
-            let _ = lease::settle(store, &lease_ref, marker, until, stale, retries, now);
-            match admitted {
-                Some(l) => {
-                    let mut statuses = lease_statuses(tier, &metering.global, &l, now);
-                    add_remaining(&mut statuses, held);
-                    Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
-                }
-                None => exact_check(config, tier, route, cost, metering, report),
-            }
+        Refilled::Short => exact_check(config, tier, route, cost, metering, report),
+        Refilled::Failed => Step::Done(fallback(config, store, route, metering, report, now)),
+    }
+}
+
+/// The answer to a refill sent ahead of need ([`Decision::refill`]), its request decided
+/// long since: credits the block to the lease, or settles the lease. Returns the lease for
+/// the worker to remember (see [`Decision::lease`]) when a block was granted, and how the
+/// service figured, for stats.
+pub fn refilled_ahead<S: SharedStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    pending: Pending,
+    answer: Answer<'_>,
+    now: Nanos,
+) -> (Option<Held>, QuotaReport) {
+    let Pending { stage, quota: mut report, .. } = pending;
+    let (Some(quota), Stage::Refill(refill)) = (config.quota.as_ref(), stage) else {
+        return (None, report);
+    };
+    let Some(tier) = config.tiers.get(refill.metering.tier) else {
+        return (None, report);
+    };
+    let checked = check_answer(answer, refill.metering.global.len());
+    record_breaker(store, quota, checked.is_some(), now, &mut report);
+    match apply_refill(config, store, quota, tier, &refill, checked, &mut report, now) {
+        Refilled::Granted { held, .. } => (Some(held), report),
+        Refilled::Short | Refilled::Failed => (None, report),
+    }
+}
+
+/// A `/v1/check` answer for `limits` global limits, if it is one.
+fn check_answer(answer: Answer<'_>, limits: usize) -> Option<CheckResponse> {
+    match answer {
+        Answer::Response { status: 200, body } => {
+            serde_json::from_slice::<CheckResponse>(body).ok().filter(|r| r.limits.len() == limits)
         }
-        None => {
-            let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
-            match admitted {
-                Some(l) => {
-                    let mut statuses = lease_statuses(tier, &metering.global, &l, now);
-                    add_remaining(&mut statuses, held);
-                    Step::Done(commit(config, store, route, metering, &[], statuses, report, now))
-                }
-                None => Step::Done(fallback(config, store, route, metering, report, now)),
-            }
-        }
+        _ => None,
     }
 }
 

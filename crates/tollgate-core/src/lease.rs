@@ -8,8 +8,11 @@
 //! record per metered key and set of global limits, so every worker of an Envoy spends the
 //! same balance; requests are admitted by decrementing it with compare-and-swap, without a
 //! callout. When a decrement leaves less than half a block ([`low_water`]) and no refill is
-//! in flight, that one request refills (it waits for the answer; a callout from a request
-//! is cancelled when its stream ends) while the others keep spending what is left. A refill
+//! in flight, that request starts a refill, ahead of need: it is admitted at once, and the
+//! worker's root context sends the callout and credits its answer (a callout from a request
+//! would be answered to the request's context, gone by then), while every request keeps
+//! spending what is left. Only a request that finds the balance empty with no refill in
+//! flight waits for one (and gives up its marker if its stream ends first). A refill
 //! marker older than the callout timeout (plus a margin) is ignored, so a lost callout
 //! cannot wedge a lease; the late answer of such a callout is not credited.
 //!

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::Config;
-use crate::decision::{begin, resume, Answer, Decision, Outcome, Step};
+use crate::decision::{begin, refilled_ahead, resume, Answer, Callout, Decision, Outcome, Step};
 use crate::identity::{hex, sha256};
 use crate::keycache::KeyCache;
 use crate::limit::{evaluate, LimitState};
@@ -112,7 +112,21 @@ fn run(
     run_on(&mut KeyCache::new(10), c, store, service, req, now)
 }
 
-/// [`run`] on a worker's cache that outlives the request (with holds: as the filter's).
+/// Answers `call` from `service`: the body, or `None` when the service is down.
+fn answer(service: &Mutex<Service>, call: &Callout, now: Nanos) -> (u64, Option<Vec<u8>>) {
+    let sent: CheckRequest = serde_json::from_str(&call.body).unwrap();
+    (sent.cost, service.lock().unwrap().check(&call.body, now))
+}
+
+fn answered(reply: &Option<Vec<u8>>) -> Answer<'_> {
+    match reply {
+        Some(body) => Answer::Response { status: 200, body },
+        None => Answer::Failed,
+    }
+}
+
+/// [`run`] on a worker's cache that outlives the request (with holds: as the filter's). A
+/// refill ahead of need is answered once the request is decided, as the root context does.
 fn run_on(
     cache: &mut KeyCache,
     c: &Config,
@@ -126,15 +140,25 @@ fn run_on(
     let mut step = begin(c, store, cache, req, now);
     loop {
         match step {
-            Step::Done(d) => return (d, costs),
+            Step::Done(mut d) => {
+                if let Some(call) = d.refill.take() {
+                    assert!(
+                        d.quota.from_lease && d.outcome == Outcome::Allowed,
+                        "a refill ahead of an admitted request"
+                    );
+                    let (cost, reply) = answer(service, &call, now);
+                    costs.push(cost);
+                    let (held, report) = refilled_ahead(c, store, call.pending, answered(&reply), now);
+                    assert_eq!(held.is_some(), report.leased_units > 0);
+                    d.lease = held;
+                    d.quota.leased_units = report.leased_units;
+                }
+                return (d, costs);
+            }
             Step::Call(call) => {
-                let sent: CheckRequest = serde_json::from_str(&call.body).unwrap();
-                costs.push(sent.cost);
-                let reply = service.lock().unwrap().check(&call.body, now);
-                step = match &reply {
-                    Some(body) => resume(c, store, cache, call.pending, Answer::Response { status: 200, body }, now),
-                    None => resume(c, store, cache, call.pending, Answer::Failed, now),
-                };
+                let (cost, reply) = answer(service, &call, now);
+                costs.push(cost);
+                step = resume(c, store, cache, call.pending, answered(&reply), now);
             }
         }
     }
@@ -424,8 +448,11 @@ fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
     for _ in 0..24 {
         run(&c, &s, &service, &bulk, T0); // balance 25
     }
-    // This one leaves 24 (< 25) and refills; its answer has not come back yet.
-    let Step::Call(refill) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a refill") };
+    // This one leaves 24 (< 25): admitted at once, with a refill to send; its answer has
+    // not come back yet.
+    let Step::Done(mut d) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("the refilling request waited") };
+    assert_eq!((d.outcome, d.quota.from_lease, d.quota.leased_units), (Outcome::Allowed, true, 0));
+    let refill = d.refill.take().expect("a refill ahead of need");
     assert_eq!(serde_json::from_str::<CheckRequest>(&refill.body).unwrap().cost, 50);
     // Meanwhile: 24 more from the balance, without a callout.
     for i in 0..24 {
@@ -439,11 +466,9 @@ fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
     assert_eq!(serde_json::from_str::<CheckRequest>(&exact.body).unwrap().cost, 1);
     // The refill's answer comes back: credited in full (its request was admitted before).
     let body = service.lock().unwrap().check(&refill.body, T0).unwrap();
-    let d = match resume(&c, &s, &mut cache, refill.pending, Answer::Response { status: 200, body: &body }, T0) {
-        Step::Done(d) => d,
-        Step::Call(_) => panic!("a granted refill needs nothing more"),
-    };
-    assert_eq!((d.outcome, d.quota.leased_units), (Outcome::Allowed, 50));
+    let (held, report) = refilled_ahead(&c, &s, refill.pending, Answer::Response { status: 200, body: &body }, T0);
+    assert_eq!((held.map(|h| h.key), report.leased_units), (Some("bulk/key:bulk".to_owned()), 50));
+    assert!(!report.from_lease, "the refill's own report counts no request");
     assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 50);
     let body = service.lock().unwrap().check(&exact.body, T0).unwrap();
     let Step::Done(d) = resume(&c, &s, &mut cache, exact.pending, Answer::Response { status: 200, body: &body }, T0)
@@ -674,4 +699,24 @@ fn an_abandoned_refill_gives_up_its_marker() {
     // Abandoning an exact check changes nothing.
     crate::decision::abandon(&c, &s, exact.pending, T0);
     assert!(read(&s, &bulk_ref(&c)).unwrap().unwrap().refill_at != 0, "the new refill's marker stands");
+}
+
+#[test]
+fn a_failed_refill_ahead_of_need_gives_up_its_marker_and_the_next_request_refills() {
+    let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
+    let mut cache = KeyCache::new(10);
+    let bulk = request("Bearer tok-bulk");
+    for _ in 0..25 {
+        run(&c, &s, &service, &bulk, T0); // balance 49, then 25
+    }
+    let Step::Done(mut d) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("the refilling request waited") };
+    let refill = d.refill.take().expect("a refill ahead of need");
+    assert_ne!(read(&s, &bulk_ref(&c)).unwrap().unwrap().refill_at, 0, "its marker stands while it is in flight");
+    let (held, report) = refilled_ahead(&c, &s, refill.pending, Answer::Failed, T0);
+    assert_eq!((held, report.leased_units, report.degraded), (None, 0, None), "nothing leased, no request degraded");
+    let record = read(&s, &bulk_ref(&c)).unwrap().unwrap();
+    assert_eq!((record.balance, record.refill_at), (24, 0), "the balance stays; the marker is gone");
+    let Step::Done(d) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("the next request waited") };
+    assert!(d.refill.is_some(), "the next request refills ahead of need again");
+    assert_eq!(service.lock().unwrap().charged, 50, "only the first block was charged");
 }
