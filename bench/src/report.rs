@@ -820,8 +820,9 @@ fn goals(md: &mut String, view: &View<'_>) {
             ),
             verdict(over * 100.0, 10.0, false, "%"),
             "no request waits for a refill: the worker's root context sends it ahead of need (one callout per \
-             block of 1000); what the callout still costs is its answer handled on Envoy's event loop, and the \
-             quota service and Redis running on the load tool's core (wrk's clock measures the latency)"
+             block of 1000, its answer handled on Envoy's event loop; the quota service and Redis run on the load \
+             tool's core). Round to round this gap spreads wider than the goal (see the refill step in Before and \
+             after)"
                 .to_owned(),
         );
     }
