@@ -123,7 +123,6 @@ fn trim(bytes: &[u8], unused: &[&str]) -> Result<(Vec<u8>, usize), String> {
                     section.raw(bytes.get(range).ok_or("function body out of bounds")?);
                 }
                 index += 1;
-                // The section is complete after its last body.
             }
             other => {
                 if let Some(section) = code.take() {

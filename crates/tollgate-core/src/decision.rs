@@ -435,9 +435,9 @@ pub fn resume<S: SharedStore + ?Sized>(
 
 /// A decision waiting for a callout was dropped (its stream ended first, so the answer has
 /// no request to go to), or a refill ahead of need could not be sent. A refill gives up its
-/// marker at once, so that the next request may refill
-/// instead of finding a refill "in flight" until the marker's time to live and deciding
-/// every request exactly meanwhile. The units of the lost answer are lost (under-admission).
+/// marker at once, so that the next request may refill instead of finding a refill "in
+/// flight" until the marker's time to live and deciding every request exactly meanwhile.
+/// The units of the lost answer are lost (under-admission).
 pub fn abandon<S: SharedStore + ?Sized>(config: &Config, store: &S, pending: Pending, now: Nanos) {
     let (Some(quota), Stage::Refill(refill)) = (config.quota.as_ref(), pending.stage) else {
         return;
@@ -589,13 +589,14 @@ fn leased<S: SharedStore + ?Sized>(
                 held = keep_lease_hold(config, store, holds, tier, &metering, key, extra, &lease, now);
                 report.block_taken = true;
             }
-            let marker = refill.filter(|&marker| {
-                let open = breaker_open(store);
-                if open {
+            // With the breaker open there is no refill: its marker goes at once.
+            let marker = match refill {
+                Some(marker) if breaker_open(store) => {
                     let _ = lease::settle(store, &lease_ref, marker, now, stale, retries, now);
+                    None
                 }
-                !open
-            });
+                other => other,
+            };
             let mut statuses = lease_statuses(tier, &metering.global, &lease, now);
             add_remaining(&mut statuses, held);
             // The refill ahead of need leaves with its own report: the request's counts once.
