@@ -47,7 +47,7 @@ oci: wasm ## Package the filter as an OCI image for Istio (target/oci); prints t
 # The harness itself is a debug build: a panic unwinds and stops every process it started.
 bench: ## Benchmarks: every configuration under load, rewrites BENCHMARKS.md (~25 min; BENCH_QUICK=1: a smoke run)
 	@bench/setup.sh
-	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench -p tollgate-hostcall-probe --lib
+	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench -p tollgate-hostcall-probe -p tollgate-hostcall-floor --lib
 	cargo xtask trim-exports $(WASM)
 	cargo build --release -p tollgate-quota
 	cargo build -p tollgate-bench --bins

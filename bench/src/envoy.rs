@@ -50,12 +50,16 @@ impl Template {
             }
             Filter::NativeOneBucket => filters[position] = native_filter(false),
             Filter::NativePerKey => filters[position] = native_filter(true),
-            Filter::WasmNoop => {
+            Filter::WasmNoop | Filter::WasmHostCalls => {
+                let (name, file) = match scenario.filter {
+                    Filter::WasmNoop => ("noop", &wasm.noop),
+                    _ => ("hostcalls", &wasm.hostcalls),
+                };
                 let config = at(&mut filters[position], "typed_config.config");
-                *at(config, "name") = Value::from("noop");
-                *at(config, "root_id") = Value::from("noop");
-                *at(config, "vm_config.vm_id") = Value::from("noop");
-                *at(config, "vm_config.code.local.filename") = Value::from(path_str(&wasm.noop));
+                *at(config, "name") = Value::from(name);
+                *at(config, "root_id") = Value::from(name);
+                *at(config, "vm_config.vm_id") = Value::from(name);
+                *at(config, "vm_config.code.local.filename") = Value::from(path_str(file));
                 *at(config, "configuration.value") = Value::from("");
             }
             Filter::TollgateLocal { .. } | Filter::TollgateAnonymous | Filter::TollgateGlobal { .. } => {
@@ -73,6 +77,7 @@ impl Template {
 pub struct Wasm {
     pub tollgate: PathBuf,
     pub noop: PathBuf,
+    pub hostcalls: PathBuf,
 }
 
 pub struct Ports {

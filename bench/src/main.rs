@@ -156,6 +156,10 @@ fn main() {
                 root.join("target/wasm32-wasip1/release/noop_filter.wasm"),
                 "cargo build --release --target wasm32-wasip1 -p tollgate-bench --lib",
             ),
+            hostcalls: required(
+                root.join("target/wasm32-wasip1/release/hostcall_floor.wasm"),
+                "cargo build --release --target wasm32-wasip1 -p tollgate-hostcall-floor",
+            ),
         },
         script: required(root.join("bench/lua/requests.lua"), "part of the repository"),
         envoy_bin,

@@ -10,6 +10,8 @@ use crate::Results;
 const BASELINE: &str = "no-filter";
 const LOCAL: &str = "tollgate-local-1";
 const LOCAL_10K: &str = "tollgate-local-10k";
+/// The filter of `bench/floor`: tollgate's host calls, no decision.
+const HOST_CALLS: &str = "wasm-hostcalls";
 
 struct View<'a> {
     results: &'a Results,
@@ -376,7 +378,7 @@ fn throughput(md: &mut String, view: &View<'_>) {
     let _ = writeln!(
         md,
         "\n\"× native\" compares with Envoy's native per-key `local_ratelimit` at the same number of keys \
-         (1 key for the global path, 10k for the anonymous path; the one-bucket form for the wasm no-op), each \
+         (1 key for the global path and tollgate's host calls alone, 10k for the anonymous path; the one-bucket form for the wasm no-op), each \
          taken against the no-filter Envoy of its own round. Native per key: a `rate_limits` action on `x-api-key` \
          and a wildcard descriptor (`value: \"\"`), one token bucket per value (`max_dynamic_descriptors` 40,000). \
          Both native forms add `x-ratelimit-*` headers, as tollgate does. \"added CPU\" is Envoy's CPU time per \
@@ -552,6 +554,19 @@ fn costs(md: &mut String, view: &View<'_>) {
         );
         split(md, "this", LOCAL, "wasm-noop");
     }
+    if let (Some(local), Some(calls)) = (view.added_cpu(LOCAL), view.added_cpu(HOST_CALLS)) {
+        let _ = writeln!(
+            md,
+            "- tollgate's host calls alone: a filter that makes the same calls with fixed values and no decision \
+             ([`bench/floor`](bench/floor/src/lib.rs): every request header at once, the clock, a counter, seven \
+             response headers; the per-request callbacks tollgate exports) adds {} µs to Envoy without a filter, \
+             {:.2}× no-filter req/s. tollgate's own code in the VM (reading the headers, the decision, formatting \
+             the values, the SDK's dispatch) is the other {} µs of the local path.",
+            signed_us(calls.median),
+            view.ratio(HOST_CALLS).map_or(0.0, |r| r.median),
+            signed_us(local.median - calls.median)
+        );
+    }
     if let Some(many) = view.cpu_over(LOCAL_10K, LOCAL) {
         let _ = writeln!(md, "- 10k keys instead of 1: {} µs per request.", signed_us(many));
         split(md, "this", LOCAL_10K, LOCAL);
@@ -713,14 +728,25 @@ fn goals(md: &mut String, view: &View<'_>) {
     let profiled = |id: &str, over: &str| profile_split(view, id, over).map_or_else(String::new, |t| format!(": {t}"));
     // Envoy's added CPU for the local path, split into the floor and tollgate's own work.
     let local_cost = match (added(LOCAL), added("wasm-noop")) {
-        (Some(local), Some(noop)) => format!(
+        (Some(local), Some(noop)) => {
+            format!(
             "Envoy spends {} µs CPU per request more than without a filter: {} µs the wasm floor, {} µs tollgate's \
              own work{}",
             signed_us(local),
             signed_us(noop),
             signed_us(local - noop),
             profiled(LOCAL, "wasm-noop")
-        ),
+        ) + &match (added(HOST_CALLS), view.ratio(HOST_CALLS)) {
+                (Some(calls), Some(ratio)) => format!(
+                    ". A filter making tollgate's host calls with no decision adds {} µs by itself ({:.2}× no-filter \
+                 req/s): tollgate's own code is the other {} µs",
+                    signed_us(calls),
+                    ratio.median,
+                    signed_us(local - calls)
+                ),
+                _ => String::new(),
+            }
+        }
         _ => String::new(),
     };
     if let Some(local) = view.ratio(LOCAL) {

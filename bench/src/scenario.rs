@@ -25,6 +25,8 @@ pub enum Filter {
     NativePerKey,
     /// The no-op proxy-wasm filter of `bench/src/lib.rs`.
     WasmNoop,
+    /// The filter of `bench/floor`: tollgate's host calls with fixed values, no decision.
+    WasmHostCalls,
     /// tollgate with local limits only; `keys` static keys.
     TollgateLocal { keys: usize },
     /// tollgate's anonymous tier (client-IP keys from `X-Forwarded-For`).
@@ -142,6 +144,16 @@ pub fn scenarios() -> Vec<Scenario> {
             xff_hops: 0,
             proof_header: None,
             native_peer: Some("native-one-bucket"),
+        },
+        Scenario {
+            id: "wasm-hostcalls",
+            group: 3,
+            title: "proxy-wasm filter making tollgate's host calls, no decision",
+            filter: Filter::WasmHostCalls,
+            load: BEARER_1,
+            xff_hops: 0,
+            proof_header: Some("ratelimit-policy"),
+            native_peer: Some("native-per-key-1"),
         },
         tollgate(
             "tollgate-local-1",
