@@ -140,6 +140,8 @@ fn main() {
     }
 
     let started = Instant::now();
+    // The tree as built: `make bench` builds everything just before this starts.
+    let commit = info::commit(&root);
     let settings = settings();
     let only: Option<Vec<String>> = env::var("BENCH_ONLY")
         .ok()
@@ -294,7 +296,7 @@ fn main() {
         date: info::now_utc(),
         command: command(&settings, &only),
         minutes: started.elapsed().as_secs_f64() / 60.0,
-        commit: info::commit(&root),
+        commit,
         versions: info::versions(&bench.envoy_bin),
         settings,
         machine,
