@@ -223,8 +223,8 @@ async fn method_not_allowed() -> ApiError {
 
 /// Counts every routed request by its route template and status.
 async fn count_requests<S: Store>(State(app): State<App<S>>, request: Request, next: Next) -> Response {
-    let endpoint = request.extensions().get::<MatchedPath>().map_or_else(String::new, |p| p.as_str().to_owned());
+    let endpoint = request.extensions().get::<MatchedPath>().map_or("", |p| metrics::endpoint(p.as_str()));
     let response = next.run(request).await;
-    app.inner.metrics.request(&endpoint, response.status().as_u16());
+    app.inner.metrics.request(endpoint, response.status().as_u16());
     response
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
@@ -89,8 +89,34 @@ struct OpLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    endpoint: String,
+    endpoint: &'static str,
     status: u16,
+}
+
+/// The service's routes, as `MatchedPath` names them: the `endpoint` label. A label is
+/// taken from this list, so that counting a request allocates nothing.
+const ENDPOINTS: [&str; 9] = [
+    "/v1/check",
+    "/v1/return",
+    "/v1/keys",
+    "/v1/keys/verify",
+    "/v1/keys/{id}",
+    "/v1/usage/{*key}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// The `endpoint` label of a route as `MatchedPath` names it.
+pub fn endpoint(route: &str) -> &'static str {
+    ENDPOINTS.iter().find(|e| **e == route).copied().unwrap_or("other")
+}
+
+/// A tier's two decision counters, looked up once per tier (the family's lookup hashes
+/// and clones the labels).
+struct TierCounters {
+    admitted: Counter,
+    limited: Counter,
 }
 
 pub struct Metrics {
@@ -98,10 +124,12 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     returns: Family<TierLabels, Counter>,
     returned_units: Family<TierLabels, Counter>,
-    store_latency: Family<OpLabels, Histogram>,
     store_errors: Family<OpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
-    tiers: RwLock<HashSet<String>>,
+    /// `store_latency` of each `Op`, in `Op::ALL` order.
+    latency_of: [Histogram; Op::ALL.len()],
+    /// Tiers labelled by name so far (at most `MAX_TIER_LABELS`).
+    tiers: RwLock<HashMap<String, TierCounters>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -141,14 +169,15 @@ impl Metrics {
         for op in Op::ALL {
             let _ = store_errors.get_or_create(&OpLabels { op });
         }
+        let latency_of = Op::ALL.map(|op| store_latency.get_or_create(&OpLabels { op }).clone());
         Metrics {
             registry,
             decisions,
             returns,
             returned_units,
-            store_latency,
             store_errors,
             requests,
+            latency_of,
             tiers: RwLock::default(),
         }
     }
@@ -161,20 +190,35 @@ impl Metrics {
     }
 
     pub fn decision(&self, tier: &str, admitted: bool) {
-        let outcome = if admitted { Outcome::Admitted } else { Outcome::Limited };
-        self.decisions.get_or_create(&DecisionLabels { tier: self.tier_label(tier), outcome }).inc();
-    }
-
-    pub fn store_call(&self, op: Op, took: Duration, failed: bool) {
-        let labels = OpLabels { op };
-        self.store_latency.get_or_create(&labels).observe(took.as_secs_f64());
-        if failed {
-            self.store_errors.get_or_create(&labels).inc();
+        let count = |c: &TierCounters| {
+            let _ = if admitted { c.admitted.inc() } else { c.limited.inc() };
+        };
+        if let Some(counters) = self.tiers.read().unwrap_or_else(PoisonError::into_inner).get(tier) {
+            count(counters);
+            return;
+        }
+        match self.tier_label(tier).as_str() {
+            "other" => count(&self.tier_counters("other")),
+            label => {
+                if let Some(counters) = self.tiers.read().unwrap_or_else(PoisonError::into_inner).get(label) {
+                    count(counters);
+                }
+            }
         }
     }
 
-    pub fn request(&self, endpoint: &str, status: u16) {
-        self.requests.get_or_create(&RequestLabels { endpoint: endpoint.to_owned(), status }).inc();
+    pub fn store_call(&self, op: Op, took: Duration, failed: bool) {
+        if let Some(histogram) = Op::ALL.iter().position(|o| *o == op).and_then(|i| self.latency_of.get(i)) {
+            histogram.observe(took.as_secs_f64());
+        }
+        if failed {
+            self.store_errors.get_or_create(&OpLabels { op }).inc();
+        }
+    }
+
+    /// A request answered on `endpoint` (see [`endpoint`]).
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        self.requests.get_or_create(&RequestLabels { endpoint, status }).inc();
     }
 
     /// The exposition, and its content type.
@@ -184,9 +228,17 @@ impl Metrics {
         Ok(text)
     }
 
+    fn tier_counters(&self, tier: &str) -> TierCounters {
+        let counter =
+            |outcome| self.decisions.get_or_create(&DecisionLabels { tier: tier.to_owned(), outcome }).clone();
+        TierCounters { admitted: counter(Outcome::Admitted), limited: counter(Outcome::Limited) }
+    }
+
+    /// `tier` itself while fewer than `MAX_TIER_LABELS` tiers are labelled (it is then
+    /// labelled from now on), else `other`.
     fn tier_label(&self, tier: &str) -> String {
         let known = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
-        if known.contains(tier) {
+        if known.contains_key(tier) {
             return tier.to_owned();
         }
         let full = known.len() >= MAX_TIER_LABELS;
@@ -195,8 +247,12 @@ impl Metrics {
             return "other".to_owned();
         }
         let mut known = self.tiers.write().unwrap_or_else(PoisonError::into_inner);
+        if known.contains_key(tier) {
+            return tier.to_owned();
+        }
         if known.len() < MAX_TIER_LABELS {
-            known.insert(tier.to_owned());
+            let counters = self.tier_counters(tier);
+            known.insert(tier.to_owned(), counters);
             tier.to_owned()
         } else {
             "other".to_owned()
@@ -240,12 +296,30 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_route_templates_or_other() {
+        assert_eq!(endpoint("/v1/keys/{id}"), "/v1/keys/{id}");
+        assert_eq!(endpoint("/v1/keys/k1"), "other");
+        assert_eq!(endpoint(""), "other");
+    }
+
+    #[test]
     fn tier_labels_are_bounded() {
         let m = Metrics::new();
         for i in 0..MAX_TIER_LABELS + 5 {
             m.decision(&format!("t{i}"), true);
         }
+        m.decision("t0", false);
+        m.give_back("t0", 2);
+        m.give_back("late", 1);
         let text = m.encode().unwrap();
-        assert!(text.contains(r#"tollgate_quota_decisions_total{tier="other",outcome="admitted"} 5"#), "{text}");
+        for expected in [
+            r#"tollgate_quota_decisions_total{tier="other",outcome="admitted"} 5"#,
+            r#"tollgate_quota_decisions_total{tier="t0",outcome="admitted"} 1"#,
+            r#"tollgate_quota_decisions_total{tier="t0",outcome="limited"} 1"#,
+            r#"tollgate_quota_returned_units_total{tier="t0"} 2"#,
+            r#"tollgate_quota_returned_units_total{tier="other"} 1"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
     }
 }

@@ -322,6 +322,30 @@ async fn metrics_count_decisions_store_calls_and_requests() {
 }
 
 #[tokio::test]
+async fn every_route_is_counted_under_its_own_endpoint_label() {
+    let app = memory_app();
+    let routes = [
+        ("POST", "/v1/check", "/v1/check"),
+        ("POST", "/v1/return", "/v1/return"),
+        ("GET", "/v1/keys", "/v1/keys"),
+        ("POST", "/v1/keys/verify", "/v1/keys/verify"),
+        ("DELETE", "/v1/keys/k1", "/v1/keys/{id}"),
+        ("GET", "/v1/usage/free/ip:198.51.100.1", "/v1/usage/{*key}"),
+        ("GET", "/healthz", "/healthz"),
+        ("GET", "/readyz", "/readyz"),
+    ];
+    for (method, uri, _) in routes {
+        send(&app, method, uri, None, "").await;
+    }
+    let text = send(&app, "GET", "/metrics", None, "").await.text;
+    for (_, _, endpoint) in routes {
+        let label = format!(r#"tollgate_quota_requests_total{{endpoint="{endpoint}","#);
+        assert!(text.contains(&label), "{label} missing from\n{text}");
+    }
+    assert!(!text.contains(r#"endpoint="other""#), "a route counted as other:\n{text}");
+}
+
+#[tokio::test]
 async fn a_redis_that_is_down_makes_readyz_and_checks_503_with_retry_after() {
     let mut server = RedisServer::start();
     let app = router(RedisStore::open(&server.url().parse().unwrap()).unwrap(), Some(ADMIN));
