@@ -266,8 +266,8 @@ fn header(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "What tollgate costs inside Envoy, next to Envoy without a filter, Envoy's native local \
-         rate limit and a proxy-wasm filter that does nothing; and what the quota service decides \
-         per second, next to Redis running the same script. Measured on {} at commit {}, with\n",
+         rate limit, a proxy-wasm filter that does nothing and one that makes tollgate's host calls \
+         without deciding anything; and what the quota service decides per second, next to Redis running the same script. Measured on {} at commit {}, with\n",
         r.date, r.commit
     );
     let _ = writeln!(md, "```sh\n{}\n```\n", r.command);
