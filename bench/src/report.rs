@@ -267,7 +267,8 @@ fn header(md: &mut String, r: &Results) {
         md,
         "What tollgate costs inside Envoy, next to Envoy without a filter, Envoy's native local \
          rate limit, a proxy-wasm filter that does nothing and one that makes tollgate's host calls \
-         without deciding anything; and what the quota service decides per second, next to Redis running the same script. Measured on {} at commit {}, with\n",
+         without deciding anything; and what the quota service decides per second, next to Redis \
+         running the same script. Measured on {} at commit {}, with\n",
         r.date, r.commit
     );
     let _ = writeln!(md, "```sh\n{}\n```\n", r.command);
@@ -378,7 +379,8 @@ fn throughput(md: &mut String, view: &View<'_>) {
     let _ = writeln!(
         md,
         "\n\"× native\" compares with Envoy's native per-key `local_ratelimit` at the same number of keys \
-         (1 key for the global path and tollgate's host calls alone, 10k for the anonymous path; the one-bucket form for the wasm no-op), each \
+         (1 key for the global path and tollgate's host calls alone, 10k for the anonymous path; the one-bucket \
+         form for the wasm no-op), each \
          taken against the no-filter Envoy of its own round. Native per key: a `rate_limits` action on `x-api-key` \
          and a wildcard descriptor (`value: \"\"`), one token bucket per value (`max_dynamic_descriptors` 40,000). \
          Both native forms add `x-ratelimit-*` headers, as tollgate does. \"added CPU\" is Envoy's CPU time per \
@@ -727,26 +729,25 @@ fn goals(md: &mut String, view: &View<'_>) {
     let added = |id: &str| view.added_cpu(id).map(|a| a.median);
     let profiled = |id: &str, over: &str| profile_split(view, id, over).map_or_else(String::new, |t| format!(": {t}"));
     // Envoy's added CPU for the local path, split into the floor and tollgate's own work.
+    let host_calls = match (added(LOCAL), added(HOST_CALLS), view.ratio(HOST_CALLS)) {
+        (Some(local), Some(calls), Some(ratio)) => format!(
+            ". A filter making tollgate's host calls with no decision adds {} µs by itself ({:.2}× no-filter \
+             req/s): tollgate's own code is the other {} µs",
+            signed_us(calls),
+            ratio.median,
+            signed_us(local - calls)
+        ),
+        _ => String::new(),
+    };
     let local_cost = match (added(LOCAL), added("wasm-noop")) {
-        (Some(local), Some(noop)) => {
-            format!(
+        (Some(local), Some(noop)) => format!(
             "Envoy spends {} µs CPU per request more than without a filter: {} µs the wasm floor, {} µs tollgate's \
-             own work{}",
+             own work{}{host_calls}",
             signed_us(local),
             signed_us(noop),
             signed_us(local - noop),
             profiled(LOCAL, "wasm-noop")
-        ) + &match (added(HOST_CALLS), view.ratio(HOST_CALLS)) {
-                (Some(calls), Some(ratio)) => format!(
-                    ". A filter making tollgate's host calls with no decision adds {} µs by itself ({:.2}× no-filter \
-                 req/s): tollgate's own code is the other {} µs",
-                    signed_us(calls),
-                    ratio.median,
-                    signed_us(local - calls)
-                ),
-                _ => String::new(),
-            }
-        }
+        ),
         _ => String::new(),
     };
     if let Some(local) = view.ratio(LOCAL) {

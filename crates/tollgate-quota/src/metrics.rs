@@ -197,13 +197,11 @@ impl Metrics {
             count(counters);
             return;
         }
-        match self.tier_label(tier).as_str() {
-            "other" => count(&self.tier_counters("other")),
-            label => {
-                if let Some(counters) = self.tiers.read().unwrap_or_else(PoisonError::into_inner).get(label) {
-                    count(counters);
-                }
-            }
+        // Labels the tier if there is still room; else it is counted as `other`.
+        let _ = self.tier_label(tier);
+        match self.tiers.read().unwrap_or_else(PoisonError::into_inner).get(tier) {
+            Some(counters) => count(counters),
+            None => count(&self.tier_counters("other")),
         }
     }
 
