@@ -14,6 +14,7 @@ help: ## List the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 wasm: ## Build the filter (target/wasm32-wasip1/release/tollgate.wasm)
+	@scripts/toolchain.sh
 	cargo build --release --target wasm32-wasip1 -p tollgate
 	cargo xtask trim-exports $(WASM)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
@@ -47,6 +48,7 @@ oci: wasm ## Package the filter as an OCI image for Istio (target/oci); prints t
 # The harness itself is a debug build: a panic unwinds and stops every process it started.
 bench: ## Benchmarks: every configuration under load, rewrites BENCHMARKS.md (~25 min; BENCH_QUICK=1: a smoke run)
 	@bench/setup.sh
+	@scripts/toolchain.sh
 	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench -p tollgate-hostcall-probe -p tollgate-hostcall-floor --lib
 	cargo xtask trim-exports $(WASM)
 	cargo build --release -p tollgate-quota
