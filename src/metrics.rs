@@ -137,8 +137,8 @@ impl Metrics {
         bump(self.evictions_live, u32::from(store.evicted_live));
         bump(self.corrupt_values, u32::from(store.corrupt_value));
         bump(self.errors, u32::from(matches!(decision.outcome, Outcome::StoreBypassed | Outcome::StoreRefused)));
-        bump(self.blocks_taken, u32::from(store.block_taken || decision.quota.block_taken));
-        bump(self.blocks_given_back, store.blocks_given_back);
+        bump(self.blocks_taken, u32::from(decision.blocks.taken));
+        bump(self.blocks_given_back, decision.blocks.given_back);
         self.record_quota(&decision.quota);
     }
 

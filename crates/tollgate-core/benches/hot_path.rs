@@ -9,10 +9,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tollgate_core::decision::decide_with;
-use tollgate_core::headers::{rate_limit_headers, Headers, LimitStatus};
-use tollgate_core::hold;
-use tollgate_core::identity::sha256;
-use tollgate_core::keycache::KeyCache;
+use tollgate_core::hash::sha256;
+use tollgate_core::headers::{rate_limit_headers, Headers};
+use tollgate_core::limit::Standing;
+use tollgate_core::worker::{keeps_blocks, Worker};
+use tollgate_core::worker_block::MAX_BLOCKS;
 use tollgate_core::store::FakeSharedData;
 use tollgate_core::{decide, Config, Nanos, RequestInfo};
 
@@ -61,9 +62,9 @@ fn decide_local(c: &mut Criterion) {
     {
         let config = config(keys);
         let store = FakeSharedData::default();
-        // One cache for the run, as a worker keeps one (it remembers the keys it has seen,
-        // and holds blocks of the benchmark's large limits as the filter does).
-        let mut cache = KeyCache::new(1).with_holds(if holds && hold::any(&config) { hold::MAX_HOLDS } else { 0 });
+        // One worker for the run, as the filter keeps one (it remembers the keys it has seen,
+        // and takes blocks of the benchmark's large limits as the filter does).
+        let mut cache = Worker::new(1).with_blocks(if holds && keeps_blocks(&config) { MAX_BLOCKS } else { 0 });
         let auth = authorizations(keys);
         let mut i = 0usize;
         let mut now = Nanos::from_secs(1_700_000_000);
@@ -105,13 +106,20 @@ fn decide_local(c: &mut Criterion) {
 fn headers(c: &mut Criterion) {
     let config = config(1);
     let limits = &config.tiers[0].limits;
-    let statuses: Vec<LimitStatus<'_>> =
-        limits.iter().map(|limit| LimitStatus { limit, remaining: 999_999_000, reset_after_ns: 1_000_000 }).collect();
+    let standings: Vec<Standing> = (0..limits.len())
+        .map(|index| Standing {
+            index,
+            admitted: true,
+            remaining: 999_999_000,
+            reset_after_ns: 1_000_000,
+            retry_after_ns: 0,
+        })
+        .collect();
     let now = Nanos::from_secs(1_700_000_000);
     c.benchmark_group("headers").bench_function("rate_limit_headers_2_limits", |b| {
         b.iter_batched_ref(
             Headers::new,
-            |out| rate_limit_headers(&config.headers, black_box(&statuses), 0, now, out),
+            |out| rate_limit_headers(&config.headers, limits, black_box(&standings), 0, now, out),
             BatchSize::SmallInput,
         );
     });

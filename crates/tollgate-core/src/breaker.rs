@@ -2,7 +2,7 @@
 //! failed callouts in a row it opens, and callouts stop for `cooldown`; then one worker
 //! claims a probe, and its result closes the breaker or opens it for another cooldown.
 
-use crate::store::{cas_update, SharedStore, StoreError};
+use crate::store::{compare_and_swap, SharedStore, StoreError};
 use crate::time::Nanos;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,7 +71,7 @@ impl BreakerState {
 /// Whether this request may call out.
 pub fn admit<S: SharedStore + ?Sized>(store: &S, key: &str, config: &BreakerConfig, now: Nanos) -> Admission {
     let mut admission = Admission::Call;
-    let result = cas_update(store, key, 8, |bytes| {
+    let (result, _) = compare_and_swap(store, key, 8, |bytes| {
         let state = BreakerState::decode(bytes);
         if state.open_until == Nanos(0) {
             admission = Admission::Call;
@@ -100,7 +100,7 @@ pub fn record<S: SharedStore + ?Sized>(
     now: Nanos,
 ) -> Result<Transition, StoreError> {
     let mut transition = Transition::None;
-    cas_update(store, key, 16, |bytes| {
+    compare_and_swap(store, key, 16, |bytes| {
         let state = BreakerState::decode(bytes);
         transition = Transition::None;
         if success {
@@ -122,7 +122,8 @@ pub fn record<S: SharedStore + ?Sized>(
             BreakerState { failures, ..state }
         };
         Some(next.encode().to_vec())
-    })?;
+    })
+    .0?;
     Ok(transition)
 }
 

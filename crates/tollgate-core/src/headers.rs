@@ -3,15 +3,8 @@
 //! GitHub-style `X-RateLimit-*` family for the tightest limit.
 
 use crate::config::{HeaderOptions, Limit};
+use crate::limit::Standing;
 use crate::time::{ceil_secs, Nanos};
-
-/// Where one limit stands after a decision.
-#[derive(Debug, Clone, Copy)]
-pub struct LimitStatus<'a> {
-    pub limit: &'a Limit,
-    pub remaining: u64,
-    pub reset_after_ns: u64,
-}
 
 /// Headers to send: static names, and values kept end to end in one buffer, so that a
 /// request's rate-limit headers cost two allocations rather than one per header.
@@ -79,39 +72,42 @@ impl Headers {
     }
 }
 
-/// Appends the enabled header families. `tightest` indexes `statuses`: the limit the
-/// `X-RateLimit-*` family describes.
+/// Appends the enabled header families for the limits (of a tier's `limits`) whose
+/// `standings` are given. `tightest` indexes `standings`: the limit the `X-RateLimit-*`
+/// family describes.
 pub fn rate_limit_headers(
     options: &HeaderOptions,
-    statuses: &[LimitStatus<'_>],
+    limits: &[Limit],
+    standings: &[Standing],
     tightest: usize,
     now: Nanos,
     out: &mut Headers,
 ) {
-    if statuses.is_empty() {
+    if standings.is_empty() {
         return;
     }
-    out.reserve(7, 80 * statuses.len() + 64);
+    let statuses = standings.iter().filter_map(|s| Some((limits.get(s.index)?, s)));
+    out.reserve(7, 80 * standings.len() + 64);
     // Values are built with `itoa` and `push_str` into one buffer: this runs for every
     // admitted request, and the `fmt` machinery and an allocation per value were most of
     // its cost.
     let mut digits = itoa::Buffer::new();
     if options.ietf {
         out.push_with("ratelimit-policy", |text| {
-            for (i, s) in statuses.iter().enumerate() {
+            for (i, (limit, _)) in statuses.clone().enumerate() {
                 if i > 0 {
                     text.push_str(", ");
                 }
-                text.push_str(&s.limit.policy_item);
+                text.push_str(&limit.policy_item);
             }
         });
         out.push_with("ratelimit", |text| {
-            for (i, s) in statuses.iter().enumerate() {
+            for (i, (limit, s)) in statuses.clone().enumerate() {
                 if i > 0 {
                     text.push_str(", ");
                 }
                 text.push('"');
-                text.push_str(&s.limit.name);
+                text.push_str(&limit.name);
                 text.push_str("\";r=");
                 text.push_str(digits.format(s.remaining));
                 text.push_str(";t=");
@@ -120,22 +116,22 @@ pub fn rate_limit_headers(
         });
     }
     if options.x_ratelimit {
-        if let Some(s) = statuses.get(tightest) {
-            let capacity = s.limit.capacity();
+        if let Some((limit, s)) = standings.get(tightest).and_then(|s| Some((limits.get(s.index)?, s))) {
+            let capacity = limit.capacity();
             let reset = now.saturating_add(s.reset_after_ns).as_secs_ceil();
             let mut number = |name: &'static str, n: u64| out.push(name, digits.format(n));
             number("x-ratelimit-limit", capacity);
             number("x-ratelimit-remaining", s.remaining);
             number("x-ratelimit-used", capacity.saturating_sub(s.remaining));
             number("x-ratelimit-reset", reset);
-            out.push("x-ratelimit-resource", &s.limit.name);
+            out.push("x-ratelimit-resource", &limit.name);
         }
     }
 }
 
 /// The limit with the fewest units left; among equals, the one that resets last.
-pub fn tightest(statuses: &[LimitStatus<'_>]) -> usize {
-    statuses
+pub fn tightest(standings: &[Standing]) -> usize {
+    standings
         .iter()
         .enumerate()
         .min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset_after_ns.cmp(&a.reset_after_ns)))

@@ -6,15 +6,11 @@
 //! SHA-256, the largest single cost of deciding a request in wasm. Only tokens whose
 //! SHA-256 matched a configured key are remembered, so the map holds at most one entry
 //! per configured key; no token and no SHA-256 is kept, only the 128-bit tag.
-//!
-//! And the worker's blocks of local quota ([`crate::hold`]), off unless asked for with
-//! [`KeyCache::with_holds`]: only a cache that lives as long as the worker may hold units.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 
 use hashbrown::HashMap;
 
-use crate::hold::Holds;
 use crate::time::Nanos;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +36,6 @@ pub struct KeyCache {
     tagger: RandomState,
     /// Tag of a token → the configured key it matched.
     static_keys: HashMap<Tag, StaticKey>,
-    pub holds: Holds,
 }
 
 /// A configured key as a request needs it, beside its tag: deciding for it reads nothing
@@ -67,14 +62,7 @@ impl KeyCache {
             capacity: capacity.max(1),
             tagger: RandomState::new(),
             static_keys: HashMap::new(),
-            holds: Holds::default(),
         }
-    }
-
-    /// Keeps up to `capacity` worker blocks of local quota.
-    pub fn with_holds(mut self, capacity: usize) -> KeyCache {
-        self.holds = Holds::new(capacity);
-        self
     }
 
     pub fn tag(&self, token: &str) -> Tag {

@@ -32,9 +32,9 @@
 pub mod breaker;
 pub mod config;
 pub mod decision;
+pub mod hash;
 pub mod headermap;
 pub mod headers;
-pub mod hold;
 pub mod identity;
 pub mod keycache;
 pub mod lease;
@@ -43,6 +43,8 @@ pub mod quota;
 pub mod reply;
 pub mod store;
 pub mod time;
+pub mod worker;
+pub mod worker_block;
 
 pub use config::{Config, ConfigError};
 pub use decision::{decide, Decision, Outcome};

@@ -38,7 +38,23 @@ pub struct LimitState {
     pub b: u64,
 }
 
-/// The outcome of one limit for one request.
+/// Where one limit of a caller's tier stands for a request: what its headers and a 429
+/// say of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The limit's index in its tier.
+    pub index: usize,
+    pub admitted: bool,
+    /// Units left after this request (or now, when not admitted).
+    pub remaining: u64,
+    /// Nanoseconds until the limit is back to its full quota.
+    pub reset_after_ns: u64,
+    /// Nanoseconds until this request could be admitted; 0 when admitted.
+    pub retry_after_ns: u64,
+}
+
+/// What the algorithm makes of one limit for one request: where it stands, and the state
+/// to store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Evaluation {
     pub admitted: bool,
@@ -54,6 +70,19 @@ pub struct Evaluation {
     pub idle_at: Nanos,
 }
 
+impl Evaluation {
+    /// Where the limit stands, as limit `index` of its tier.
+    pub fn standing(&self, index: usize) -> Standing {
+        Standing {
+            index,
+            admitted: self.admitted,
+            remaining: self.remaining,
+            reset_after_ns: self.reset_after_ns,
+            retry_after_ns: self.retry_after_ns,
+        }
+    }
+}
+
 pub fn evaluate(limit: &Limit, state: Option<LimitState>, now: Nanos, cost: u64) -> Evaluation {
     match limit.kind {
         LimitKind::TokenBucket { interval_ns, depth_ns, .. } => token_bucket(state, now.0, cost, interval_ns, depth_ns),
@@ -62,7 +91,7 @@ pub fn evaluate(limit: &Limit, state: Option<LimitState>, now: Nanos, cost: u64)
 }
 
 /// Gives back `units` charged earlier and never spent (a worker's unused block, see
-/// [`crate::hold`]): the state as if they had not been charged, as far as it still counts
+/// [`crate::worker_block`]): the state as if they had not been charged, as far as it still counts
 /// them. A token bucket cannot go above full; a fixed window's units only count in their
 /// own window, so a refund in a later one changes nothing.
 pub fn refund(limit: &Limit, state: LimitState, now: Nanos, units: u64) -> LimitState {

@@ -10,6 +10,7 @@ use hashbrown::HashMap;
 pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
 use raw::{RawConfig, RawIdentity, RawKey, RawLimit, RawQuotaService, RawRoute, RawStore, RawTier, Scope};
 
+use crate::hash::fnv1a32;
 use crate::time::NANOS_PER_SEC;
 
 /// Upper bounds that keep every computation inside `u64` and every stored value small.
@@ -17,7 +18,8 @@ pub const MAX_LIMITS_PER_TIER: usize = 16;
 pub const MAX_QUANTITY: u64 = 1_000_000_000;
 pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 pub const MAX_TRACKED_KEYS: u64 = 10_000_000;
-/// Entries per shared-data slot: a slot is a small set-associative bucket of identities.
+/// Entries per shared-data slot: a slot is a small set-associative bucket of callers
+/// ([`crate::store`]).
 pub const SLOT_WAYS: usize = 4;
 
 #[derive(Debug)]
@@ -68,7 +70,7 @@ pub struct Key {
     pub tier: usize,
     /// How the key is metered and logged: `key:<id>`.
     pub caller: String,
-    /// [`crate::store::identity_fingerprint`] of its tier and caller: where its state lives.
+    /// [`crate::hash::identity_fingerprint`] of its tier and caller: where its state lives.
     pub fingerprint: u64,
 }
 
@@ -92,11 +94,13 @@ pub struct Limit {
     /// `None`: counted locally. `Some(mode)`: counted by the quota service, with `mode`
     /// when it cannot answer.
     pub global: Option<FailureMode>,
-    /// Units taken at a time; 0 means exact. Global limits: leased from the quota service
-    /// (see [`crate::lease`]), instead of a callout per request. Local limits: charged in
-    /// shared data by one worker and spent by it (see [`crate::hold`]), instead of a
-    /// shared-data update per request.
+    /// Global limits: units leased from the quota service at a time (see [`crate::lease`])
+    /// instead of a callout per request; 0 is exact. Always 0 for a local limit.
     pub lease_block: u64,
+    /// Local limits: units charged in shared data by one worker and spent by it (see
+    /// [`crate::worker_block`]) instead of a shared-data update per request; 0 is exact.
+    /// Always 0 for a global limit (a worker's block of a lease follows from `lease_block`).
+    pub worker_block: u64,
     /// This limit's item of the `RateLimit-Policy` header, `"name";q=<quota>;w=<secs>`:
     /// it never changes, so it is written once here rather than for every request.
     pub policy_item: String,
@@ -398,22 +402,40 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             )
         }
     };
-    limit.lease_block = match (raw.scope, raw.lease_block) {
-        (Scope::Local, None) => default_worker_block(limit.capacity()),
-        (Scope::Global, None) => default_lease_block(limit.capacity()),
-        (_, Some(block)) => {
-            if block > limit.capacity() / 2 {
+    let half = limit.capacity() / 2;
+    let block = |field: &str, block: Option<u64>, default: u64| match block {
+        None => Ok(default),
+        Some(block) if block <= half => Ok(block),
+        Some(_) => err(
+            format!("{path}.{field}"),
+            format!("expected 0 (exact) to half the limit's capacity ({half}): two blocks must fit in it"),
+        ),
+    };
+    match raw.scope {
+        Scope::Global => {
+            if raw.worker_block.is_some() {
                 return err(
-                    format!("{path}.lease_block"),
-                    format!(
-                        "expected 0 (exact) to half the limit's capacity ({}): two blocks must fit in it",
-                        limit.capacity() / 2
-                    ),
+                    format!("{path}.worker_block"),
+                    "worker_block applies only to local limits; a global limit's workers take a tenth of its lease_block",
                 );
             }
-            block
+            limit.lease_block = block("lease_block", raw.lease_block, default_lease_block(limit.capacity()))?;
         }
-    };
+        Scope::Local => {
+            // `lease_block` is the older name of a local limit's worker block.
+            let (field, given) = match (raw.worker_block, raw.lease_block) {
+                (Some(_), Some(_)) => {
+                    return err(
+                        format!("{path}.lease_block"),
+                        "give worker_block alone: lease_block is its older name on a local limit",
+                    )
+                }
+                (None, Some(b)) => ("lease_block", Some(b)),
+                (w, None) => ("worker_block", w),
+            };
+            limit.worker_block = block(field, given, default_worker_block(limit.capacity()))?;
+        }
+    }
     Ok(limit)
 }
 
@@ -467,6 +489,7 @@ pub fn limit_from_parts(
         fingerprint,
         global: None,
         lease_block: 0,
+        worker_block: 0,
         policy_item: format!("\"{name}\";q={quota};w={window_secs}"),
     })
 }
@@ -486,7 +509,7 @@ pub fn default_lease_block(capacity: u64) -> u64 {
 /// Smallest worker block the default gives a local limit; below it the limit stays exact.
 pub const MIN_DEFAULT_WORKER_BLOCK: u64 = 100;
 
-/// The worker block of a local limit without `lease_block` (see [`crate::hold`]): 1 % of
+/// The worker block of a local limit without `worker_block` (see [`crate::worker_block`]): 1 % of
 /// its capacity, at most [`MAX_DEFAULT_LEASE_BLOCK`]; 0 (exact) when that is under
 /// [`MIN_DEFAULT_WORKER_BLOCK`], i.e. for every limit with a capacity under 10,000.
 pub fn default_worker_block(capacity: u64) -> u64 {
@@ -599,7 +622,7 @@ fn validate_keys(
             return err(format!("{path}.sha256"), "the same hash is configured for another key");
         }
         let caller = ["key:", k.id.as_str()].concat();
-        let fingerprint = crate::store::identity_fingerprint(&k.tier, &caller);
+        let fingerprint = crate::hash::identity_fingerprint(&k.tier, &caller);
         keys.push(Key { id: k.id.clone(), tier, caller, fingerprint });
     }
     Ok((keys, by_hash))
@@ -695,24 +718,6 @@ fn validate_store(raw: &RawStore) -> Result<StoreOptions, ConfigError> {
         cas_retries: raw.cas_retries,
         on_contention: raw.on_contention,
     })
-}
-
-/// FNV-1a, 32 bits: cheap and stable across builds and architectures.
-pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
-
-/// FNV-1a, 64 bits.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    fnv1a64_more(FNV_OFFSET, bytes)
-}
-
-/// FNV-1a's starting state.
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// Continues an FNV-1a hash over more bytes: `fnv1a64_more(fnv1a64(a), b) == fnv1a64(a ++ b)`.
-pub fn fnv1a64_more(state: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 #[cfg(test)]

@@ -176,9 +176,13 @@ pub struct RawLimit {
     pub scope: Scope,
     #[serde(default)]
     pub failure_mode: Option<FailureMode>,
-    /// Global limits: units leased from the quota service at a time (0: a callout per request).
+    /// Global limits: units leased from the quota service at a time (0: a callout per
+    /// request). On a local limit, the older name of `worker_block`.
     #[serde(default)]
     pub lease_block: Option<u64>,
+    /// Local limits: units one worker charges at a time and spends (0: exact).
+    #[serde(default)]
+    pub worker_block: Option<u64>,
 }
 
 /// Where a limit is counted: in this Envoy's shared data, or by the quota service for

@@ -4,8 +4,11 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::config::FailureMode;
 use crate::store::FakeSharedData;
+use crate::worker::Worker;
 use crate::RequestInfo;
+use crate::{Config, Nanos};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -52,7 +55,7 @@ fn answer(status: u16, body: &Value) -> (u16, Vec<u8>) {
 fn resume_with(
     c: &Config,
     s: &FakeSharedData,
-    cache: &mut KeyCache,
+    cache: &mut Worker,
     call: Callout,
     reply: Option<(u16, Vec<u8>)>,
     now: Nanos,
@@ -69,7 +72,7 @@ fn admitted(remaining: u64) -> Value {
 
 #[test]
 fn a_global_limit_asks_the_service_and_reports_its_counts() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let callout = call(begin(&c, &s, &mut cache, &anonymous(), T0));
     assert_eq!(callout.path, "/v1/check");
     let sent: Value = serde_json::from_str(&callout.body).unwrap();
@@ -86,7 +89,7 @@ fn a_global_limit_asks_the_service_and_reports_its_counts() {
 
 #[test]
 fn local_limits_refuse_first_without_a_callout() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     for _ in 0..3 {
         let callout = call(begin(&c, &s, &mut cache, &anonymous(), T0));
         done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &admitted(4))), T0));
@@ -97,7 +100,7 @@ fn local_limits_refuse_first_without_a_callout() {
 
 #[test]
 fn a_global_refusal_is_a_429_and_charges_nothing_locally() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let refused = json!({ "admitted": false, "limits": [ { "name": "images-per-day", "admitted": false, "remaining": 0, "reset_after_ms": 21_600_000, "retry_after_ms": 21_600_000 } ] });
     for _ in 0..5 {
         let callout = call(begin(&c, &s, &mut cache, &anonymous(), T0));
@@ -115,7 +118,7 @@ fn a_global_refusal_is_a_429_and_charges_nothing_locally() {
 
 #[test]
 fn failure_mode_local_holds_the_limit_in_a_local_bucket() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let mut allowed = 0;
     for i in 0..10 {
         let now = Nanos(T0.0 + i * 20 * SEC); // past the burst limit's refill
@@ -144,7 +147,7 @@ fn failure_mode_local_holds_the_limit_in_a_local_bucket() {
 
 #[test]
 fn failure_mode_open_admits_and_says_so() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let callout = call(begin(&c, &s, &mut cache, &with_token("Bearer tok-premium"), T0));
     let d = done(resume_with(&c, &s, &mut cache, callout, Some((500, b"oops".to_vec())), T0));
     assert_eq!(d.outcome, Outcome::Allowed);
@@ -158,7 +161,7 @@ fn failure_mode_closed_is_a_503() {
         .replace(r#""id": "acme-prod""#, r#""id": "pro-1""#)
         .replace(r#""tier": "premium" }"#, r#""tier": "pro" }"#);
     let c = Config::from_json(json.as_bytes()).unwrap();
-    let (s, mut cache) = (FakeSharedData::default(), KeyCache::new(10));
+    let (s, mut cache) = (FakeSharedData::default(), Worker::new(10));
     let callout = call(begin(&c, &s, &mut cache, &with_token("Bearer tok-premium"), T0));
     let d = done(resume_with(&c, &s, &mut cache, callout, None, T0));
     assert_eq!(d.outcome, Outcome::QuotaUnavailable);
@@ -169,7 +172,7 @@ fn failure_mode_closed_is_a_503() {
 
 #[test]
 fn a_garbled_answer_counts_as_a_failure() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let wrong_length = json!({ "admitted": true, "limits": [] });
     let callout = call(begin(&c, &s, &mut cache, &with_token("Bearer tok-premium"), T0));
     let d = done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &wrong_length)), T0));
@@ -178,7 +181,7 @@ fn a_garbled_answer_counts_as_a_failure() {
 
 #[test]
 fn the_breaker_opens_stops_callouts_and_closes_after_a_good_probe() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let premium = with_token("Bearer tok-premium");
     let mut opened = false;
     for i in 0..3 {
@@ -200,12 +203,12 @@ fn the_breaker_opens_stops_callouts_and_closes_after_a_good_probe() {
 
 #[test]
 fn unknown_tokens_are_verified_remotely_and_cached_both_ways() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let dynamic = with_token("Bearer tg_dynamic");
     let callout = call(begin(&c, &s, &mut cache, &dynamic, T0));
     assert_eq!(callout.path, "/v1/keys/verify");
     let sent: Value = serde_json::from_str(&callout.body).unwrap();
-    assert_eq!(sent["sha256"], crate::identity::hex(&crate::identity::sha256(b"tg_dynamic")));
+    assert_eq!(sent["sha256"], crate::hash::hex(&crate::hash::sha256(b"tg_dynamic")));
     assert!(!callout.body.contains("tg_dynamic"), "the token never leaves");
     let known = json!({ "known": true, "id": "k_1", "tier": "premium" });
     let check = call(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &known)), T0));
@@ -224,7 +227,7 @@ fn unknown_tokens_are_verified_remotely_and_cached_both_ways() {
 
 #[test]
 fn a_key_of_an_unconfigured_tier_is_refused() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let callout = call(begin(&c, &s, &mut cache, &with_token("Bearer tg_x"), T0));
     let odd = json!({ "known": true, "id": "k_2", "tier": "platinum" });
     assert_eq!(done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &odd)), T0)).reply.unwrap().status, 401);
@@ -232,7 +235,7 @@ fn a_key_of_an_unconfigured_tier_is_refused() {
 
 #[test]
 fn when_verification_fails_a_stale_entry_still_serves_and_otherwise_503() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     let dynamic = with_token("Bearer tg_dynamic");
     let callout = call(begin(&c, &s, &mut cache, &dynamic, T0));
     let known = json!({ "known": true, "id": "k_1", "tier": "premium" });
@@ -270,7 +273,7 @@ fn without_a_transport_decide_treats_callouts_as_failed() {
 
 #[test]
 fn a_global_daily_window_resets_at_exactly_midnight_whatever_the_clock_skew() {
-    let (c, s, mut cache) = (config(), FakeSharedData::default(), KeyCache::new(10));
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
     // T0 is 18:00 UTC: six hours to midnight. The service's clock is 3 ms behind ours and
     // it rounds up to whole ms.
     let now = Nanos(T0.0 + 123_456);

@@ -2,7 +2,9 @@ use serde_json::Value;
 
 use super::*;
 use crate::store::{FakeSharedData, StoreError};
+use crate::worker::Worker;
 use crate::RequestInfo;
+use crate::{Config, Nanos};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -122,7 +124,7 @@ fn premium_token_admits_one_hundred() {
 fn a_worker_that_has_seen_a_key_finds_it_again_and_nothing_else_with_it() {
     let c = config(TIERS);
     let s = FakeSharedData::default();
-    let mut cache = KeyCache::new(1);
+    let mut cache = Worker::new(1);
     let mut run = |auth: &str| {
         let d = decide_with(&c, &s, &mut cache, &post(IMAGES, Some(auth), CLIENT), EVENING);
         (d.outcome, d.caller_name(&c).map(str::to_owned))
@@ -139,13 +141,12 @@ fn a_worker_that_has_seen_a_key_finds_it_again_and_nothing_else_with_it() {
         assert_eq!(run("Bearer tok-premium0"), unknown);
         assert_eq!(run("Bearer tok-premiu"), unknown);
     }
-    assert_eq!(cache.static_key(cache.tag("tok-premium")).map(|k| k.index), Some(0));
-    assert_eq!(cache.static_key(cache.tag("tok-premiun")), None, "refused tokens are not remembered");
+    assert_eq!(cache.keys.static_key(cache.keys.tag("tok-premium")).map(|k| k.index), Some(0));
+    assert_eq!(cache.keys.static_key(cache.keys.tag("tok-premiun")), None, "refused tokens are not remembered");
     // A key removed from the configuration is gone with the worker's cache: a new
     // configuration starts a new cache, and without the key the token is refused.
     let without = config(&TIERS.replace(r#"{ "id": "acme-prod", "sha256": "21fa0cffc3d620c9036897c666dadd7a730340a9f5bea36e3f798779acb74dcd", "tier": "premium" },"#, ""));
-    let d =
-        decide_with(&without, &s, &mut KeyCache::new(1), &post(IMAGES, Some("Bearer tok-premium"), CLIENT), EVENING);
+    let d = decide_with(&without, &s, &mut Worker::new(1), &post(IMAGES, Some("Bearer tok-premium"), CLIENT), EVENING);
     assert_eq!(d.outcome, Outcome::Unauthenticated);
 }
 

@@ -9,11 +9,12 @@ use serde_json::{json, Value};
 use super::*;
 use crate::config::Config;
 use crate::decision::{begin, refilled_ahead, resume, Answer, Callout, Decision, Outcome, Step};
-use crate::identity::{hex, sha256};
-use crate::keycache::KeyCache;
+use crate::hash::{hex, sha256};
 use crate::limit::{evaluate, LimitState};
 use crate::quota::CheckRequest;
 use crate::store::FakeSharedData;
+use crate::worker::{idle_block_ns, Worker};
+use crate::worker_block::{BlockKey, IDLE_GIVE_BACK_NS, MAX_BLOCKS};
 use crate::RequestInfo;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -50,6 +51,11 @@ fn request(token: &'static str) -> RequestInfo<'static> {
         client_address: Some("203.0.113.7:0"),
         ..Default::default()
     }
+}
+
+/// The lease records at `now`, with a refill marker holding for `ttl` ns.
+fn records(s: &FakeSharedData, ttl: u64, now: Nanos) -> Records<'_, FakeSharedData> {
+    Records { store: s, retries: 8, marker_ttl_ns: ttl, now }
 }
 
 /// The quota service's decision arithmetic, all or nothing, with a count of units charged.
@@ -109,7 +115,7 @@ fn run(
     req: &RequestInfo<'_>,
     now: Nanos,
 ) -> (Decision, Vec<u64>) {
-    run_on(&mut KeyCache::new(10), c, store, service, req, now)
+    run_on(&mut Worker::new(10), c, store, service, req, now)
 }
 
 /// Answers `call` from `service`: the body, or `None` when the service is down.
@@ -128,7 +134,7 @@ fn answered(reply: &Option<Vec<u8>>) -> Answer<'_> {
 /// [`run`] on a worker's cache that outlives the request (with holds: as the filter's). A
 /// refill ahead of need is answered once the request is decided, as the root context does.
 fn run_on(
-    cache: &mut KeyCache,
+    cache: &mut Worker,
     c: &Config,
     store: &FakeSharedData,
     service: &Mutex<Service>,
@@ -182,9 +188,17 @@ fn blocks_default_to_one_percent_of_big_limits_and_small_limits_stay_exact() {
     assert_eq!(tier("big").limits[0].lease_block, 1000);
     assert_eq!(tier("mixed").limits[0].lease_block, 1000);
     assert_eq!(tier("mixed").limits[1].lease_block, 0, "100 a day stays exact");
-    assert_eq!(request_block(tier("mixed").limits.iter(), 1), 0, "any exact limit makes the request exact");
-    assert_eq!(request_block(tier("bulk").limits.iter(), 1), 50);
-    assert_eq!(request_block(tier("bulk").limits.iter(), 51), 0, "a block below the cost is exact");
+    assert_eq!(
+        request_block(tier("mixed").limits.iter().map(|l| l.lease_block), 1),
+        0,
+        "any exact limit makes the request exact"
+    );
+    assert_eq!(request_block(tier("bulk").limits.iter().map(|l| l.lease_block), 1), 50);
+    assert_eq!(
+        request_block(tier("bulk").limits.iter().map(|l| l.lease_block), 51),
+        0,
+        "a block below the cost is exact"
+    );
     assert_eq!(crate::config::default_lease_block(999), 0);
     assert_eq!(crate::config::default_lease_block(1000), 10);
     assert_eq!((low_water(50), max_balance(50)), (25, 74));
@@ -201,14 +215,20 @@ fn lease_blocks_are_validated() {
     let e =
         with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 51 })).unwrap_err();
     assert_eq!(e.path, "tiers.t.limits[0].lease_block");
-    // A local limit takes worker blocks (crate::hold), under the same bound.
+    // A local limit takes worker blocks (crate::worker_block), under the same bound; its
+    // older name `lease_block` still works.
+    let e = with(json!({ "name": "d", "limit": 100, "window": "1d", "worker_block": 51 })).unwrap_err();
+    assert_eq!(e.path, "tiers.t.limits[0].worker_block");
     let e = with(json!({ "name": "d", "limit": 100, "window": "1d", "lease_block": 51 })).unwrap_err();
     assert_eq!(e.path, "tiers.t.limits[0].lease_block");
-    assert_eq!(
-        with(json!({ "name": "d", "limit": 100, "window": "1d", "lease_block": 5 })).unwrap().tiers[0].limits[0]
-            .lease_block,
-        5
-    );
+    for field in ["worker_block", "lease_block"] {
+        let local = with(json!({ "name": "d", "limit": 100, "window": "1d", field: 5 })).unwrap();
+        assert_eq!((local.tiers[0].limits[0].worker_block, local.tiers[0].limits[0].lease_block), (5, 0));
+    }
+    let both = json!({ "name": "d", "limit": 100, "window": "1d", "worker_block": 5, "lease_block": 5 });
+    assert_eq!(with(both).unwrap_err().path, "tiers.t.limits[0].lease_block");
+    let global = json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "worker_block": 5 });
+    assert_eq!(with(global).unwrap_err().path, "tiers.t.limits[0].worker_block");
     assert!(with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 50 })).is_ok());
     assert!(with(json!({ "name": "d", "limit": 100, "window": "1d", "scope": "global", "lease_block": 0 })).is_ok());
 }
@@ -340,17 +360,37 @@ fn a_refill_marker_holds_for_the_callout_timeout_and_then_expires() {
     let s = FakeSharedData::default();
     let r = bulk_ref(&c);
     let stale = 1_100 * 1_000_000;
-    let Take::Empty { refill: Some(marker) } = take(&s, &r, 1, 0, 50, true, stale, 8, T0).unwrap() else { panic!() };
+    let Take::Empty { refill: Some(marker) } =
+        records(&s, stale, T0).take(&r, Ask { cost: 1, worker_units: 0, block: 50 }).unwrap()
+    else {
+        panic!()
+    };
     // Another worker meanwhile: no second refill, decide exactly.
-    assert_eq!(take(&s, &r, 1, 0, 50, true, stale, 8, Nanos(T0.0 + stale - 1)).unwrap(), Take::Empty { refill: None });
+    assert_eq!(
+        records(&s, stale, Nanos(T0.0 + stale - 1)).take(&r, Ask { cost: 1, worker_units: 0, block: 50 }).unwrap(),
+        Take::Empty { refill: None }
+    );
     // The first callout was lost: after the timeout another request may refill.
     let later = Nanos(T0.0 + stale);
-    let Take::Empty { refill: Some(second) } = take(&s, &r, 1, 0, 50, true, stale, 8, later).unwrap() else { panic!() };
+    let Take::Empty { refill: Some(second) } =
+        records(&s, stale, later).take(&r, Ask { cost: 1, worker_units: 0, block: 50 }).unwrap()
+    else {
+        panic!()
+    };
     assert_ne!(marker, second);
     // A late answer to the first refill is not credited.
     let grants = [Grant { remaining: 900, reset_at: T0.0 + 3600 * SEC, window: Some(1) }];
-    assert_eq!(credit(&s, &r, marker, 49, &grants, NONE, stale, 8, later).unwrap(), None);
-    assert_eq!(credit(&s, &r, second, 49, &grants, NONE, stale, 8, later).unwrap().map(|l| l.balance), Some(49));
+    assert_eq!(
+        records(&s, stale, later).credit(&r, marker, Credit { units: 49, grants: &grants, expires_at: NONE }).unwrap(),
+        None
+    );
+    assert_eq!(
+        records(&s, stale, later)
+            .credit(&r, second, Credit { units: 49, grants: &grants, expires_at: NONE })
+            .unwrap()
+            .map(|l| l.balance),
+        Some(49)
+    );
 }
 
 #[test]
@@ -397,13 +437,15 @@ fn an_idle_lease_is_zeroed_and_given_back_once() {
     assert_eq!(held.key, "bulk/key:bulk");
     let idle = 10 * SEC;
     let stale = SEC;
-    assert_eq!(reclaim(&s, &held, idle, stale, 8, Nanos(T0.0 + idle - 1)).unwrap(), Reclaim::Busy);
-    let Reclaim::Return(ret) = reclaim(&s, &held, idle, stale, 8, Nanos(T0.0 + idle)).unwrap() else { panic!() };
+    assert_eq!(records(&s, stale, Nanos(T0.0 + idle - 1)).return_idle(&held, idle).unwrap(), IdleReturn::Busy);
+    let IdleReturn::Send(ret) = records(&s, stale, Nanos(T0.0 + idle)).return_idle(&held, idle).unwrap() else {
+        panic!()
+    };
     assert_eq!(ret.units, 49);
     assert_eq!(ret.windows, [Some(T0.0 / (86_400 * SEC))]);
     assert_eq!(ret.limits[0].name, "per-day");
     // A second worker that remembers the same lease finds nothing to give back.
-    assert_eq!(reclaim(&s, &held, idle, stale, 8, Nanos(T0.0 + idle + 1)).unwrap(), Reclaim::Gone);
+    assert_eq!(records(&s, stale, Nanos(T0.0 + idle + 1)).return_idle(&held, idle).unwrap(), IdleReturn::Gone);
     // The next request takes a new block.
     let (_, costs) = run(&c, &s, &service, &request("Bearer tok-bulk"), Nanos(T0.0 + idle + 2));
     assert_eq!(costs, [50]);
@@ -442,7 +484,7 @@ fn records_survive_the_codec_and_garbage_reads_as_nothing() {
 #[test]
 fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
     let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
-    let mut cache = KeyCache::new(10);
+    let mut cache = Worker::new(10);
     let bulk = request("Bearer tok-bulk");
     run(&c, &s, &service, &bulk, T0); // balance 49
     for _ in 0..24 {
@@ -480,14 +522,14 @@ fn while_a_refill_is_in_flight_the_others_spend_the_balance_then_go_exact() {
     assert_eq!(service.lock().unwrap().charged, 51 + 50);
 }
 
-/// A worker as the filter keeps one: its holds outlive the request.
-fn worker() -> KeyCache {
-    KeyCache::new(10).with_holds(crate::hold::MAX_HOLDS)
+/// A worker as the filter keeps one: its blocks outlive the request.
+fn worker() -> Worker {
+    Worker::new(10).with_blocks(MAX_BLOCKS)
 }
 
 /// Units a worker holds of the bulk lease.
-fn held(c: &Config, w: &KeyCache, now: Nanos) -> u64 {
-    w.holds.units(crate::hold::HoldKey { fingerprint: bulk_ref(c).fingerprint, mask: 0 }, now)
+fn held(c: &Config, w: &Worker, now: Nanos) -> u64 {
+    w.blocks.units(BlockKey { fingerprint: bulk_ref(c).fingerprint, mask: 0 }, now)
 }
 
 #[test]
@@ -502,14 +544,14 @@ fn a_worker_takes_a_tenth_of_the_block_and_spends_it_without_shared_data() {
     assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 49);
     // The next request takes its unit and a worker block of 5 out of the balance.
     let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, T0);
-    assert!(costs.is_empty() && d.quota.block_taken && d.quota.from_lease);
+    assert!(costs.is_empty() && d.blocks.taken && d.quota.from_lease);
     assert_eq!(read(&s, &bulk_ref(&c)).unwrap().unwrap().balance, 43);
     assert_eq!(held(&c, &w, T0), 5);
     assert_eq!(header(&d, "x-ratelimit-remaining"), Some("998"), "950 at the service + 43 + 5 held");
     let writes = s.writes();
     for i in 0..5u64 {
         let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, T0);
-        assert!(costs.is_empty() && !d.quota.block_taken && d.quota.from_lease);
+        assert!(costs.is_empty() && !d.blocks.taken && d.quota.from_lease);
         assert_eq!(d.outcome, Outcome::Allowed);
         assert_eq!(header(&d, "x-ratelimit-remaining"), Some(&*format!("{}", 997 - i)));
     }
@@ -523,7 +565,7 @@ fn a_worker_takes_a_tenth_of_the_block_and_spends_it_without_shared_data() {
 #[test]
 fn workers_with_blocks_of_one_lease_spend_a_fixed_window_to_the_last_unit() {
     let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
-    let mut workers: Vec<KeyCache> = (0..3).map(|_| worker()).collect();
+    let mut workers: Vec<Worker> = (0..3).map(|_| worker()).collect();
     let bulk = request("Bearer tok-bulk");
     let mut admitted = 0u64;
     for i in 0..1500usize {
@@ -585,7 +627,7 @@ fn token_bucket_overshoot_with_worker_blocks_stays_within_the_bound() {
     let (a, b, service) = (FakeSharedData::default(), FakeSharedData::default(), Mutex::new(Service::default()));
     // rpm: 600 a minute (10 a second), burst 600, block 20 (worker block 2); two Envoys of
     // two workers each; 50 requests a second for 60 s.
-    let mut workers: Vec<KeyCache> = (0..4).map(|_| worker()).collect();
+    let mut workers: Vec<Worker> = (0..4).map(|_| worker()).collect();
     let mut admitted = 0u64;
     let steps = 3000u64;
     for i in 0..steps {
@@ -613,23 +655,24 @@ fn an_idle_worker_block_goes_back_into_its_lease_or_to_the_service() {
     let last_use = Nanos(T0.0 + SEC);
     run_on(&mut w, &c, &s, &service, &bulk, last_use); // from the block: 4 left
     assert_eq!((held(&c, &w, last_use), read(&s, &bulk_ref(&c)).unwrap().unwrap().balance), (4, 43));
-    let idle_ns = crate::decision::hold_idle_ns(&c);
-    assert_eq!(idle_ns, crate::hold::IDLE_RETURN_NS);
+    let idle_ns = idle_block_ns(&c);
+    assert_eq!(idle_ns, IDLE_GIVE_BACK_NS);
     let soon = Nanos(last_use.0 + idle_ns - 1);
-    assert_eq!(crate::decision::return_idle_holds(&c, &s, &mut w, soon).shared, 0, "not idle yet");
+    assert_eq!(w.give_back_idle_blocks(&c, &s, soon).blocks_given_back, 0, "not idle yet");
     let idle = Nanos(last_use.0 + idle_ns);
-    let back = crate::decision::return_idle_holds(&c, &s, &mut w, idle);
-    assert_eq!((back.shared, back.to_service.len()), (1, 0));
+    let back = w.give_back_idle_blocks(&c, &s, idle);
+    assert_eq!((back.blocks_given_back, back.returns.len()), (1, 0));
     let record = read(&s, &bulk_ref(&c)).unwrap().unwrap();
     assert_eq!(record.balance, 47, "back into the balance");
     assert_eq!(record.used_at, last_use.0, "in use until the block was last spent");
     // The lease itself goes back once idle since then, with the block's units in it.
     let lease_idle = 10 * SEC;
     assert_eq!(
-        reclaim(&s, &remembered, lease_idle, SEC, 8, Nanos(last_use.0 + lease_idle - 1)).unwrap(),
-        Reclaim::Busy
+        records(&s, SEC, Nanos(last_use.0 + lease_idle - 1)).return_idle(&remembered, lease_idle).unwrap(),
+        IdleReturn::Busy
     );
-    let Reclaim::Return(ret) = reclaim(&s, &remembered, lease_idle, SEC, 8, Nanos(last_use.0 + lease_idle)).unwrap()
+    let IdleReturn::Send(ret) =
+        records(&s, SEC, Nanos(last_use.0 + lease_idle)).return_idle(&remembered, lease_idle).unwrap()
     else {
         panic!()
     };
@@ -641,15 +684,15 @@ fn an_idle_worker_block_goes_back_into_its_lease_or_to_the_service() {
     run_on(&mut w, &c, &s, &service, &bulk, later); // 43 in the balance, 5 held
     let reclaim_at = Nanos(later.0 + lease_idle);
     assert!(
-        matches!(reclaim(&s, &remembered, lease_idle, SEC, 8, reclaim_at).unwrap(), Reclaim::Return(r) if r.units == 43)
+        matches!(records(&s, SEC, reclaim_at).return_idle(&remembered, lease_idle).unwrap(), IdleReturn::Send(r) if r.units == 43)
     );
-    let back = crate::decision::return_idle_holds(&c, &s, &mut w, reclaim_at);
-    assert_eq!(back.shared, 0);
-    let [ret] = back.to_service.as_slice() else { panic!("{back:?}") };
+    let back = w.give_back_idle_blocks(&c, &s, reclaim_at);
+    assert_eq!(back.blocks_given_back, 0);
+    let [ret] = back.returns.as_slice() else { panic!("{back:?}") };
     assert_eq!((ret.key.as_str(), ret.units), ("bulk/key:bulk", 5));
     assert_eq!(ret.limits[0].name, "per-day");
     assert_eq!(ret.windows, [Some(T0.0 / (86_400 * SEC))]);
-    assert!(w.holds.is_empty());
+    assert!(w.blocks.is_empty());
 }
 
 #[test]
@@ -666,8 +709,8 @@ fn a_worker_block_of_a_fixed_window_dies_with_the_window() {
     assert_eq!(held(&c, &w, after), 0, "void at the reset");
     let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, after);
     assert_eq!((costs.as_slice(), d.outcome), (&[50][..], Outcome::Allowed), "a new block for the new window");
-    let back = crate::decision::return_idle_holds(&c, &s, &mut w, Nanos(after.0 + 10 * SEC));
-    assert_eq!((back.shared, back.to_service.len()), (0, 0), "yesterday's units are not given back");
+    let back = w.give_back_idle_blocks(&c, &s, Nanos(after.0 + 10 * SEC));
+    assert_eq!((back.blocks_given_back, back.returns.len()), (0, 0), "yesterday's units are not given back");
 }
 
 #[test]
@@ -679,13 +722,13 @@ fn a_short_lease_idle_time_gives_worker_blocks_back_first() {
         }
         c
     };
-    assert_eq!(crate::decision::hold_idle_ns(&c), 250_000_000);
+    assert_eq!(idle_block_ns(&c), 250_000_000);
 }
 
 #[test]
 fn an_abandoned_refill_gives_up_its_marker() {
     let (c, s) = (config(), FakeSharedData::default());
-    let mut cache = KeyCache::new(10);
+    let mut cache = Worker::new(10);
     let bulk = request("Bearer tok-bulk");
     let Step::Call(refill) = begin(&c, &s, &mut cache, &bulk, T0) else { panic!("expected a refill") };
     assert_eq!(serde_json::from_str::<CheckRequest>(&refill.body).unwrap().cost, 50);
@@ -704,7 +747,7 @@ fn an_abandoned_refill_gives_up_its_marker() {
 #[test]
 fn a_failed_refill_ahead_of_need_gives_up_its_marker_and_the_next_request_refills() {
     let (c, s, service) = (config(), FakeSharedData::default(), Mutex::new(Service::default()));
-    let mut cache = KeyCache::new(10);
+    let mut cache = Worker::new(10);
     let bulk = request("Bearer tok-bulk");
     for _ in 0..25 {
         run(&c, &s, &service, &bulk, T0); // balance 49, then 25

@@ -1,6 +1,8 @@
 use std::cell::Cell;
 
 use super::*;
+use crate::limit::LimitState;
+use crate::time::Nanos;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -1,0 +1,176 @@
+//! What one worker keeps between requests, and its tick's policy: the cache of verified
+//! keys, its blocks, the leases it refilled (to return them when idle), the refills ahead
+//! of need that requests handed over, and its callouts in flight. The adapter holds one
+//! per worker thread and performs what the tick returns.
+
+use crate::config::Config;
+use crate::decision::{give_back, Callout, Decision, GivenBack};
+use crate::keycache::KeyCache;
+use crate::lease::{self, IdleReturn, Records, RefilledLease};
+use crate::quota::ReturnRequest;
+use crate::store::SharedStore;
+use crate::time::Nanos;
+use crate::worker_block::{WorkerBlocks, IDLE_GIVE_BACK_NS, MAX_BLOCKS, MAX_GIVE_BACKS_PER_TICK};
+
+/// Leases a worker remembers at most; past it the oldest is forgotten (its balance is then
+/// not returned: under-admission, never over).
+pub const MAX_REMEMBERED_LEASES: usize = 4096;
+/// How often a worker with blocks looks for idle ones.
+pub const BLOCK_TICK_MS: u64 = 500;
+
+#[derive(Debug, Default)]
+pub struct Worker {
+    /// Keys verified by the quota service, and configured keys seen, for this worker.
+    pub keys: KeyCache,
+    pub blocks: WorkerBlocks,
+    /// Leases this worker refilled, looked at on each tick to return idle ones.
+    leases: Vec<RefilledLease>,
+    /// Refills ahead of need that requests handed over, for the root context to send: a
+    /// callout a request sends is answered to that request's context, gone by then.
+    refills: Vec<Callout>,
+    callouts_in_flight: u32,
+}
+
+/// What a tick did, and what the host must send.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Blocks whose units went back into shared data.
+    pub blocks_given_back: usize,
+    /// Units to return to the quota service (`POST /v1/return`).
+    pub returns: Vec<ReturnRequest>,
+}
+
+impl Worker {
+    /// A worker's state for `config`: its key cache's size, and blocks when any limit
+    /// takes them.
+    pub fn for_config(config: &Config) -> Worker {
+        let cache_size = config.quota.as_ref().map_or(1, |q| q.key_cache_size);
+        let blocks = if keeps_blocks(config) { MAX_BLOCKS } else { 0 };
+        Worker::new(cache_size).with_blocks(blocks)
+    }
+
+    /// A worker with a key cache of `key_cache_size` and no blocks.
+    pub fn new(key_cache_size: usize) -> Worker {
+        Worker { keys: KeyCache::new(key_cache_size), ..Worker::default() }
+    }
+
+    /// Keeps up to `capacity` blocks.
+    pub fn with_blocks(mut self, capacity: usize) -> Worker {
+        self.blocks = WorkerBlocks::new(capacity);
+        self
+    }
+
+    /// Counts a callout about to start, unless `max_pending_callouts` are in flight.
+    pub fn start_callout(&mut self, config: &Config) -> bool {
+        let max = config.quota.as_ref().map_or(0, |q| q.max_pending_callouts);
+        if self.callouts_in_flight >= max {
+            return false;
+        }
+        self.callouts_in_flight += 1;
+        true
+    }
+
+    /// A callout came back, failed to start, or was abandoned.
+    pub fn end_callout(&mut self) {
+        self.callouts_in_flight = self.callouts_in_flight.saturating_sub(1);
+    }
+
+    /// Takes what a decision hands the worker: a lease to remember, a refill to send ahead
+    /// of need. `true`: the refill queue was empty, so the root context should be woken
+    /// (one wake per batch; else the tick sends it).
+    pub fn take_over(&mut self, decision: &mut Decision) -> bool {
+        if let Some(lease) = decision.lease.take() {
+            self.remember(lease);
+        }
+        match decision.refill.take() {
+            Some(call) => {
+                self.refills.push(*call);
+                self.refills.len() == 1
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers a lease this worker refilled, to return it when idle.
+    pub fn remember(&mut self, lease: RefilledLease) {
+        if !self.leases.iter().any(|l| l.lease == lease.lease) {
+            if self.leases.len() >= MAX_REMEMBERED_LEASES {
+                self.leases.remove(0);
+            }
+            self.leases.push(lease);
+        }
+    }
+
+    /// The refills ahead of need to send now.
+    pub fn take_refills(&mut self) -> Vec<Callout> {
+        std::mem::take(&mut self.refills)
+    }
+
+    /// Gives back this worker's blocks unused for [`idle_block_ns`], at most
+    /// [`MAX_GIVE_BACKS_PER_TICK`]: into shared data, or (a lease's whose record has moved
+    /// on) as returns to the service.
+    pub fn give_back_idle_blocks<S: SharedStore + ?Sized>(&mut self, config: &Config, store: &S, now: Nanos) -> Tick {
+        let idle = self.blocks.take_idle(now, idle_block_ns(config), MAX_GIVE_BACKS_PER_TICK);
+        let mut tick = Tick::default();
+        for block in &idle {
+            match give_back(config, store, block, now) {
+                Ok(GivenBack::Shared) => tick.blocks_given_back += 1,
+                Ok(GivenBack::ToService(request)) => tick.returns.push(request),
+                Ok(GivenBack::Void) | Err(_) => {}
+            }
+        }
+        tick
+    }
+
+    /// The worker's periodic work: idle blocks given back, and the balance of leases
+    /// unused for `lease_idle_return_ms` zeroed, to be returned to the service.
+    pub fn tick<S: SharedStore + ?Sized>(&mut self, config: &Config, store: &S, now: Nanos) -> Tick {
+        let mut tick = self.give_back_idle_blocks(config, store, now);
+        let Some(quota) = config.quota.as_ref() else {
+            return tick;
+        };
+        let idle_ns = quota.lease_idle_return_ms.saturating_mul(1_000_000);
+        let records =
+            Records { store, retries: config.store.cas_retries, marker_ttl_ns: lease::marker_ttl_ns(quota), now };
+        self.leases.retain(|lease| match records.return_idle(lease, idle_ns) {
+            Ok(IdleReturn::Busy) | Err(_) => true,
+            Ok(IdleReturn::Gone) => false,
+            Ok(IdleReturn::Send(request)) => {
+                tick.returns.push(request);
+                false
+            }
+        });
+        tick
+    }
+}
+
+/// Whether any limit of the configuration takes blocks (a local limit with a worker block,
+/// or a global one that leases): then workers keep blocks.
+pub fn keeps_blocks(config: &Config) -> bool {
+    let leases = config.quota.is_some();
+    config.tiers.iter().flat_map(|t| &t.limits).any(|l| l.worker_block > 0 || (leases && l.lease_block > 0))
+}
+
+/// Whether any limit of the configuration leases (requests then hand refills to the root
+/// context, and leases are returned on the tick).
+pub fn leases(config: &Config) -> bool {
+    config.quota.is_some()
+        && config.tiers.iter().any(|t| t.limits.iter().any(|l| l.global.is_some() && l.lease_block > 0))
+}
+
+/// How often a worker ticks for `config`, if it needs to: for leases, a quarter of
+/// `lease_idle_return_ms` (50 ms to 1 s); for blocks, [`BLOCK_TICK_MS`].
+pub fn tick_ms(config: &Config) -> Option<u64> {
+    let lease_tick =
+        config.quota.as_ref().filter(|_| leases(config)).map(|q| (q.lease_idle_return_ms / 4).clamp(50, 1_000));
+    let block_tick = keeps_blocks(config).then_some(BLOCK_TICK_MS);
+    lease_tick.into_iter().chain(block_tick).min()
+}
+
+/// How long a block may stay unused before a tick gives it back: [`IDLE_GIVE_BACK_NS`],
+/// or less with a shorter `lease_idle_return_ms`, so that a worker's block of a lease is
+/// back in the record before the lease is due to be returned to the service.
+pub fn idle_block_ns(config: &Config) -> u64 {
+    let lease_idle = config.quota.as_ref().map_or(u64::MAX, |q| q.lease_idle_return_ms.saturating_mul(1_000_000) / 2);
+    IDLE_GIVE_BACK_NS.min(lease_idle)
+}

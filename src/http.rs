@@ -1,0 +1,148 @@
+//! The per-request HTTP context: it gathers the request's facts, asks the core what to do,
+//! and carries it out: reply, continue with headers, or call the quota service first.
+
+use std::rc::Rc;
+
+use log::warn;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use tollgate_core::decision::{self, Answer, Pending, Step};
+use tollgate_core::headers::Headers;
+use tollgate_core::{Decision, Nanos, RequestInfo};
+
+use crate::abi;
+use crate::host::{self, HostSharedData};
+use crate::state::State;
+
+pub struct TollgateHttp {
+    state: Rc<State>,
+    response_headers: Headers,
+    /// The decision waiting for a callout's answer, and when the callout left.
+    waiting: Option<(Pending, Nanos)>,
+}
+
+impl TollgateHttp {
+    pub fn new(state: Rc<State>) -> TollgateHttp {
+        TollgateHttp { state, response_headers: Headers::new(), waiting: None }
+    }
+}
+
+impl Context for TollgateHttp {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let Some((pending, sent)) = self.waiting.take() else {
+            return;
+        };
+        let state = Rc::clone(&self.state);
+        let now = host::now();
+        let reply = state.answered(num_headers, body_size, sent, now);
+        let step = {
+            let mut worker = state.worker.borrow_mut();
+            decision::resume(&state.config, &HostSharedData, &mut worker, pending, reply.answer(), now)
+        };
+        if self.carry_out(step) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+/// A stream that ends while its decision waits for a callout (the client went away; the
+/// answer will find no context): the callout no longer counts as in flight, and a lease
+/// refill releases its marker.
+impl Drop for TollgateHttp {
+    fn drop(&mut self) {
+        if let Some((pending, _)) = self.waiting.take() {
+            self.state.worker.borrow_mut().end_callout();
+            decision::abandon(&self.state.config, &HostSharedData, pending, host::now());
+        }
+    }
+}
+
+impl HttpContext for TollgateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let state = Rc::clone(&self.state);
+        let config = &state.config;
+        let headers = abi::request_header_map().unwrap_or_else(|| {
+            warn!("the request headers could not be read: deciding as if there were none");
+            Vec::new()
+        });
+        let mut request = RequestInfo::from_header_map(&headers, config.identity.api_key_header.as_deref());
+        // The client address is only needed for callers without a credential.
+        let address =
+            if request.authorization.is_empty() && request.api_key.is_empty() && !request.unreadable_credential {
+                host::source_address()
+            } else {
+                None
+            };
+        request.client_address = address.as_deref();
+        let step = {
+            let mut worker = state.worker.borrow_mut();
+            decision::begin(config, &HostSharedData, &mut worker, &request, host::now())
+        };
+        self.carry_out(step)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.response_headers.iter() {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+        }
+        Action::Continue
+    }
+}
+
+impl TollgateHttp {
+    /// Performs a step: a callout (pause), a local reply (pause), or continue.
+    fn carry_out(&mut self, mut step: Step) -> Action {
+        let state = Rc::clone(&self.state);
+        loop {
+            match step {
+                Step::Done(decision) => return self.conclude(decision),
+                Step::Call(call) => {
+                    if state.config.quota.is_none() {
+                        return Action::Continue;
+                    }
+                    if state.dispatch(call.path, &call.body).is_some() {
+                        self.waiting = Some((call.pending, host::now()));
+                        return Action::Pause;
+                    }
+                    let now = host::now();
+                    let mut worker = state.worker.borrow_mut();
+                    step = decision::resume(
+                        &state.config,
+                        &HostSharedData,
+                        &mut worker,
+                        call.pending,
+                        Answer::Failed,
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    fn conclude(&mut self, mut decision: Decision) -> Action {
+        let state = Rc::clone(&self.state);
+        state.metrics.record(&decision);
+        if state.worker.borrow_mut().take_over(&mut decision) {
+            // Wake the root context; without a queue (or if it fails) the tick sends it.
+            if let Some(queue) = state.queue {
+                let _ = hostcalls::enqueue_shared_queue(queue, Some(b"r"));
+            }
+        }
+        crate::logs::decision(&state.config, &decision);
+        match decision.reply {
+            Some(reply) => {
+                let headers: Vec<(&str, &str)> = reply.headers.iter().collect();
+                if hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes())).is_err()
+                {
+                    warn!("could not send the local reply");
+                }
+                Action::Pause
+            }
+            None => {
+                self.response_headers = decision.response_headers;
+                Action::Continue
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The root context of one worker: it reads the configuration, and performs the worker's
+//! tick and the callouts that outlive a request (refills ahead of need, lease returns).
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+use tollgate_core::config::SLOT_WAYS;
+use tollgate_core::decision::{self, Callout, Pending};
+use tollgate_core::lease;
+use tollgate_core::worker::{self, Worker};
+use tollgate_core::{Config, Nanos};
+
+use crate::host::{self, HostSharedData};
+use crate::http::TollgateHttp;
+use crate::metrics::Metrics;
+use crate::state::State;
+
+#[derive(Default)]
+pub struct TollgateRoot {
+    state: Option<Rc<State>>,
+    /// Refills ahead of need in flight: the callout's token, its decision, when it left.
+    refills: Vec<(u32, Pending, Nanos)>,
+}
+
+impl TollgateRoot {
+    /// Sends the refills ahead of need that requests handed over; one that cannot leave
+    /// releases its marker, so that a later request refills.
+    fn send_refills(&mut self, state: &State) {
+        let calls = state.worker.borrow_mut().take_refills();
+        for call in calls {
+            let Callout { path, body, pending } = call;
+            match state.dispatch(path, &body) {
+                Some(token) => self.refills.push((token, pending, host::now())),
+                None => decision::abandon(&state.config, &HostSharedData, pending, host::now()),
+            }
+        }
+    }
+}
+
+/// The root context's callouts are refills ahead of need and `POST /v1/return`s.
+impl Context for TollgateRoot {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        if let Some(i) = self.refills.iter().position(|(t, ..)| *t == token) {
+            let (_, pending, sent) = self.refills.swap_remove(i);
+            let now = host::now();
+            let reply = state.answered(num_headers, body_size, sent, now);
+            let (lease, report) =
+                decision::refilled_ahead(&state.config, &HostSharedData, pending, reply.answer(), now);
+            state.metrics.record_quota(&report);
+            crate::logs::breaker(&report);
+            if let Some(lease) = lease {
+                state.worker.borrow_mut().remember(lease);
+            }
+            return;
+        }
+        let status = host::callout_status(num_headers);
+        let units = match status {
+            Some(200) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .and_then(|body| lease::returned_units(&body)),
+            _ => None,
+        };
+        if units.is_none() {
+            warn!("lease return failed (status {status:?}): the units stay counted at the quota service");
+        }
+        state.metrics.record_return(units);
+    }
+}
+
+impl RootContext for TollgateRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = host::plugin_configuration() else {
+            error!("invalid configuration: the plugin configuration is empty; expected a JSON object");
+            return false;
+        };
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("invalid configuration: {e}");
+                return false;
+            }
+        };
+        info!(
+            "configured: mode={:?} tiers={} keys={} routes={} tracked keys<={} quota service={}",
+            config.mode,
+            config.tiers.len(),
+            config.keys.len(),
+            config.routes.len(),
+            u64::from(config.store.slots) * SLOT_WAYS as u64,
+            config.quota.as_ref().map_or("none", |q| q.cluster.as_str()),
+        );
+        if let Some(ms) = worker::tick_ms(&config) {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
+        }
+        // Queues are named per VM id: each worker needs a name of its own.
+        let queue = worker::leases(&config).then(|| {
+            let name = format!("tollgate/refill/{:016x}", RandomState::new().hash_one(0u8));
+            hostcalls::register_shared_queue(&name).ok()
+        });
+        let worker = RefCell::new(Worker::for_config(&config));
+        let metrics = Metrics::define(&config);
+        self.state = Some(Rc::new(State { config, metrics, worker, queue: queue.flatten() }));
+        true
+    }
+
+    /// Sends handed-over refills, flushes stats, and performs the worker's tick: idle
+    /// blocks given back, idle leases returned to the quota service, from the root context,
+    /// whose callouts are not tied to a request's stream.
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        self.send_refills(&state);
+        state.metrics.flush();
+        let tick = state.worker.borrow_mut().tick(&state.config, &HostSharedData, host::now());
+        state.metrics.record_blocks_given_back(tick.blocks_given_back);
+        let Some(quota) = state.config.quota.as_ref() else {
+            return;
+        };
+        for request in tick.returns {
+            if let Err(e) = host::post_to_quota(quota, "/v1/return", &lease::return_body(&request)) {
+                warn!("lease return to {} failed to start: {e:?}", quota.cluster);
+                state.metrics.record_return(None);
+            }
+        }
+    }
+
+    /// A request handed over a refill ahead of need.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(state) = self.state.clone() {
+            self.send_refills(&state);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let state = self.state.clone()?;
+        Some(Box::new(TollgateHttp::new(state)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
