@@ -1,0 +1,371 @@
+//! From the raw JSON to a validated [`Config`]: every field checked, each error naming
+//! the field's path.
+
+use hashbrown::HashMap;
+
+use super::limits::{default_lease_block, default_worker_block, limit_from_parts, parse_window};
+use super::raw::{RawConfig, RawIdentity, RawKey, RawLimit, RawQuotaService, RawRoute, RawStore, RawTier, Scope};
+use super::*;
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.tiers.is_empty() {
+            return err("tiers", "expected at least one tier");
+        }
+        let mut tiers = Vec::with_capacity(raw.tiers.len());
+        for (name, tier) in &raw.tiers {
+            tiers.push(validate_tier(name, tier)?);
+        }
+        let tier_index = |name: &str, path: &str| -> Result<usize, ConfigError> {
+            tiers.iter().position(|t| t.name == name).map_or_else(
+                || {
+                    let known: Vec<&str> = tiers.iter().map(|t| t.name.as_str()).collect();
+                    err(path, format!("unknown tier \"{name}\"; defined tiers: {}", known.join(", ")))
+                },
+                Ok,
+            )
+        };
+        let identity = validate_identity(&raw.identity, &tier_index)?;
+        let (keys, keys_by_hash) = validate_keys(&raw.keys, &tier_index)?;
+        if raw.routes.is_empty() {
+            return err("routes", "expected at least one route (use {\"path_prefix\": \"/\"} to limit every request)");
+        }
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| validate_route(&format!("routes[{i}]"), r, &tiers))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = validate_store(&raw.store)?;
+        let quota = raw.quota_service.as_ref().map(validate_quota_service).transpose()?;
+        if quota.is_none() {
+            for tier in &tiers {
+                if let Some(i) = tier.limits.iter().position(|l| l.global.is_some()) {
+                    return err(
+                        format!("tiers.{}.limits[{i}].scope", tier.name),
+                        "a global limit needs a \"quota_service\" to count it",
+                    );
+                }
+            }
+        }
+        Ok(Config {
+            mode: raw.mode,
+            identity,
+            tiers,
+            keys,
+            keys_by_hash,
+            routes,
+            headers: HeaderOptions {
+                ietf: raw.headers.ietf,
+                x_ratelimit: raw.headers.x_ratelimit,
+                problem_json: raw.headers.problem_json,
+            },
+            store,
+            quota,
+        })
+    }
+}
+
+fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigError> {
+    const P: &str = "quota_service";
+    if raw.cluster.is_empty() || raw.cluster.len() > 256 {
+        return err(format!("{P}.cluster"), "expected the name of an Envoy cluster");
+    }
+    let authority = raw.authority.clone().unwrap_or_else(|| raw.cluster.clone());
+    if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return err(format!("{P}.authority"), "expected a host name (no spaces or control characters)");
+    }
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        return err(format!("{P}.timeout_ms"), "expected milliseconds from 1 to 60000");
+    }
+    if raw.key_cache_ttl_ms > 86_400_000 {
+        return err(format!("{P}.key_cache_ttl_ms"), "expected milliseconds from 0 to 86400000");
+    }
+    if raw.negative_cache_ttl_ms > 86_400_000 {
+        return err(format!("{P}.negative_cache_ttl_ms"), "expected milliseconds from 0 to 86400000");
+    }
+    if !(1..=1_000_000).contains(&raw.key_cache_size) {
+        return err(format!("{P}.key_cache_size"), "expected a whole number from 1 to 1000000");
+    }
+    if raw.max_pending_callouts == 0 {
+        return err(format!("{P}.max_pending_callouts"), "expected a whole number from 1");
+    }
+    if raw.breaker.failures == 0 {
+        return err(format!("{P}.breaker.failures"), "expected a whole number from 1");
+    }
+    if !(1..=3_600_000).contains(&raw.breaker.cooldown_ms) {
+        return err(format!("{P}.breaker.cooldown_ms"), "expected milliseconds from 1 to 3600000");
+    }
+    if !(100..=3_600_000).contains(&raw.lease_idle_return_ms) {
+        return err(format!("{P}.lease_idle_return_ms"), "expected milliseconds from 100 to 3600000");
+    }
+    Ok(QuotaService {
+        cluster: raw.cluster.clone(),
+        authority,
+        timeout_ms: raw.timeout_ms,
+        verify_keys: raw.verify_keys,
+        key_cache_ttl_ms: raw.key_cache_ttl_ms,
+        negative_cache_ttl_ms: raw.negative_cache_ttl_ms,
+        key_cache_size: raw.key_cache_size,
+        max_pending_callouts: raw.max_pending_callouts,
+        breaker_failures: raw.breaker.failures,
+        breaker_cooldown_ms: raw.breaker.cooldown_ms,
+        lease_idle_return_ms: raw.lease_idle_return_ms,
+    })
+}
+
+/// Names that end up in stat names, header values and shared-data keys.
+
+/// Stats name requests refused before a tier is known with this pseudo-tier.
+
+fn validate_tier(name: &str, raw: &RawTier) -> Result<Tier, ConfigError> {
+    let path = format!("tiers.{name}");
+    if !is_simple_name(name, 32) {
+        return err(path, format!("tier name {name:?}: {NAME_RULE}"));
+    }
+    if name == RESERVED_TIER {
+        return err(path, "the tier name \"none\" is reserved for requests refused before a tier is known");
+    }
+    if raw.limits.is_empty() || raw.limits.len() > MAX_LIMITS_PER_TIER {
+        return err(format!("{path}.limits"), format!("expected 1 to {MAX_LIMITS_PER_TIER} limits"));
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    for (i, l) in raw.limits.iter().enumerate() {
+        let lpath = format!("{path}.limits[{i}]");
+        let limit = validate_limit(&lpath, l)?;
+        if limits.iter().any(|other| other.name == limit.name) {
+            return err(format!("{lpath}.name"), format!("duplicate limit name \"{}\" in this tier", limit.name));
+        }
+        limits.push(limit);
+    }
+    if let Some(hint) = &raw.upgrade_hint {
+        if hint.trim().is_empty() || hint.len() > 512 {
+            return err(format!("{path}.upgrade_hint"), "expected a non-empty sentence of at most 512 bytes");
+        }
+    }
+    Ok(Tier { name: name.to_owned(), limits, upgrade_hint: raw.upgrade_hint.clone() })
+}
+
+fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
+    let secs = parse_window(&raw.window).ok_or_else(|| ConfigError {
+        path: format!("{path}.window"),
+        message: format!("expected a duration like 10s, 1m, 1h, 1d (at most 366d), got {:?}", raw.window),
+    })?;
+    let mut limit = limit_from_parts(path, &raw.name, raw.limit, secs, raw.algorithm, raw.burst)?;
+    limit.window.text.clone_from(&raw.window);
+    limit.global = match (raw.scope, raw.failure_mode) {
+        (Scope::Global, mode) => Some(mode.unwrap_or_default()),
+        (Scope::Local, None) => None,
+        (Scope::Local, Some(_)) => {
+            return err(
+                format!("{path}.failure_mode"),
+                "failure_mode applies only to limits with \"scope\": \"global\"",
+            )
+        }
+    };
+    let half = limit.capacity() / 2;
+    let block = |field: &str, block: Option<u64>, default: u64| match block {
+        None => Ok(default),
+        Some(block) if block <= half => Ok(block),
+        Some(_) => err(
+            format!("{path}.{field}"),
+            format!("expected 0 (exact) to half the limit's capacity ({half}): two blocks must fit in it"),
+        ),
+    };
+    match raw.scope {
+        Scope::Global => {
+            if raw.worker_block.is_some() {
+                return err(
+                    format!("{path}.worker_block"),
+                    "worker_block applies only to local limits; a global limit's workers take a tenth of its lease_block",
+                );
+            }
+            limit.lease_block = block("lease_block", raw.lease_block, default_lease_block(limit.capacity()))?;
+        }
+        Scope::Local => {
+            // `lease_block` is the older name of a local limit's worker block.
+            let (field, given) = match (raw.worker_block, raw.lease_block) {
+                (Some(_), Some(_)) => {
+                    return err(
+                        format!("{path}.lease_block"),
+                        "give worker_block alone: lease_block is its older name on a local limit",
+                    )
+                }
+                (None, Some(b)) => ("lease_block", Some(b)),
+                (w, None) => ("worker_block", w),
+            };
+            limit.worker_block = block(field, given, default_worker_block(limit.capacity()))?;
+        }
+    }
+    Ok(limit)
+}
+
+/// Validates a limit given in parts (from the config, or from a quota-service request).
+fn validate_identity(
+    raw: &RawIdentity,
+    tier_index: &dyn Fn(&str, &str) -> Result<usize, ConfigError>,
+) -> Result<Identity, ConfigError> {
+    let api_key_header = match &raw.api_key_header {
+        None => None,
+        Some(h) => {
+            let valid = !h.is_empty()
+                && h.len() <= 64
+                && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid || h == "authorization" {
+                return err(
+                    "identity.api_key_header",
+                    "expected a lower-case header name other than authorization (or null to disable)",
+                );
+            }
+            Some(h.clone())
+        }
+    };
+    let anonymous_tier = match &raw.anonymous {
+        None => None,
+        Some(a) => Some(tier_index(&a.tier, "identity.anonymous.tier")?),
+    };
+    if raw.ipv4_prefix > 32 {
+        return err("identity.ipv4_prefix", "expected a prefix length from 0 to 32");
+    }
+    if raw.ipv6_prefix > 128 {
+        return err("identity.ipv6_prefix", "expected a prefix length from 0 to 128");
+    }
+    if !(16..=16_384).contains(&raw.max_credential_length) {
+        return err("identity.max_credential_length", "expected a length from 16 to 16384 bytes");
+    }
+    Ok(Identity {
+        api_key_header,
+        anonymous_tier,
+        ipv4_prefix: raw.ipv4_prefix,
+        ipv6_prefix: raw.ipv6_prefix,
+        max_credential_length: raw.max_credential_length,
+    })
+}
+
+type KeyTable = (Vec<Key>, HashMap<[u8; 32], usize>);
+
+fn validate_keys(
+    raw: &[RawKey],
+    tier_index: &dyn Fn(&str, &str) -> Result<usize, ConfigError>,
+) -> Result<KeyTable, ConfigError> {
+    let mut keys = Vec::with_capacity(raw.len());
+    let mut by_hash = HashMap::with_capacity(raw.len());
+    for (i, k) in raw.iter().enumerate() {
+        let path = format!("keys[{i}]");
+        let id_ok = !k.id.is_empty()
+            && k.id.len() <= 64
+            && k.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return err(format!("{path}.id"), "expected 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'");
+        }
+        if keys.iter().any(|other: &Key| other.id == k.id) {
+            return err(format!("{path}.id"), format!("duplicate key id \"{}\"", k.id));
+        }
+        let hash = parse_sha256_hex(&k.sha256).ok_or_else(|| ConfigError {
+            path: format!("{path}.sha256"),
+            message: "expected 64 hex digits: the SHA-256 of the token, never the token itself".to_owned(),
+        })?;
+        let tier = tier_index(&k.tier, &format!("{path}.tier"))?;
+        if by_hash.insert(hash, keys.len()).is_some() {
+            return err(format!("{path}.sha256"), "the same hash is configured for another key");
+        }
+        let caller = ["key:", k.id.as_str()].concat();
+        let fingerprint = crate::hash::identity_fingerprint(&k.tier, &caller);
+        keys.push(Key { id: k.id.clone(), tier, caller, fingerprint });
+    }
+    Ok((keys, by_hash))
+}
+
+fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let hi = (pair.first()?.to_ascii_lowercase() as char).to_digit(16)?;
+        let lo = (pair.get(1)?.to_ascii_lowercase() as char).to_digit(16)?;
+        *byte = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+fn validate_route(path: &str, raw: &RawRoute, tiers: &[Tier]) -> Result<Route, ConfigError> {
+    let matcher = match (&raw.path_prefix, &raw.path) {
+        (Some(p), None) => PathMatch::Prefix(p.clone()),
+        (None, Some(p)) => PathMatch::Exact(p.clone()),
+        _ => return err(path, "expected exactly one of path_prefix or path"),
+    };
+    let (PathMatch::Prefix(p) | PathMatch::Exact(p)) = &matcher;
+    if !p.starts_with('/') {
+        let field = if raw.path.is_some() { "path" } else { "path_prefix" };
+        return err(format!("{path}.{field}"), "expected a path starting with '/'");
+    }
+    let methods = match &raw.methods {
+        None => None,
+        Some(ms) => {
+            if ms.is_empty() {
+                return err(format!("{path}.methods"), "expected at least one method (or omit it for all)");
+            }
+            for (i, m) in ms.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return err(format!("{path}.methods[{i}]"), "expected an upper-case method like POST");
+                }
+            }
+            Some(ms.clone())
+        }
+    };
+    if raw.cost > MAX_QUANTITY {
+        return err(format!("{path}.cost"), format!("expected a whole number from 0 to {MAX_QUANTITY}"));
+    }
+    if let Some(names) = &raw.limits {
+        if names.is_empty() {
+            return err(format!("{path}.limits"), "expected at least one limit name (or omit it for all)");
+        }
+        for (i, name) in names.iter().enumerate() {
+            if !tiers.iter().any(|t| t.limits.iter().any(|l| &l.name == name)) {
+                return err(format!("{path}.limits[{i}]"), format!("no tier defines a limit named \"{name}\""));
+            }
+        }
+    }
+    let mut applies = Vec::with_capacity(tiers.len());
+    for tier in tiers {
+        let mut mask = 0u16;
+        for (bit, limit) in tier.limits.iter().enumerate() {
+            let applied = raw.limits.as_ref().is_none_or(|names| names.contains(&limit.name));
+            if applied {
+                if raw.cost > limit.capacity() {
+                    return err(
+                        format!("{path}.cost"),
+                        format!(
+                            "cost {} exceeds the capacity {} of limit \"{}\" in tier \"{}\": such a request could never be admitted",
+                            raw.cost,
+                            limit.capacity(),
+                            limit.name,
+                            tier.name
+                        ),
+                    );
+                }
+                mask |= 1 << bit;
+            }
+        }
+        applies.push(mask);
+    }
+    Ok(Route { matcher, methods, cost: raw.cost, applies })
+}
+
+fn validate_store(raw: &RawStore) -> Result<StoreOptions, ConfigError> {
+    if raw.max_tracked_keys == 0 || raw.max_tracked_keys > MAX_TRACKED_KEYS {
+        return err("store.max_tracked_keys", format!("expected a whole number from 1 to {MAX_TRACKED_KEYS}"));
+    }
+    if raw.cas_retries == 0 || raw.cas_retries > 1000 {
+        return err("store.cas_retries", "expected a whole number from 1 to 1000");
+    }
+    let slots = raw.max_tracked_keys.div_ceil(SLOT_WAYS as u64);
+    Ok(StoreOptions {
+        slots: u32::try_from(slots).unwrap_or(u32::MAX),
+        cas_retries: raw.cas_retries,
+        on_contention: raw.on_contention,
+    })
+}
