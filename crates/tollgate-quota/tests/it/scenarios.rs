@@ -440,7 +440,7 @@ pub async fn invalid_returns_are_refused_and_change_nothing<S: Store>(f: &Fixtur
         ),
     ] {
         let e = validate::give_back(return_request(&key, units, &limits, &windows)).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_request"), "{}", e.message);
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "invalid_request"), "{}", e.message);
         assert!(e.message.starts_with(expected), "{:?} should start with {expected:?}", e.message);
     }
     let e = validate::give_back(return_request("nokey", 1, &limits, &format!("[{window},null]"))).unwrap_err();
