@@ -34,8 +34,9 @@ pub(super) fn write(md: &mut String, view: &View<'_>) {
         md,
         "\nThe quota service (`target/release/tollgate-quota`) and Redis run on core 1 next to wrk, so Envoy keeps \
          core 0 to itself. \"Strict\" (lease blocks of 0) calls the service for every request. \"Default\" is the \
-         shipped default: the filter leases blocks of units from the service (1% of a limit, at most 1000) and decides most requests against them \
-         in shared data, with one callout per block (see README, Leases); the quota service and Redis columns are \
-         per request served, so they show how few decisions the service still makes.\n"
+         shipped default: the filter leases blocks of units from the service (1% of a limit, at most 1000) and \
+         decides most requests against them in shared data, with one callout per block (see docs/ARCHITECTURE.md, \
+         Leases); the quota service and Redis columns are per request served, so they show how few decisions the \
+         service still makes.\n"
     );
 }

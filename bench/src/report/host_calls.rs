@@ -51,8 +51,8 @@ pub(super) fn write(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\nOn a request admitted from the worker's block (see README, Worker blocks), tollgate makes {} host calls \
-         (counted in `src/filter.rs`); exact limits add the slot's get and set. Warm, they \
+        "\nOn a request admitted from the worker's block (see docs/ARCHITECTURE.md, Worker blocks), tollgate \
+         makes {} host calls (counted in `src/filter.rs`); exact limits add the slot's get and set. Warm, they \
          take {:.1} µs together, a small part of the CPU the local path adds per request under load (see above): the \
          rest is entering the module for each stream event, the module's own code, and cache misses that a loop of \
          warm calls does not see.\n",
