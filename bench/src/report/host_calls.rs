@@ -5,9 +5,9 @@ use std::fmt::Write;
 use crate::Results;
 
 /// Host calls tollgate makes on an admitted request of the local path (a key, two limits,
-/// both header families) admitted from the worker's block, by reading `src/filter.rs`;
+/// both header families) admitted from the worker's block, by reading `src/http.rs`;
 /// the anonymous path adds one `source_address`, and the request that takes a block (one
-/// in `lease_block`) a `shared_get` and a `shared_set`.
+/// in `worker_block`) a `shared_get` and a `shared_set`.
 const LOCAL_PATH_CALLS: [(&str, u32); 6] = [
     ("request_headers", 1),
     ("time", 1),
@@ -52,7 +52,7 @@ pub(super) fn write(md: &mut String, results: &Results) {
     let _ = writeln!(
         md,
         "\nOn a request admitted from the worker's block (see docs/ARCHITECTURE.md, Worker blocks), tollgate \
-         makes {} host calls (counted in `src/filter.rs`); exact limits add the slot's get and set. Warm, they \
+         makes {} host calls (counted in `src/http.rs`); exact limits add the slot's get and set. Warm, they \
          take {:.1} µs together, a small part of the CPU the local path adds per request under load (see above): the \
          rest is entering the module for each stream event, the module's own code, and cache misses that a loop of \
          warm calls does not see.\n",

@@ -10,7 +10,7 @@ pub(super) fn write(md: &mut String, r: &Results) {
     let m = &r.machine;
     let _ = writeln!(md, "# Benchmarks\n");
     let _ =
-        writeln!(md, "<!-- Written by `make bench` (bench/src/report.rs): edits here are lost on the next run. -->\n");
+        writeln!(md, "<!-- Written by `make bench` (bench/src/report/): edits here are lost on the next run. -->\n");
     let _ = writeln!(
         md,
         "What tollgate costs inside Envoy, next to Envoy without a filter, Envoy's native local \
