@@ -239,9 +239,11 @@ impl Route {
     }
 }
 
+/// Stats name requests refused before a tier is known with this pseudo-tier.
 pub const RESERVED_TIER: &str = "none";
 
-/// Whether `s` is 1 to `max` characters of a-z, 0-9, `_` or `-`.
+/// Whether `s` is 1 to `max` characters of a-z, 0-9, `_` or `-`: names end up in stat
+/// names, header values and shared-data keys.
 pub(crate) fn is_simple_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max

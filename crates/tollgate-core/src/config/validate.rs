@@ -116,10 +116,6 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     })
 }
 
-/// Names that end up in stat names, header values and shared-data keys.
-
-/// Stats name requests refused before a tier is known with this pseudo-tier.
-
 fn validate_tier(name: &str, raw: &RawTier) -> Result<Tier, ConfigError> {
     let path = format!("tiers.{name}");
     if !is_simple_name(name, 32) {

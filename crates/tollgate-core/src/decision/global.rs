@@ -86,8 +86,7 @@ pub(super) fn checked<S: SharedStore + ?Sized>(
     let Some(quota) = cx.config.quota.as_ref() else {
         return Step::Done(super::Decision::new(super::Outcome::Unlimited));
     };
-    let checked = check_answer(answer, metering.global.len());
-    record_breaker(cx, quota, checked.is_some(), &mut report);
+    let checked = check_answer(cx, quota, answer, metering.global.len(), &mut report);
     let Some(checked) = checked else {
         return Step::Done(fallback(cx, metering, report));
     };
@@ -136,14 +135,23 @@ pub(super) fn check_body(config: &Config, tier: &Tier, metering: &Metering, cost
     to_json(&CheckRequest { key: service_key(config, tier, metering), cost, limits: limit_specs(tier, metering) })
 }
 
-/// A `/v1/check` answer for `limits` global limits, if it is one.
-pub(super) fn check_answer(answer: Answer<'_>, limits: usize) -> Option<CheckResponse> {
-    match answer {
+/// A `/v1/check` answer for `limits` global limits, if it is one; either way counted in
+/// the breaker.
+pub(super) fn check_answer<S: SharedStore + ?Sized>(
+    cx: Ctx<'_, S>,
+    quota: &QuotaService,
+    answer: Answer<'_>,
+    limits: usize,
+    report: &mut QuotaReport,
+) -> Option<CheckResponse> {
+    let checked = match answer {
         Answer::Response { status: 200, body } => {
             serde_json::from_slice::<CheckResponse>(body).ok().filter(|r| r.limits.len() == limits)
         }
         _ => None,
-    }
+    };
+    record_breaker(cx, quota, checked.is_some(), report);
+    checked
 }
 
 /// A duration from the quota service, in ns from `now`. Fixed windows end on a multiple

@@ -5,7 +5,7 @@
 //! [`refilled_ahead`]); only a request that finds the balance empty waits for a refill.
 
 use super::conclude::Reports;
-use super::fallback::{breaker_admits, fallback, record_breaker};
+use super::fallback::{breaker_admits, fallback};
 use super::global::{align, check_answer, exact_check, limit_specs, refill_call, service_key};
 use super::local::{self, add_remaining, block_standings, give_back_now};
 use super::metering::{Metereds, Metering, Standings};
@@ -231,8 +231,7 @@ pub(super) fn refilled<S: SharedStore + ?Sized>(
     let (Some(quota), Some(tier)) = (cx.config.quota.as_ref(), cx.config.tiers.get(refill.metering.tier)) else {
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
-    let checked = check_answer(answer, refill.metering.global.len());
-    record_breaker(cx, quota, checked.is_some(), &mut report);
+    let checked = check_answer(cx, quota, answer, refill.metering.global.len(), &mut report);
     let applied = apply_refill(cx, quota, tier, &refill, checked, &mut report);
     let metering = refill.metering;
     match applied {
@@ -281,8 +280,7 @@ pub fn refilled_ahead<S: SharedStore + ?Sized>(
     let Some(tier) = config.tiers.get(refill.metering.tier) else {
         return (None, report);
     };
-    let checked = check_answer(answer, refill.metering.global.len());
-    record_breaker(cx, quota, checked.is_some(), &mut report);
+    let checked = check_answer(cx, quota, answer, refill.metering.global.len(), &mut report);
     match apply_refill(cx, quota, tier, &refill, checked, &mut report) {
         Refilled::Granted { refilled, .. } => (Some(refilled), report),
         Refilled::Short | Refilled::Failed => (None, report),
