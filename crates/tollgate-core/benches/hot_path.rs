@@ -12,9 +12,9 @@ use tollgate_core::decision::decide_with;
 use tollgate_core::hash::sha256;
 use tollgate_core::headers::{rate_limit_headers, Headers};
 use tollgate_core::limit::Standing;
+use tollgate_core::store::FakeSharedData;
 use tollgate_core::worker::{keeps_blocks, Worker};
 use tollgate_core::worker_block::MAX_BLOCKS;
-use tollgate_core::store::FakeSharedData;
 use tollgate_core::{decide, Config, Nanos, RequestInfo};
 
 const PATH: &str = "/v1/images/generations";

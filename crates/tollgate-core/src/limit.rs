@@ -1,7 +1,7 @@
 //! The two algorithms, as pure functions of (definition, stored state, now, cost).
 //!
 //! A token bucket is kept as GCRA's "theoretical arrival time" (one number); a fixed
-//! window as (window index, count). Both fit [`LimitState`].
+//! window as (window index, units counted). Both are a [`LimitState`], kept as two words.
 //!
 //! ```
 //! use tollgate_core::config::Config;
@@ -30,12 +30,32 @@
 use crate::config::{Limit, LimitKind};
 use crate::time::Nanos;
 
-/// Stored state of one limit. Token bucket: `a` = theoretical arrival time (ns).
-/// Fixed window: `a` = window index since the epoch, `b` = cost counted in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LimitState {
-    pub a: u64,
-    pub b: u64,
+/// The stored state of one limit for one caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitState {
+    /// Token bucket (GCRA): the theoretical arrival time, ns since the epoch; the bucket is
+    /// full again from then on.
+    Bucket { tat: u64 },
+    /// Fixed window: the window's index since the epoch, and the units counted in it.
+    Window { index: u64, used: u64 },
+}
+
+impl LimitState {
+    /// The two words shared data keeps: `[tat, 0]` or `[index, used]`.
+    pub fn words(self) -> [u64; 2] {
+        match self {
+            LimitState::Bucket { tat } => [tat, 0],
+            LimitState::Window { index, used } => [index, used],
+        }
+    }
+
+    /// A state read back from its [`words`](LimitState::words), by the algorithm of `kind`.
+    pub fn from_words(kind: LimitKind, [a, b]: [u64; 2]) -> LimitState {
+        match kind {
+            LimitKind::TokenBucket { .. } => LimitState::Bucket { tat: a },
+            LimitKind::FixedWindow { .. } => LimitState::Window { index: a, used: b },
+        }
+    }
 }
 
 /// Where one limit of a caller's tier stands for a request: what its headers and a 429
@@ -95,26 +115,30 @@ pub fn evaluate(limit: &Limit, state: Option<LimitState>, now: Nanos, cost: u64)
 /// them. A token bucket cannot go above full; a fixed window's units only count in their
 /// own window, so a refund in a later one changes nothing.
 pub fn refund(limit: &Limit, state: LimitState, now: Nanos, units: u64) -> LimitState {
-    match limit.kind {
-        LimitKind::TokenBucket { interval_ns, .. } => {
-            let tat = state.a.saturating_sub(units.saturating_mul(interval_ns)).max(now.0);
-            LimitState { a: tat, b: 0 }
+    match (limit.kind, state) {
+        (LimitKind::TokenBucket { interval_ns, .. }, LimitState::Bucket { tat }) => {
+            LimitState::Bucket { tat: tat.saturating_sub(units.saturating_mul(interval_ns)).max(now.0) }
         }
-        LimitKind::FixedWindow { window_ns } if state.a == now.0 / window_ns.max(1) => {
-            LimitState { a: state.a, b: state.b.saturating_sub(units) }
+        (LimitKind::FixedWindow { window_ns }, LimitState::Window { index, used })
+            if index == now.0 / window_ns.max(1) =>
+        {
+            LimitState::Window { index, used: used.saturating_sub(units) }
         }
-        LimitKind::FixedWindow { .. } => state,
+        _ => state,
     }
 }
 
 fn token_bucket(state: Option<LimitState>, now: u64, cost: u64, interval: u64, depth: u64) -> Evaluation {
-    let tat = state.map_or(now, |s| s.a).max(now);
+    let tat = match state {
+        Some(LimitState::Bucket { tat }) => tat.max(now),
+        _ => now,
+    };
     let new_tat = tat.saturating_add(cost.saturating_mul(interval));
     let tokens_at = |t: u64| (depth.saturating_sub(t - now)) / interval;
     if new_tat - now <= depth {
         Evaluation {
             admitted: true,
-            state: LimitState { a: new_tat, b: 0 },
+            state: LimitState::Bucket { tat: new_tat },
             remaining: tokens_at(new_tat),
             reset_after_ns: new_tat - now,
             retry_after_ns: 0,
@@ -123,7 +147,7 @@ fn token_bucket(state: Option<LimitState>, now: u64, cost: u64, interval: u64, d
     } else {
         Evaluation {
             admitted: false,
-            state: LimitState { a: tat, b: 0 },
+            state: LimitState::Bucket { tat },
             remaining: tokens_at(tat),
             reset_after_ns: tat - now,
             retry_after_ns: new_tat - now - depth,
@@ -134,14 +158,17 @@ fn token_bucket(state: Option<LimitState>, now: u64, cost: u64, interval: u64, d
 
 fn fixed_window(state: Option<LimitState>, now: u64, cost: u64, quota: u64, window: u64) -> Evaluation {
     let index = now / window;
-    let used = state.filter(|s| s.a == index).map_or(0, |s| s.b);
+    let used = match state {
+        Some(LimitState::Window { index: i, used }) if i == index => used,
+        _ => 0,
+    };
     let reset_at = index.saturating_add(1).saturating_mul(window);
     let reset_after_ns = reset_at - now;
     let admitted = used.saturating_add(cost) <= quota;
     let used_after = if admitted { used + cost } else { used };
     Evaluation {
         admitted,
-        state: LimitState { a: index, b: used_after },
+        state: LimitState::Window { index, used: used_after },
         remaining: quota.saturating_sub(used_after),
         reset_after_ns,
         retry_after_ns: if admitted { 0 } else { reset_after_ns },

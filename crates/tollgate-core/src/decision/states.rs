@@ -4,7 +4,7 @@
 use super::metering::{Metered, Standings};
 use crate::config::{FailureMode, Limit, Tier};
 use crate::limit::{self, evaluate, Evaluation, LimitState};
-use crate::store::{state_of, Change, Limits, StoredLimit};
+use crate::store::{words_of, Change, Limits, StoredLimit};
 use crate::time::Nanos;
 use crate::worker_block::ChargedLimit;
 
@@ -24,7 +24,7 @@ pub(super) fn evaluate_all(
         .iter()
         .filter_map(|m| {
             let limit = tier.limits.get(m.index)?;
-            Some(evaluate(limit, state_of(stored, m.fingerprint), now, cost).standing(m.index))
+            Some(evaluate(limit, state_of(limit, stored, m.fingerprint), now, cost).standing(m.index))
         })
         .collect()
 }
@@ -51,7 +51,7 @@ pub(super) fn refund_states(
     now: Nanos,
     units: u64,
 ) -> Change {
-    if !charged.iter().any(|c| state_of(stored, c.fingerprint).is_some()) {
+    if !charged.iter().any(|c| words_of(stored, c.fingerprint).is_some()) {
         return Change::Keep;
     }
     rewrite_states(tier, stored, now, |index, limit, fingerprint, previous| {
@@ -78,12 +78,17 @@ fn rewrite_states(
         let own = limit.global.is_none().then_some(limit.fingerprint);
         let fallback = (limit.global == Some(FailureMode::Local)).then_some(limit.fingerprint ^ FALLBACK_SALT);
         for fingerprint in own.into_iter().chain(fallback) {
-            if let Some(e) = next(index, limit, fingerprint, state_of(stored, fingerprint)).filter(|e| e.idle_at > now)
-            {
+            let previous = state_of(limit, stored, fingerprint);
+            if let Some(e) = next(index, limit, fingerprint, previous).filter(|e| e.idle_at > now) {
                 idle_at = idle_at.max(e.idle_at);
-                states.push(StoredLimit { fingerprint, state: e.state });
+                states.push(StoredLimit { fingerprint, words: e.state.words() });
             }
         }
     }
     Change::Write { states, idle_at }
+}
+
+/// The stored state under `fingerprint` of `limit` (its own, or its fallback bucket's).
+fn state_of(limit: &Limit, stored: &[StoredLimit], fingerprint: u32) -> Option<LimitState> {
+    words_of(stored, fingerprint).map(|words| LimitState::from_words(limit.kind, words))
 }

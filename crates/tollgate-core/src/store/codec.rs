@@ -2,14 +2,13 @@
 //!
 //! ```text
 //! slot  := 0x01 count:u8 entry*
-//! entry := fingerprint:u64 idle_at:u64 n:u8 (limit_fingerprint:u32 a:u64 b:u64)*n
+//! entry := fingerprint:u64 idle_at:u64 n:u8 (limit_fingerprint:u32 word:u64 word:u64)*n
 //! ```
 //! All integers little-endian. Anything else decodes to an error, never a panic.
 
 use smallvec::SmallVec;
 
 use crate::config::{MAX_LIMITS_PER_TIER, SLOT_WAYS};
-use crate::limit::LimitState;
 use crate::time::Nanos;
 
 const VERSION: u8 = 1;
@@ -35,7 +34,9 @@ pub struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredLimit {
     pub fingerprint: u32,
-    pub state: LimitState,
+    /// The limit's state as [`crate::limit::LimitState::words`]: the slot does not know
+    /// the algorithm; the limit reads them back.
+    pub words: [u64; 2],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +53,9 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
         out.push(u8::try_from(e.limits.len()).unwrap_or(u8::MAX));
         for l in e.limits.iter().take(usize::from(u8::MAX)) {
             out.extend_from_slice(&l.fingerprint.to_le_bytes());
-            out.extend_from_slice(&l.state.a.to_le_bytes());
-            out.extend_from_slice(&l.state.b.to_le_bytes());
+            for word in l.words {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
         }
     }
     out
@@ -79,8 +81,8 @@ pub fn decode(bytes: &[u8]) -> Result<Entries, CorruptSlot> {
         let mut limits = Limits::with_capacity(n);
         for _ in 0..n {
             let fingerprint = r.u32()?;
-            let state = LimitState { a: r.u64()?, b: r.u64()? };
-            limits.push(StoredLimit { fingerprint, state });
+            let words = [r.u64()?, r.u64()?];
+            limits.push(StoredLimit { fingerprint, words });
         }
         entries.push(Entry { fingerprint, idle_at, limits });
     }

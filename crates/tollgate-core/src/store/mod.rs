@@ -9,7 +9,7 @@ mod slot;
 pub use cas::{compare_and_swap, create_if_absent, CasReport, SCRATCH_KEY};
 pub use codec::{decode, encode, Entries, Entry, Limits, StoredLimit, MAX_SLOT_BYTES};
 pub use fake::FakeSharedData;
-pub use slot::{create_slot, state_of, table_key, update, Change, SlotRef, UpdateReport};
+pub use slot::{create_slot, table_key, update, words_of, Change, SlotRef, UpdateReport};
 
 /// Errors of the host's shared data other than a lost race.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,6 @@ use super::codec::{decode, encode, Entries, Entry, Limits, StoredLimit};
 use super::{SharedStore, StoreError};
 use crate::config::SLOT_WAYS;
 use crate::hash::identity_fingerprint;
-use crate::limit::LimitState;
 use crate::time::Nanos;
 
 /// Slot keys are `tollgate/v1/<slots>/<index>`.
@@ -134,7 +133,7 @@ fn place(entries: &mut Entries, fingerprint: u64, limits: Limits, idle_at: Nanos
     evicted_live
 }
 
-/// The stored state of the limit with this fingerprint, if any.
-pub fn state_of(stored: &[StoredLimit], fingerprint: u32) -> Option<LimitState> {
-    stored.iter().find(|s| s.fingerprint == fingerprint).map(|s| s.state)
+/// The stored words of the limit with this fingerprint, if any.
+pub fn words_of(stored: &[StoredLimit], fingerprint: u32) -> Option<[u64; 2]> {
+    stored.iter().find(|s| s.fingerprint == fingerprint).map(|s| s.words)
 }

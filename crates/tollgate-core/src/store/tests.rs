@@ -1,7 +1,6 @@
 use std::cell::Cell;
 
 use super::*;
-use crate::limit::LimitState;
 use crate::time::Nanos;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -12,12 +11,12 @@ const LATER: u64 = 60_000_000_000;
 /// A decision that counts one unit under limit fingerprint 7, up to `cap`.
 fn count_to(cap: u64) -> impl FnMut(&[StoredLimit]) -> Change {
     move |stored| {
-        let used = state_of(stored, 7).map_or(0, |s| s.b);
+        let used = words_of(stored, 7).map_or(0, |[_, used]| used);
         if used >= cap {
             return Change::Keep;
         }
         Change::Write {
-            states: smallvec::smallvec![StoredLimit { fingerprint: 7, state: LimitState { a: 0, b: used + 1 } }],
+            states: smallvec::smallvec![StoredLimit { fingerprint: 7, words: [0, used + 1] }],
             idle_at: Nanos(NOW.0 + LATER),
         }
     }
@@ -27,7 +26,7 @@ fn count_of(store: &FakeSharedData, slot: &SlotRef) -> u64 {
     let (bytes, _) = store.get(&slot.key).unwrap().unwrap();
     let entries = decode(&bytes).unwrap();
     let entry = entries.iter().find(|e| e.fingerprint == slot.fingerprint).unwrap();
-    state_of(&entry.limits, 7).unwrap().b
+    words_of(&entry.limits, 7).unwrap()[1]
 }
 
 #[test]
@@ -211,7 +210,7 @@ fn idle_entries_make_room_before_live_ones_are_evicted() {
     // Later, when those four are idle, a fifth identity evicts nobody live.
     let later = Nanos(NOW.0 + LATER);
     let (_, report) = update(&s, &ids[4], later, 4, |_| Change::Write {
-        states: smallvec::smallvec![StoredLimit { fingerprint: 7, state: LimitState { a: 0, b: 1 } }],
+        states: smallvec::smallvec![StoredLimit { fingerprint: 7, words: [0, 1] }],
         idle_at: Nanos(later.0 + LATER),
     });
     assert!(!report.evicted_live);
@@ -225,7 +224,7 @@ fn a_full_slot_evicts_the_entry_closest_to_idle() {
     for (i, id) in ids.iter().enumerate() {
         let idle_at = Nanos(NOW.0 + LATER * (10 - i as u64));
         let (_, report) = update(&s, id, NOW, 4, |_| Change::Write {
-            states: smallvec::smallvec![StoredLimit { fingerprint: 7, state: LimitState { a: 0, b: 1 } }],
+            states: smallvec::smallvec![StoredLimit { fingerprint: 7, words: [0, 1] }],
             idle_at,
         });
         assert_eq!(report.evicted_live, i == 4);
@@ -243,7 +242,7 @@ fn codec_round_trips() {
         Entry {
             fingerprint: u64::MAX,
             idle_at: Nanos(u64::MAX),
-            limits: smallvec::smallvec![StoredLimit { fingerprint: 9, state: LimitState { a: 3, b: 4 } }; 16],
+            limits: smallvec::smallvec![StoredLimit { fingerprint: 9, words: [3, 4] }; 16],
         },
     ];
     assert_eq!(decode(&encode(&entries)).map(|e| e.to_vec()), Ok(entries));
@@ -306,7 +305,7 @@ mod properties {
             let entries: Vec<Entry> = raw.into_iter().map(|(f, i, ls)| Entry {
                 fingerprint: f,
                 idle_at: Nanos(i),
-                limits: ls.into_iter().map(|(lf, a, b)| StoredLimit { fingerprint: lf, state: LimitState { a, b } }).collect(),
+                limits: ls.into_iter().map(|(lf, a, b)| StoredLimit { fingerprint: lf, words: [a, b] }).collect(),
             }).collect();
             let bytes = encode(&entries);
             prop_assert!(bytes.len() <= MAX_SLOT_BYTES);

@@ -137,9 +137,9 @@ impl MemoryStore {
                 remaining: e.remaining,
                 reset_after_ms: ns_to_ms_ceil(e.reset_after_ns),
                 retry_after_ms: ns_to_ms_ceil(e.retry_after_ns),
-                window: match limit.kind {
-                    LimitKind::FixedWindow { .. } => Some(e.state.a),
-                    LimitKind::TokenBucket { .. } => None,
+                window: match e.state {
+                    LimitState::Window { index, .. } => Some(index),
+                    LimitState::Bucket { .. } => None,
                 },
             })
             .collect();
@@ -170,25 +170,26 @@ impl MemoryStore {
 
 /// One limit's share of a return; the units given back.
 fn give_back_one(limit: &Limit, state: &mut LimitState, window: Option<u64>, units: u64, now: Nanos) -> u64 {
-    match limit.kind {
-        LimitKind::TokenBucket { interval_ns, .. } => {
-            let owed = state.a.saturating_sub(now.0);
+    match (limit.kind, state) {
+        (LimitKind::TokenBucket { interval_ns, .. }, LimitState::Bucket { tat }) => {
+            let owed = tat.saturating_sub(now.0);
             if owed == 0 || interval_ns == 0 {
                 return 0;
             }
             let returned = units.min(owed.div_ceil(interval_ns));
-            state.a = state.a.saturating_sub(units.saturating_mul(interval_ns)).max(now.0);
+            *tat = tat.saturating_sub(units.saturating_mul(interval_ns)).max(now.0);
             returned
         }
-        LimitKind::FixedWindow { window_ns } => {
+        (LimitKind::FixedWindow { window_ns }, LimitState::Window { index, used }) => {
             let current = now.0 / window_ns.max(1);
-            if window != Some(state.a) || state.a != current {
+            if window != Some(*index) || *index != current {
                 return 0;
             }
-            let returned = units.min(state.b);
-            state.b -= returned;
+            let returned = units.min(*used);
+            *used -= returned;
             returned
         }
+        _ => 0,
     }
 }
 

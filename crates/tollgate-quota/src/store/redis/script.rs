@@ -215,10 +215,12 @@ pub(super) async fn usage(connection: &Connection, script: &Script, key: &str) -
             return Err(corrupt("value in a meter hash"));
         };
         let limit = as_scripted(limit);
-        let state = match limit.kind {
-            LimitKind::TokenBucket { .. } => LimitState { a: a.saturating_mul(1000), b },
-            LimitKind::FixedWindow { .. } => LimitState { a, b },
+        // The scripts keep a token bucket's arrival time in microseconds.
+        let tat_or_index = match limit.kind {
+            LimitKind::TokenBucket { .. } => a.saturating_mul(1000),
+            LimitKind::FixedWindow { .. } => a,
         };
+        let state = LimitState::from_words(limit.kind, [tat_or_index, b]);
         usage.push(usage_of(&limit, state, now));
     }
     usage.sort_by(|x, y| x.name.cmp(&y.name));
