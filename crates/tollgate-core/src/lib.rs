@@ -31,6 +31,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod cost;
 pub mod decision;
 pub mod hash;
 pub mod headermap;

@@ -1,0 +1,118 @@
+//! What a request costs in the units a limit counts: requests, images, tokens, or money.
+//!
+//! The adapter hands the core a metered route's request body, and later the response's
+//! body or stream; the core parses them here: [`body`] reads what a request asks for (a
+//! [`Demand`]), [`usage`] and [`sse`] read what the response says was used (a [`Usage`]).
+//! Nothing here reads a body from the host; the adapter does that.
+
+pub mod body;
+pub mod sse;
+pub mod usage;
+
+use serde::Deserialize;
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Requests, times the route's `cost` (the default).
+    #[default]
+    Requests,
+    /// Images generated (`n`, optionally weighted by size and quality).
+    Images,
+    /// Tokens of the prompt.
+    InputTokens,
+    /// Tokens generated.
+    OutputTokens,
+    /// Prompt and generated tokens together.
+    Tokens,
+    /// Money, in the unit of the configured prices (for instance micro-dollars).
+    Cost,
+}
+
+impl Unit {
+    /// The word a 429 body and the docs use for a number of these units.
+    pub fn noun(self, n: u64) -> &'static str {
+        let one = n == 1;
+        match self {
+            Unit::Requests if one => "request",
+            Unit::Requests => "requests",
+            Unit::Images if one => "image",
+            Unit::Images => "images",
+            Unit::InputTokens if one => "input token",
+            Unit::InputTokens => "input tokens",
+            Unit::OutputTokens if one => "output token",
+            Unit::OutputTokens => "output tokens",
+            Unit::Tokens if one => "token",
+            Unit::Tokens => "tokens",
+            Unit::Cost => "cost units",
+        }
+    }
+
+    /// Whether the unit is only known once the response has said what was used.
+    pub fn settles(self) -> bool {
+        matches!(self, Unit::InputTokens | Unit::OutputTokens | Unit::Tokens | Unit::Cost)
+    }
+}
+
+/// The API a metered route serves: how its request and response bodies read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `POST /v1/images/generations`: `n`, `size`, `quality`, `model`.
+    OpenaiImages,
+    /// `POST /v1/chat/completions`: `model`, `messages`, `max_completion_tokens` or
+    /// `max_tokens`, `n`, `stream`, `stream_options.include_usage`.
+    OpenaiChat,
+    /// `POST /v1/responses`: `model`, `input`, `instructions`, `max_output_tokens`, `stream`.
+    OpenaiResponses,
+    /// `POST /v1/embeddings`: `model`, `input`.
+    OpenaiEmbeddings,
+    /// `POST /v1/messages`: `model`, `system`, `messages`, `max_tokens`, `stream`.
+    AnthropicMessages,
+}
+
+/// What a request body asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub model: Option<String>,
+    /// Images to generate (1 unless the body says otherwise; 0 for text APIs).
+    pub images: u64,
+    /// The image size and quality asked for, when given.
+    pub size: Option<String>,
+    pub quality: Option<String>,
+    /// An estimate of the prompt's tokens: its text in bytes, a token per 4 bytes rounded
+    /// up (a prompt of 400 bytes counts as 100 tokens).
+    pub input_tokens: u64,
+    /// The most tokens the request may generate, when it says (`max_tokens` and the like),
+    /// times the number of choices (`n`).
+    pub max_output_tokens: Option<u64>,
+    /// The client asked for a stream of server-sent events.
+    pub stream: bool,
+    /// A streaming chat request asked for the final usage event
+    /// (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+/// What a response says was used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// The larger of each count: streamed usage events repeat or grow their counts
+    /// (Anthropic's `message_delta` carries the cumulative output), never shrink them.
+    pub fn merge(self, other: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.max(other.input_tokens),
+            output_tokens: self.output_tokens.max(other.output_tokens),
+        }
+    }
+}
+
+/// Tokens in `bytes` of text: a token per 4 bytes, rounded up.
+pub fn tokens_in(bytes: usize) -> u64 {
+    u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX)
+}
