@@ -6,7 +6,7 @@ use std::rc::Rc;
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use tollgate_core::decision::{self, Answer, Pending, Step};
 use tollgate_core::headers::Headers;
 use tollgate_core::{Decision, Nanos, RequestInfo};
@@ -20,11 +20,14 @@ pub struct TollgateHttp {
     response_headers: Headers,
     /// The decision waiting for a callout's answer, and when the callout left.
     waiting: Option<(Pending, Nanos)>,
+    /// On a metered route, the request's header map, kept until its body has arrived
+    /// (the decision needs both), and the most body bytes to buffer.
+    awaiting_body: Option<(Vec<u8>, usize)>,
 }
 
 impl TollgateHttp {
     pub fn new(state: Rc<State>) -> TollgateHttp {
-        TollgateHttp { state, response_headers: Headers::new(), waiting: None }
+        TollgateHttp { state, response_headers: Headers::new(), waiting: None, awaiting_body: None }
     }
 }
 
@@ -59,14 +62,59 @@ impl Drop for TollgateHttp {
 }
 
 impl HttpContext for TollgateHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let state = Rc::clone(&self.state);
-        let config = &state.config;
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = abi::request_header_map().unwrap_or_else(|| {
             warn!("the request headers could not be read: deciding as if there were none");
             Vec::new()
         });
-        let mut request = RequestInfo::from_header_map(&headers, config.identity.api_key_header.as_deref());
+        let api_key_header = self.state.config.identity.api_key_header.as_deref();
+        let request = RequestInfo::from_header_map(&headers, api_key_header);
+        match decision::body_limit(&self.state.config, &request) {
+            // A metered route is decided once its body is in. The headers go on (pausing
+            // here would stop Envoy from ever handing the filter the body); the body waits.
+            Some(limit) if !end_of_stream => {
+                self.awaiting_body = Some((headers, limit));
+                Action::Continue
+            }
+            Some(_) => self.decide(&headers, Some(&[])),
+            None => self.decide(&headers, None),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some((_, limit)) = self.awaiting_body.as_ref() else {
+            return Action::Continue;
+        };
+        if body_size > *limit {
+            let limit = *limit;
+            self.awaiting_body = None;
+            return self.conclude(decision::body_too_large(&self.state.config, limit));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some((headers, _)) = self.awaiting_body.take() else {
+            return Action::Continue;
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        self.decide(&headers, Some(&body))
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.response_headers.iter() {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+        }
+        Action::Continue
+    }
+}
+
+impl TollgateHttp {
+    /// Decides the request of this header map (and, on a metered route, body).
+    fn decide(&mut self, headers: &[u8], body: Option<&[u8]>) -> Action {
+        let state = Rc::clone(&self.state);
+        let config = &state.config;
+        let mut request = RequestInfo::from_header_map(headers, config.identity.api_key_header.as_deref());
+        request.body = body;
         // The client address is only needed for callers without a credential.
         let address =
             if request.authorization.is_empty() && request.api_key.is_empty() && !request.unreadable_credential {
@@ -82,15 +130,6 @@ impl HttpContext for TollgateHttp {
         self.carry_out(step)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in self.response_headers.iter() {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
-        }
-        Action::Continue
-    }
-}
-
-impl TollgateHttp {
     /// Performs a step: a callout (pause), a local reply (pause), or continue.
     fn carry_out(&mut self, mut step: Step) -> Action {
         let state = Rc::clone(&self.state);

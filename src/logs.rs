@@ -28,7 +28,7 @@ pub fn decision(config: &Config, decision: &Decision) {
             | Outcome::QuotaUnavailable => {
                 info!("decision={outcome} tier={tier} limit={limit} caller={caller}")
             }
-            Outcome::Unauthenticated | Outcome::Malformed | Outcome::ShadowRejected => {
+            Outcome::Unauthenticated | Outcome::Malformed | Outcome::BadRequest | Outcome::ShadowRejected => {
                 info!("decision={outcome} tier={tier}")
             }
             Outcome::Allowed | Outcome::Unlimited => debug!("decision={outcome} tier={tier} caller={caller}"),

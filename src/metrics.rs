@@ -25,10 +25,11 @@ const TIER_OUTCOMES: [Outcome; 7] = [
 ];
 
 /// Outcomes of requests stopped before a tier was known (or on no limited route).
-const UNTIERED_OUTCOMES: [Outcome; 5] = [
+const UNTIERED_OUTCOMES: [Outcome; 6] = [
     Outcome::Unlimited,
     Outcome::Unauthenticated,
     Outcome::Malformed,
+    Outcome::BadRequest,
     Outcome::ShadowRejected,
     Outcome::QuotaUnavailable,
 ];

@@ -5,6 +5,8 @@
 use serde_json::{json, Value};
 
 use crate::config::{Config, Limit, Tier};
+use crate::cost::body::BodyError;
+use crate::cost::Unit;
 use crate::headers::Headers;
 use crate::identity::CredentialError;
 use crate::time::{ceil_secs, rfc3339, Nanos};
@@ -27,19 +29,39 @@ pub struct Refusal<'a> {
     pub anonymous: bool,
     pub retry_after_ns: u64,
     pub now: Nanos,
+    /// Units the request would have used of the limit, and how many are left.
+    pub cost: u64,
+    pub remaining: u64,
 }
 
 pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: Headers) -> LocalReply {
-    let Refusal { tier, limit, anonymous, retry_after_ns, now } = *refusal;
+    let Refusal { tier, limit, anonymous, retry_after_ns, now, cost, remaining } = *refusal;
     let retry_after = ceil_secs(retry_after_ns).max(1);
     let retry_at = rfc3339(now.saturating_add(retry_after_ns));
+    let unit = limit.unit;
     let rate = match limit.burst() {
-        Some(burst) => format!("{} requests per {} with bursts of {burst}", limit.quota, limit.window.text),
-        None => format!("{} requests per {}", limit.quota, limit.window.text),
+        Some(burst) => format!(
+            "{} {} per {} with bursts of {burst}",
+            thousands(limit.quota),
+            unit.noun(limit.quota),
+            limit.window.text
+        ),
+        None => format!("{} {} per {}", thousands(limit.quota), unit.noun(limit.quota), limit.window.text),
+    };
+    // Tokens are reserved from an estimate; images are counted exactly.
+    let use_ = match unit {
+        Unit::Requests => String::new(),
+        Unit::Images => format!("; this request would use {} {}", thousands(cost), unit.noun(cost)),
+        _ => format!("; this request would use about {} {}", thousands(cost), unit.noun(cost)),
+    };
+    let left = match unit {
+        Unit::Requests => String::new(),
+        _ if remaining == 1 => "; 1 is left".to_owned(),
+        _ => format!("; {} are left", thousands(remaining)),
     };
     let hint = upgrade_hint(tier, anonymous);
     let message = format!(
-        "Rate limit reached for the {} tier: limit \"{}\" allows {rate}. Try again in {retry_after} s (at {retry_at}). {hint}",
+        "Rate limit reached for the {} tier: limit \"{}\" allows {rate}{use_}{left}. Try again in {retry_after} s (at {retry_at}). {hint}",
         tier.name, limit.name
     );
     headers.push("retry-after", &retry_after.to_string());
@@ -71,8 +93,15 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
             "resets_at": retry_at,
             "upgrade": hint,
         }});
-        if let (Some(burst), Some(error)) = (limit.burst(), body.get_mut("error").and_then(Value::as_object_mut)) {
-            error.insert("burst".to_owned(), json!(burst));
+        if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
+            if let Some(burst) = limit.burst() {
+                error.insert("burst".to_owned(), json!(burst));
+            }
+            if unit != Unit::Requests {
+                error.insert("unit".to_owned(), json!(unit.as_str()));
+                error.insert("requested".to_owned(), json!(cost));
+                error.insert("remaining".to_owned(), json!(remaining));
+            }
         }
         body
     };
@@ -151,4 +180,71 @@ pub fn quota_unavailable() -> LocalReply {
         "server_error",
         "quota_service_unavailable",
     )
+}
+
+/// 400 for a metered route's body that cannot be read.
+pub fn bad_body(error: &BodyError) -> LocalReply {
+    let (message, param) = match error {
+        BodyError::Malformed(_) => (format!("{error}. Send the JSON object the API takes."), Value::Null),
+        BodyError::Invalid { field, .. } => (format!("{error}."), Value::from(*field)),
+    };
+    let mut headers = Headers::new();
+    headers.push("content-type", JSON);
+    let body = json!({ "error": {
+        "message": message, "type": "invalid_request_error", "param": param, "code": "invalid_request_body",
+    }});
+    LocalReply { status: 400, headers, body: body.to_string() }
+}
+
+/// 413 for a metered route's body larger than the route reads (`max_body_bytes`).
+pub fn body_too_large(max_body_bytes: usize) -> LocalReply {
+    error_reply(
+        413,
+        Headers::new(),
+        &format!(
+            "The request body is larger than the {max_body_bytes} bytes this route reads. Send a smaller request."
+        ),
+        "invalid_request_error",
+        "request_body_too_large",
+    )
+}
+
+/// 400 for a request that reserves more of a limit's unit than the limit ever holds: no
+/// wait would let it through, so there is no `Retry-After`.
+pub fn never_fits(tier: &Tier, limit: &Limit, cost: u64) -> LocalReply {
+    let unit = limit.unit;
+    let message = format!(
+        "This request would use {} {}, but limit \"{}\" of the {} tier allows at most {} {} per {}: it can never be admitted. {}",
+        thousands(cost),
+        unit.noun(cost),
+        limit.name,
+        tier.name,
+        thousands(limit.capacity()),
+        unit.noun(limit.capacity()),
+        limit.window.text,
+        match unit {
+            Unit::Images => "Ask for fewer images (n).",
+            _ => "Lower the maximum output (max_tokens, max_completion_tokens or max_output_tokens) or shorten the prompt.",
+        }
+    );
+    let mut headers = Headers::new();
+    headers.push("content-type", JSON);
+    let body = json!({ "error": {
+        "message": message, "type": "invalid_request_error", "param": Value::Null, "code": "exceeds_limit",
+        "limit": limit.name, "unit": unit.as_str(), "requested": cost, "allowed": limit.capacity(),
+    }});
+    LocalReply { status: 400, headers, body: body.to_string() }
+}
+
+/// `12000` as `12,000`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

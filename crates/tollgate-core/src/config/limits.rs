@@ -4,6 +4,7 @@
 use super::{
     err, is_simple_name, Algorithm, ConfigError, Limit, LimitKind, Window, MAX_QUANTITY, MAX_WINDOW_SECS, NAME_RULE,
 };
+use crate::cost::Unit;
 use crate::hash::fnv1a32;
 use crate::time::NANOS_PER_SEC;
 
@@ -57,6 +58,7 @@ pub fn limit_from_parts(
         global: None,
         lease_block: 0,
         worker_block: 0,
+        unit: Unit::Requests,
         policy_item: format!("\"{name}\";q={quota};w={window_secs}"),
     })
 }

@@ -16,6 +16,8 @@ pub use limits::{
 use raw::RawConfig;
 pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
 
+use crate::cost::{Api, Unit};
+
 /// Upper bounds that keep every computation inside `u64` and every stored value small.
 pub const MAX_LIMITS_PER_TIER: usize = 16;
 pub const MAX_QUANTITY: u64 = 1_000_000_000;
@@ -104,6 +106,9 @@ pub struct Limit {
     /// [`crate::worker_block`]) instead of a shared-data update per request; 0 is exact.
     /// Always 0 for a global limit (a worker's block of a lease follows from `lease_block`).
     pub worker_block: u64,
+    /// What the limit counts: requests (times the route's cost), or on metered routes
+    /// images or tokens.
+    pub unit: Unit,
     /// This limit's item of the `RateLimit-Policy` header, `"name";q=<quota>;w=<secs>`:
     /// it never changes, so it is written once here rather than for every request.
     pub policy_item: String,
@@ -149,7 +154,31 @@ pub struct Route {
     pub cost: u64,
     /// Per tier, a bit mask of the tier's limits that apply on this route.
     pub applies: Vec<u16>,
+    /// How the route's request bodies are read for limits of images or tokens; `None`:
+    /// the body is never read, and only limits of requests apply.
+    pub meter: Option<Meter>,
 }
+
+/// A metered route: its API, and the bounds and defaults of reading its bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meter {
+    pub api: Api,
+    /// A larger body is refused with 413 before it is read whole.
+    pub max_body_bytes: usize,
+    /// The output a token limit reserves when the request sets no maximum.
+    pub default_max_output_tokens: u64,
+    /// Weights of image sizes and qualities (an image of two weighted properties counts
+    /// their product).
+    pub image_weights: Vec<(String, u64)>,
+}
+
+/// Request bodies above this are refused by default (Envoy buffers at most 1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 * 1024;
+/// The largest `max_body_bytes`: below Envoy's default buffer limit of 1 MiB, which
+/// would otherwise answer first, in plain text.
+pub const MAX_BODY_BYTES: u64 = 1_000_000;
+/// The output a token limit reserves for a request that sets no maximum, by default.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum PathMatch {

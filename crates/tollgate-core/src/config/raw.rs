@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::{Api, Unit};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -183,6 +185,9 @@ pub struct RawLimit {
     /// Local limits: units one worker charges at a time and spends (0: exact).
     #[serde(default)]
     pub worker_block: Option<u64>,
+    /// What the limit counts.
+    #[serde(default)]
+    pub unit: Unit,
 }
 
 /// Where a limit is counted: in this Envoy's shared data, or by the quota service for
@@ -229,6 +234,16 @@ pub struct RawRoute {
     pub cost: u64,
     #[serde(default)]
     pub limits: Option<Vec<String>>,
+    /// The API whose request bodies set the cost of limits counting images or tokens.
+    #[serde(default)]
+    pub meter: Option<Api>,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub default_max_output_tokens: Option<u64>,
+    /// Images weighted by size or quality (`"1536x1024": 2`, `"hd": 2`); 1 by default.
+    #[serde(default)]
+    pub image_weights: BTreeMap<String, u64>,
 }
 
 fn default_cost() -> u64 {

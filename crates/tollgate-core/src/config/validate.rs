@@ -6,6 +6,7 @@ use hashbrown::HashMap;
 use super::limits::{default_lease_block, default_worker_block, limit_from_parts, parse_window};
 use super::raw::{RawConfig, RawIdentity, RawKey, RawLimit, RawQuotaService, RawRoute, RawStore, RawTier, Scope};
 use super::*;
+use crate::hash::fnv1a32;
 
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
@@ -161,6 +162,23 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             )
         }
     };
+    if raw.unit != Unit::Requests {
+        if raw.scope == Scope::Global {
+            return err(
+                format!("{path}.unit"),
+                "global limits count requests; images and tokens are counted by local limits",
+            );
+        }
+        for (field, given) in [("worker_block", raw.worker_block), ("lease_block", raw.lease_block)] {
+            if given.is_some_and(|b| b > 0) {
+                return err(format!("{path}.{field}"), "a limit of images or tokens is exact: expected 0 or nothing");
+            }
+        }
+        limit.unit = raw.unit;
+        // A limit that starts counting other units starts afresh.
+        limit.fingerprint ^= fnv1a32(raw.unit.as_str().as_bytes());
+        return Ok(limit);
+    }
     let half = limit.capacity() / 2;
     let block = |field: &str, block: Option<u64>, default: u64| match block {
         None => Ok(default),
@@ -325,13 +343,30 @@ fn validate_route(path: &str, raw: &RawRoute, tiers: &[Tier]) -> Result<Route, C
             }
         }
     }
+    let meter = validate_meter(path, raw)?;
     let mut applies = Vec::with_capacity(tiers.len());
     for tier in tiers {
         let mut mask = 0u16;
         for (bit, limit) in tier.limits.iter().enumerate() {
-            let applied = raw.limits.as_ref().is_none_or(|names| names.contains(&limit.name));
+            let named = raw.limits.as_ref().is_some_and(|names| names.contains(&limit.name));
+            let applied = raw.limits.is_none() || named;
+            // Images and tokens are only known from a metered route's body, and images only
+            // from a route that generates them.
+            if !meter.as_ref().map_or(limit.unit == Unit::Requests, |m| limit.unit.counted_by(m.api)) {
+                if named {
+                    return err(
+                        format!("{path}.limits"),
+                        format!(
+                            "limit \"{}\" counts {}: it applies only on a route with a \"meter\" that reads them",
+                            limit.name,
+                            limit.unit.as_str()
+                        ),
+                    );
+                }
+                continue;
+            }
             if applied {
-                if raw.cost > limit.capacity() {
+                if limit.unit == Unit::Requests && raw.cost > limit.capacity() {
                     return err(
                         format!("{path}.cost"),
                         format!(
@@ -348,7 +383,42 @@ fn validate_route(path: &str, raw: &RawRoute, tiers: &[Tier]) -> Result<Route, C
         }
         applies.push(mask);
     }
-    Ok(Route { matcher, methods, cost: raw.cost, applies })
+    Ok(Route { matcher, methods, cost: raw.cost, applies, meter })
+}
+
+/// The route's meter, if it has one; its bounds checked.
+fn validate_meter(path: &str, raw: &RawRoute) -> Result<Option<Meter>, ConfigError> {
+    let Some(api) = raw.meter else {
+        for (field, given) in [
+            ("max_body_bytes", raw.max_body_bytes.is_some()),
+            ("default_max_output_tokens", raw.default_max_output_tokens.is_some()),
+            ("image_weights", !raw.image_weights.is_empty()),
+        ] {
+            if given {
+                return err(format!("{path}.{field}"), "applies only to a route with a \"meter\"");
+            }
+        }
+        return Ok(None);
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(1..=MAX_BODY_BYTES).contains(&max_body_bytes) {
+        return err(format!("{path}.max_body_bytes"), format!("expected 1 to {MAX_BODY_BYTES} bytes"));
+    }
+    let default_max_output_tokens = raw.default_max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+    if default_max_output_tokens > MAX_QUANTITY {
+        return err(format!("{path}.default_max_output_tokens"), format!("expected 0 to {MAX_QUANTITY}"));
+    }
+    for (name, weight) in &raw.image_weights {
+        if !(1..=1000).contains(weight) {
+            return err(format!("{path}.image_weights.{name}"), "expected a weight from 1 to 1000");
+        }
+    }
+    Ok(Some(Meter {
+        api,
+        max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+        default_max_output_tokens,
+        image_weights: raw.image_weights.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }))
 }
 
 fn validate_store(raw: &RawStore) -> Result<StoreOptions, ConfigError> {

@@ -136,6 +136,8 @@ pub fn read(api: Api, body: &[u8]) -> Result<Demand, BodyError> {
                 size: b.size.map(Cow::into_owned),
                 quality: b.quality.map(Cow::into_owned),
                 input_tokens: tokens_in(size(b.prompt)),
+                // No text is generated (a model's image tokens are settled from its usage).
+                max_output_tokens: Some(0),
                 ..Demand::default()
             }
         }

@@ -1,4 +1,4 @@
-//! What a request costs in the units a limit counts: requests, images, tokens, or money.
+//! What a request costs in the units a limit counts: requests, images or tokens.
 //!
 //! The adapter hands the core a metered route's request body, and later the response's
 //! body or stream; the core parses them here: [`body`] reads what a request asks for (a
@@ -26,8 +26,6 @@ pub enum Unit {
     OutputTokens,
     /// Prompt and generated tokens together.
     Tokens,
-    /// Money, in the unit of the configured prices (for instance micro-dollars).
-    Cost,
 }
 
 impl Unit {
@@ -45,13 +43,32 @@ impl Unit {
             Unit::OutputTokens => "output tokens",
             Unit::Tokens if one => "token",
             Unit::Tokens => "tokens",
-            Unit::Cost => "cost units",
         }
     }
 
     /// Whether the unit is only known once the response has said what was used.
     pub fn settles(self) -> bool {
-        matches!(self, Unit::InputTokens | Unit::OutputTokens | Unit::Tokens | Unit::Cost)
+        matches!(self, Unit::InputTokens | Unit::OutputTokens | Unit::Tokens)
+    }
+
+    /// Whether a route serving `api` can count this unit: images only where images are
+    /// generated; tokens wherever a body is read.
+    pub fn counted_by(self, api: Api) -> bool {
+        match self {
+            Unit::Images => api == Api::OpenaiImages,
+            _ => true,
+        }
+    }
+
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Images => "images",
+            Unit::InputTokens => "input_tokens",
+            Unit::OutputTokens => "output_tokens",
+            Unit::Tokens => "tokens",
+        }
     }
 }
 
@@ -108,6 +125,28 @@ impl Usage {
         Usage {
             input_tokens: self.input_tokens.max(other.input_tokens),
             output_tokens: self.output_tokens.max(other.output_tokens),
+        }
+    }
+}
+
+/// What one request is charged in each unit: images and tokens are reserved before the
+/// request goes upstream (tokens at the most the request may use).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Charges {
+    pub images: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Charges {
+    /// The units charged to a limit counting `unit`; `requests` is the route's cost.
+    pub fn of(&self, unit: Unit, requests: u64) -> u64 {
+        match unit {
+            Unit::Requests => requests,
+            Unit::Images => self.images,
+            Unit::InputTokens => self.input_tokens,
+            Unit::OutputTokens => self.output_tokens,
+            Unit::Tokens => self.input_tokens.saturating_add(self.output_tokens),
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::fallback::{breaker_admits, record_breaker};
 use super::metering::{meter, Identified};
 use super::outcome::{Caller, Decision, Outcome, QuotaReport};
-use super::{to_json, Answer, Callout, Ctx, Pending, Stage, Step};
+use super::{to_json, Answer, Asked, Callout, Ctx, Pending, Stage, Step};
 use crate::hash::{hex, sha256};
 use crate::identity::{client_network, token, RequestInfo};
 use crate::keycache::{CachedKey, Lookup, StaticKey};
@@ -18,7 +18,7 @@ use crate::worker::Worker;
 pub(super) fn identify<S: SharedStore + ?Sized>(
     cx: Ctx<'_, S>,
     worker: &mut Worker,
-    route: usize,
+    asked: Asked,
     request: &RequestInfo<'_>,
 ) -> Step {
     let config = cx.config;
@@ -39,7 +39,7 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
             });
             if let Some(key) = known {
                 let who = Identified::key(Caller::Key(key.index), key.tier, Some(key.fingerprint));
-                return meter(cx, Some(&mut worker.blocks), route, who, report);
+                return meter(cx, Some(&mut worker.blocks), asked, who, report);
             }
             let hash = hash.unwrap_or_else(|| sha256(token.as_bytes()));
             let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
@@ -48,7 +48,7 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
             let stale = match worker.keys.get(&hash, cx.now) {
                 Lookup::Fresh(CachedKey::Known { id, tier }) => {
                     let who = Identified::key(verified_caller(&id), tier, None);
-                    return meter(cx, Some(&mut worker.blocks), route, who, report);
+                    return meter(cx, Some(&mut worker.blocks), asked, who, report);
                 }
                 Lookup::Fresh(CachedKey::Unknown) => {
                     return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
@@ -58,9 +58,9 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
             };
             if !breaker_admits(cx, quota) {
                 let report = QuotaReport { short_circuited: true, ..report };
-                return verify_unavailable(cx, route, stale, report);
+                return verify_unavailable(cx, asked, stale, report);
             }
-            let pending = Pending { stage: Stage::Verify { route, hash, stale }, quota: report };
+            let pending = Pending { stage: Stage::Verify { asked, hash, stale }, quota: report };
             Step::Call(Box::new(Callout {
                 path: "/v1/keys/verify",
                 body: to_json(&VerifyRequest { sha256: hex(&hash) }),
@@ -77,7 +77,7 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
                     fingerprint: None,
                     anonymous: true,
                 };
-                meter(cx, Some(&mut worker.blocks), route, who, report)
+                meter(cx, Some(&mut worker.blocks), asked, who, report)
             }
             None => Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::missing_token(), config.mode)),
         },
@@ -89,7 +89,7 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
 pub(super) fn verified<S: SharedStore + ?Sized>(
     cx: Ctx<'_, S>,
     worker: &mut Worker,
-    route: usize,
+    asked: Asked,
     hash: [u8; 32],
     stale: Option<(String, usize)>,
     answer: Answer<'_>,
@@ -105,14 +105,14 @@ pub(super) fn verified<S: SharedStore + ?Sized>(
     };
     record_breaker(cx, quota, verified.is_some(), &mut report);
     let Some(verified) = verified else {
-        return verify_unavailable(cx, route, stale, report);
+        return verify_unavailable(cx, asked, stale, report);
     };
     let tier = verified.tier.as_deref().and_then(|name| config.tiers.iter().position(|t| t.name == name));
     match (verified.known, verified.id, tier) {
         (true, Some(id), Some(tier)) => {
             worker.keys.put(hash, CachedKey::Known { id: id.clone(), tier }, cx.now, quota.key_cache_ttl_ms);
             let who = Identified::key(verified_caller(&id), tier, None);
-            meter(cx, Some(&mut worker.blocks), route, who, report)
+            meter(cx, Some(&mut worker.blocks), asked, who, report)
         }
         _ => {
             worker.keys.put(hash, CachedKey::Unknown, cx.now, quota.negative_cache_ttl_ms);
@@ -125,12 +125,12 @@ pub(super) fn verified<S: SharedStore + ?Sized>(
 /// (decided without worker blocks); without one, the request is refused with 503.
 fn verify_unavailable<S: SharedStore + ?Sized>(
     cx: Ctx<'_, S>,
-    route: usize,
+    asked: Asked,
     stale: Option<(String, usize)>,
     report: QuotaReport,
 ) -> Step {
     match stale {
-        Some((id, tier)) => meter(cx, None, route, Identified::key(verified_caller(&id), tier, None), report),
+        Some((id, tier)) => meter(cx, None, asked, Identified::key(verified_caller(&id), tier, None), report),
         None => {
             let mut d = Decision::refuse(Outcome::QuotaUnavailable, reply::quota_unavailable(), cx.config.mode);
             d.quota = report;

@@ -33,6 +33,7 @@ pub(super) fn conclude(
     reports: Reports,
     now: Nanos,
 ) -> Decision {
+    let costs = metering.costs();
     let mut decision = Decision {
         tier: Some(metering.tier),
         caller: Some(metering.caller),
@@ -68,8 +69,15 @@ pub(super) fn conclude(
     match config.mode {
         Mode::Enforce => {
             decision.outcome = Outcome::Limited;
-            let refusal =
-                Refusal { tier, limit, anonymous: metering.anonymous, retry_after_ns: standing.retry_after_ns, now };
+            let refusal = Refusal {
+                tier,
+                limit,
+                anonymous: metering.anonymous,
+                retry_after_ns: standing.retry_after_ns,
+                now,
+                cost: costs.of(limit),
+                remaining: standing.remaining,
+            };
             let headers = std::mem::take(&mut decision.response_headers);
             decision.reply = Some(reply::too_many_requests(config, &refusal, headers));
         }

@@ -40,7 +40,7 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
     } else {
         let slot = SlotRef::from_fingerprint(metering.fingerprint, config.store.slots);
         store::update(cx.store, &slot, now, config.store.cas_retries, |stored| {
-            looked = evaluate_all(tier, &metering.local, stored, now, cost);
+            looked = evaluate_all(tier, &metering.local, stored, now, metering.costs());
             Change::Keep
         })
     };

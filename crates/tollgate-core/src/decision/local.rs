@@ -34,11 +34,11 @@ pub(super) fn charge<S: SharedStore + ?Sized>(
     let mut standings = Standings::new();
     if !metered.is_empty() {
         let slot = SlotRef::from_fingerprint(metering.fingerprint, config.store.slots);
-        let (now, cost) = (cx.now, metering.cost);
+        let (now, costs) = (cx.now, metering.costs());
         let (result, store_report) = store::update(cx.store, &slot, now, config.store.cas_retries, |stored| {
-            standings = evaluate_all(tier, &metered, stored, now, cost);
+            standings = evaluate_all(tier, &metered, stored, now, costs);
             if standings.iter().all(|s| s.admitted) {
-                next_states(tier, &metered, stored, now, cost)
+                next_states(tier, &metered, stored, now, costs)
             } else {
                 Change::Keep
             }
@@ -82,7 +82,8 @@ pub(super) fn charge_with_block<S: SharedStore + ?Sized>(
     }
     let slot = SlotRef::from_fingerprint(fingerprint, config.store.slots);
     let metered = &metering.local;
-    let with_block = cost.saturating_add(block);
+    let costs = metering.costs();
+    let with_block = costs.with_block(block);
     let mut standings = Standings::new();
     let mut took = 0;
     let (result, store_report) = store::update(cx.store, &slot, now, config.store.cas_retries, |stored| {
@@ -92,9 +93,9 @@ pub(super) fn charge_with_block<S: SharedStore + ?Sized>(
             return next_states(tier, metered, stored, now, with_block);
         }
         took = 0;
-        standings = evaluate_all(tier, metered, stored, now, cost);
+        standings = evaluate_all(tier, metered, stored, now, costs);
         if standings.iter().all(|s| s.admitted) {
-            next_states(tier, metered, stored, now, cost)
+            next_states(tier, metered, stored, now, costs)
         } else {
             Change::Keep
         }

@@ -7,9 +7,12 @@ use smallvec::SmallVec;
 
 use super::conclude::Reports;
 use super::outcome::{Caller, Decision, Outcome, QuotaReport};
-use super::{global, local, Ctx, Step};
+use super::{global, local, Asked, Ctx, Step};
+use crate::config::{Limit, Meter, Mode};
+use crate::cost::{Charges, Demand, Unit};
 use crate::hash::identity_fingerprint;
 use crate::limit::Standing;
+use crate::reply;
 use crate::store::SharedStore;
 use crate::worker_block::WorkerBlocks;
 
@@ -47,6 +50,8 @@ impl Identified {
 pub(super) struct Metering {
     /// The route's cost: units charged to each limit that applies.
     pub cost: u64,
+    /// What the request's body reserves, on a metered route.
+    pub charges: Option<Charges>,
     pub tier: usize,
     /// The route's mask of the tier's limits.
     pub mask: u16,
@@ -60,17 +65,65 @@ pub(super) struct Metering {
     pub local_standings: Standings,
 }
 
+impl Metering {
+    /// The units this request charges each limit.
+    pub fn costs(&self) -> Costs {
+        Costs { requests: self.cost, charges: self.charges }
+    }
+
+    /// The units this request charges `limit`.
+    pub fn cost_of(&self, limit: &Limit) -> u64 {
+        self.costs().of(limit)
+    }
+}
+
+/// The units a request charges each limit: the route's cost to limits of requests, what
+/// its body reserves to limits of images or tokens.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Costs {
+    pub requests: u64,
+    pub charges: Option<Charges>,
+}
+
+impl Costs {
+    pub fn of(&self, limit: &Limit) -> u64 {
+        match (limit.unit, self.charges) {
+            (Unit::Requests, _) | (_, None) => self.requests,
+            (unit, Some(charges)) => charges.of(unit, self.requests),
+        }
+    }
+
+    /// A worker block more for limits of requests (the only ones that take blocks).
+    pub fn with_block(self, block: u64) -> Costs {
+        Costs { requests: self.requests.saturating_add(block), ..self }
+    }
+}
+
+/// What a request body reserves on a metered route: its images (each weighted by its
+/// size and quality), its prompt's tokens, and the most tokens it may generate (the
+/// route's default when the body sets no maximum).
+pub(crate) fn reserve(demand: &Demand, meter: &Meter) -> Charges {
+    let weight = |property: &Option<String>| {
+        property.as_deref().and_then(|p| meter.image_weights.iter().find(|(k, _)| k == p)).map_or(1, |(_, w)| *w)
+    };
+    Charges {
+        images: demand.images.saturating_mul(weight(&demand.size)).saturating_mul(weight(&demand.quality)),
+        input_tokens: demand.input_tokens,
+        output_tokens: demand.max_output_tokens.unwrap_or(meter.default_max_output_tokens),
+    }
+}
+
 /// Meters a caller on a route: local limits only, or global ones too. `blocks`: the
 /// worker's blocks, when the caller may be decided from them.
 pub(super) fn meter<S: SharedStore + ?Sized>(
     cx: Ctx<'_, S>,
     blocks: Option<&mut WorkerBlocks>,
-    route: usize,
+    asked: Asked,
     who: Identified,
     report: QuotaReport,
 ) -> Step {
     let config = cx.config;
-    let Some(r) = config.routes.get(route) else {
+    let Some(r) = config.routes.get(asked.route) else {
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
     let (Some(tier), Some(&mask)) = (config.tiers.get(who.tier), r.applies.get(who.tier)) else {
@@ -89,6 +142,7 @@ pub(super) fn meter<S: SharedStore + ?Sized>(
     let fingerprint = who.fingerprint.unwrap_or_else(|| identity_fingerprint(&tier.name, who.caller.name(config)));
     let metering = Metering {
         cost: r.cost,
+        charges: asked.charges,
         tier: who.tier,
         mask,
         caller: who.caller,
@@ -98,6 +152,9 @@ pub(super) fn meter<S: SharedStore + ?Sized>(
         global,
         local_standings: Standings::new(),
     };
+    if let Some(d) = never_fits(config.mode, tier, &metering) {
+        return Step::Done(d);
+    }
     match config.quota.as_ref().filter(|_| !metering.global.is_empty()) {
         Some(quota) => global::decide(cx, blocks, quota, metering, report),
         None => Step::Done(match blocks {
@@ -105,4 +162,24 @@ pub(super) fn meter<S: SharedStore + ?Sized>(
             _ => local::charge(cx, metering, &[], Standings::new(), Reports::quota(report)),
         }),
     }
+}
+
+/// A request that reserves more images or tokens than a limit ever holds could never be
+/// admitted, however long it waits: it is refused with a 400 that says so (no
+/// `Retry-After`), counted as limited.
+fn never_fits(mode: Mode, tier: &crate::config::Tier, metering: &Metering) -> Option<Decision> {
+    let (limit, cost) = metering
+        .local
+        .iter()
+        .filter_map(|m| tier.limits.get(m.index))
+        .filter(|l| l.unit != Unit::Requests)
+        .map(|l| (l, metering.cost_of(l)))
+        .find(|(l, cost)| *cost > l.capacity())?;
+    let mut d = Decision::refuse(Outcome::Limited, reply::never_fits(tier, limit, cost), mode);
+    if d.outcome == Outcome::Limited {
+        d.tier = Some(metering.tier);
+        d.caller = Some(metering.caller.clone());
+        d.limited_by = Some(limit.name.clone());
+    }
+    Some(d)
 }

@@ -32,7 +32,9 @@ pub use outcome::{BlockReport, Caller, Decision, Outcome, QuotaReport};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::cost::{body, Charges};
 use crate::identity::RequestInfo;
+use crate::reply;
 use crate::store::SharedStore;
 use crate::time::Nanos;
 use crate::worker::Worker;
@@ -81,7 +83,7 @@ pub struct Pending {
 
 #[derive(Debug)]
 enum Stage {
-    Verify { route: usize, hash: [u8; 32], stale: Option<(String, usize)> },
+    Verify { asked: Asked, hash: [u8; 32], stale: Option<(String, usize)> },
     Check(Metering),
     Refill(Refill),
 }
@@ -116,6 +118,26 @@ pub fn decide_with<S: SharedStore + ?Sized>(
     }
 }
 
+/// What a request asks for: its route, and on a metered route what its body reserves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked {
+    pub route: usize,
+    pub charges: Option<Charges>,
+}
+
+/// The most body bytes to buffer for the request before [`begin`]: `Some` on a metered
+/// route, whose body sets the cost (the host then passes it in [`RequestInfo::body`]);
+/// `None` elsewhere, where the body is never read.
+pub fn body_limit(config: &Config, request: &RequestInfo<'_>) -> Option<usize> {
+    let route = config.routes.get(config.route_index(request.method, request.path)?)?;
+    route.meter.as_ref().map(|m| m.max_body_bytes)
+}
+
+/// The decision for a metered route's body larger than `max_body_bytes`: 413, unread.
+pub fn body_too_large(config: &Config, max_body_bytes: usize) -> Decision {
+    Decision::refuse(Outcome::BadRequest, reply::body_too_large(max_body_bytes), config.mode)
+}
+
 /// Starts deciding a request.
 pub fn begin<S: SharedStore + ?Sized>(
     config: &Config,
@@ -125,12 +147,20 @@ pub fn begin<S: SharedStore + ?Sized>(
     now: Nanos,
 ) -> Step {
     let cx = Ctx { config, store, now };
-    match config.route_index(request.method, request.path) {
-        Some(route) if config.routes.get(route).is_some_and(|r| r.cost > 0) => {
-            caller::identify(cx, worker, route, request)
-        }
-        _ => Step::Done(Decision::new(Outcome::Unlimited)),
-    }
+    let Some((route, r)) =
+        config.route_index(request.method, request.path).and_then(|i| Some((i, config.routes.get(i)?)))
+    else {
+        return Step::Done(Decision::new(Outcome::Unlimited));
+    };
+    let charges = match &r.meter {
+        Some(meter) => match body::read(meter.api, request.body.unwrap_or_default()) {
+            Ok(demand) => Some(metering::reserve(&demand, meter)),
+            Err(e) => return Step::Done(Decision::refuse(Outcome::BadRequest, reply::bad_body(&e), config.mode)),
+        },
+        None if r.cost == 0 => return Step::Done(Decision::new(Outcome::Unlimited)),
+        None => None,
+    };
+    caller::identify(cx, worker, Asked { route, charges }, request)
 }
 
 /// Continues a decision with the quota service's answer to its callout.
@@ -145,7 +175,7 @@ pub fn resume<S: SharedStore + ?Sized>(
     let cx = Ctx { config, store, now };
     let Pending { stage, quota: report } = pending;
     match stage {
-        Stage::Verify { route, hash, stale } => caller::verified(cx, worker, route, hash, stale, answer, report),
+        Stage::Verify { asked, hash, stale } => caller::verified(cx, worker, asked, hash, stale, answer, report),
         Stage::Check(metering) => global::checked(cx, metering, answer, report),
         Stage::Refill(refill) => leased::refilled(cx, refill, answer, report),
     }
@@ -162,3 +192,5 @@ mod tests;
 mod block_tests;
 #[cfg(test)]
 mod global_tests;
+#[cfg(test)]
+mod metered_tests;

@@ -22,6 +22,8 @@ pub enum Outcome {
     Unauthenticated,
     /// Malformed or duplicated credentials.
     Malformed,
+    /// A metered route's body could not be read (400) or was too large (413).
+    BadRequest,
     /// Refused before a tier was known, let through by shadow mode.
     ShadowRejected,
     /// Shared data could not be updated; admitted unmetered (`on_contention: allow`).
@@ -41,6 +43,7 @@ impl Outcome {
             Outcome::ShadowLimited => "shadow_limited",
             Outcome::Unauthenticated => "unauthenticated",
             Outcome::Malformed => "malformed",
+            Outcome::BadRequest => "bad_request",
             Outcome::ShadowRejected => "shadow_rejected",
             Outcome::StoreBypassed => "store_bypassed",
             Outcome::StoreRefused => "store_refused",

@@ -1,7 +1,7 @@
 //! Stored states as a decision reads and rewrites them: evaluated against a cost, charged,
 //! refunded. A tier's states all live in the caller's entry of their slot.
 
-use super::metering::{Metered, Standings};
+use super::metering::{Costs, Metered, Standings};
 use crate::config::{FailureMode, Limit, Tier};
 use crate::limit::{self, evaluate, Evaluation, LimitState};
 use crate::store::{words_of, Change, Limits, StoredLimit};
@@ -12,29 +12,36 @@ use crate::worker_block::ChargedLimit;
 /// local limits, under the limit's fingerprint with this mask.
 pub(super) const FALLBACK_SALT: u32 = 0x5f5f_0001;
 
-/// Where the metered limits of `tier` stand for a request of `cost`, against what is stored.
+/// Where the metered limits of `tier` stand for a request of `costs`, against what is
+/// stored.
 pub(super) fn evaluate_all(
     tier: &Tier,
     metered: &[Metered],
     stored: &[StoredLimit],
     now: Nanos,
-    cost: u64,
+    costs: Costs,
 ) -> Standings {
     metered
         .iter()
         .filter_map(|m| {
             let limit = tier.limits.get(m.index)?;
-            Some(evaluate(limit, state_of(limit, stored, m.fingerprint), now, cost).standing(m.index))
+            Some(evaluate(limit, state_of(limit, stored, m.fingerprint), now, costs.of(limit)).standing(m.index))
         })
         .collect()
 }
 
 /// New states for every state the tier keeps in shared data: the metered ones charged,
 /// the others carried over. States of limits no longer configured are dropped.
-pub(super) fn next_states(tier: &Tier, metered: &[Metered], stored: &[StoredLimit], now: Nanos, cost: u64) -> Change {
+pub(super) fn next_states(
+    tier: &Tier,
+    metered: &[Metered],
+    stored: &[StoredLimit],
+    now: Nanos,
+    costs: Costs,
+) -> Change {
     rewrite_states(tier, stored, now, |index, limit, fingerprint, previous| {
         if metered.iter().any(|m| m.index == index && m.fingerprint == fingerprint) {
-            Some(evaluate(limit, previous, now, cost))
+            Some(evaluate(limit, previous, now, costs.of(limit)))
         } else {
             previous.map(|s| evaluate(limit, Some(s), now, 0))
         }

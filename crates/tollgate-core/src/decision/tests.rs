@@ -25,6 +25,7 @@ fn post<'a>(path: &'a str, auth: Option<&'a str>, address: &'a str) -> RequestIn
         api_key: vec![],
         client_address: Some(address),
         unreadable_credential: false,
+        body: None,
     }
 }
 
@@ -393,6 +394,7 @@ mod properties {
                 api_key: key.iter().map(String::as_str).collect(),
                 client_address: address.as_deref(),
                 unreadable_credential: false,
+                body: None,
             };
             let d = decide(&c, &s, &req, EVENING);
             if let Some(reply) = d.reply {

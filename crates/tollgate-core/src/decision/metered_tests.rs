@@ -1,0 +1,161 @@
+//! Limits of images and tokens on metered routes: what a body reserves is charged.
+
+use serde_json::Value;
+
+use super::*;
+use crate::store::FakeSharedData;
+use crate::RequestInfo;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const SEC: u64 = 1_000_000_000;
+/// 2026-11-23T18:00:00Z.
+const EVENING: Nanos = Nanos(1_795_456_800 * SEC);
+const IMAGES: &str = "/v1/images/generations";
+const CHAT: &str = "/v1/chat/completions";
+
+fn config() -> Config {
+    Config::from_json(
+        br#"{
+          "identity": { "anonymous": { "tier": "free" } },
+          "tiers": { "free": { "limits": [
+            { "name": "images-per-day", "limit": 5, "window": "1d", "algorithm": "fixed_window", "unit": "images" },
+            { "name": "tokens-per-day", "limit": 1000, "window": "1d", "algorithm": "fixed_window", "unit": "tokens" },
+            { "name": "rpm", "limit": 100, "window": "1m" } ] } },
+          "routes": [
+            { "path": "/v1/images/generations", "meter": "openai_images", "image_weights": { "hd": 2 } },
+            { "path": "/v1/chat/completions", "meter": "openai_chat", "default_max_output_tokens": 300 },
+            { "path_prefix": "/" } ]
+        }"#,
+    )
+    .unwrap()
+}
+
+fn post<'a>(path: &'a str, body: &'a str) -> RequestInfo<'a> {
+    RequestInfo {
+        method: "POST",
+        path,
+        client_address: Some("203.0.113.7:0"),
+        body: Some(body.as_bytes()),
+        ..RequestInfo::default()
+    }
+}
+
+fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
+    d.reply.as_ref().map_or(&d.response_headers, |r| &r.headers).get(name)
+}
+
+fn error(d: &Decision) -> Value {
+    let body: Value = serde_json::from_str(&d.reply.as_ref().unwrap().body).unwrap();
+    body["error"].clone()
+}
+
+#[test]
+fn five_images_a_day_count_images_not_requests() {
+    let (c, s) = (config(), FakeSharedData::default());
+    let first = decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat","n":3}"#), EVENING);
+    assert_eq!(first.outcome, Outcome::Allowed);
+    let ratelimit = header(&first, "ratelimit").unwrap();
+    assert!(ratelimit.contains(r#""images-per-day";r=2;"#), "{ratelimit}");
+    assert!(ratelimit.contains(r#""rpm";r=99;"#), "{ratelimit}");
+
+    let second = decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat","n":3}"#), EVENING);
+    assert_eq!((second.outcome, second.limited_by.as_deref()), (Outcome::Limited, Some("images-per-day")));
+    let e = error(&second);
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("allows 5 images per 1d; this request would use 3 images; 2 are left"), "{message}");
+    assert_eq!(
+        (e["unit"].as_str(), e["requested"].as_u64(), e["remaining"].as_u64()),
+        (Some("images"), Some(3), Some(2))
+    );
+    assert!(header(&second, "retry-after").is_some());
+
+    let third = decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat","n":2}"#), EVENING);
+    assert_eq!(third.outcome, Outcome::Allowed);
+    assert!(header(&third, "ratelimit").unwrap().contains(r#""images-per-day";r=0;"#));
+}
+
+#[test]
+fn n_defaults_to_one_and_weights_multiply() {
+    let (c, s) = (config(), FakeSharedData::default());
+    decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat"}"#), EVENING);
+    let hd = decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat","n":2,"quality":"hd"}"#), EVENING);
+    assert!(header(&hd, "ratelimit").unwrap().contains(r#""images-per-day";r=0;"#), "1 + 2 × 2 = 5");
+}
+
+#[test]
+fn tokens_reserve_the_prompt_and_the_maximum_output() {
+    let (c, s) = (config(), FakeSharedData::default());
+    // 20 bytes of messages: 5 tokens; 100 out.
+    let body = r#"{"model":"m","messages":["abcdefghijklmnop"],"max_tokens":100}"#;
+    let d = decide(&c, &s, &post(CHAT, body), EVENING);
+    assert!(header(&d, "ratelimit").unwrap().contains(r#""tokens-per-day";r=895;"#), "{:?}", header(&d, "ratelimit"));
+    // Without a maximum, the route's default output is reserved.
+    let d = decide(&c, &s, &post(CHAT, r#"{"model":"m","messages":[]}"#), EVENING);
+    assert!(header(&d, "ratelimit").unwrap().contains(r#""tokens-per-day";r=594;"#), "895 - 1 - 300");
+    // Images are not charged on the chat route, nor tokens on a route without a meter.
+    assert!(!header(&d, "ratelimit").unwrap().contains("images-per-day"));
+    let plain = decide(&c, &s, &RequestInfo { body: None, ..post("/other", "") }, EVENING);
+    assert_eq!(header(&plain, "ratelimit-policy"), Some(r#""rpm";q=100;w=60"#));
+}
+
+#[test]
+fn a_request_that_can_never_fit_says_so_without_retry_after() {
+    let (c, s) = (config(), FakeSharedData::default());
+    let d = decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat","n":10}"#), EVENING);
+    let reply = d.reply.as_ref().unwrap();
+    assert_eq!((reply.status, d.outcome, header(&d, "retry-after")), (400, Outcome::Limited, None));
+    let e = error(&d);
+    assert_eq!(e["code"], "exceeds_limit");
+    assert!(e["message"].as_str().unwrap().contains("would use 10 images"), "{e}");
+    let big = r#"{"model":"m","messages":[],"max_completion_tokens":5000}"#;
+    assert_eq!(error(&decide(&c, &s, &post(CHAT, big), EVENING))["code"], "exceeds_limit");
+    // Nothing was charged.
+    let ok = decide(&c, &s, &post(IMAGES, r#"{"prompt":"a cat","n":5}"#), EVENING);
+    assert_eq!(ok.outcome, Outcome::Allowed);
+}
+
+#[test]
+fn unreadable_bodies_get_a_400_that_says_why() {
+    let (c, s) = (config(), FakeSharedData::default());
+    for (body, param) in [("{\"n\": 3", Value::Null), (r#"{"n":"3"}"#, Value::Null), (r#"{"n":0}"#, Value::from("n"))] {
+        let d = decide(&c, &s, &post(IMAGES, body), EVENING);
+        assert_eq!((d.reply.as_ref().unwrap().status, d.outcome), (400, Outcome::BadRequest), "{body}");
+        let e = error(&d);
+        assert_eq!((e["code"].as_str(), &e["param"]), (Some("invalid_request_body"), &param), "{body}");
+    }
+    let none = decide(&c, &s, &RequestInfo { body: None, ..post(IMAGES, "") }, EVENING);
+    assert_eq!(none.outcome, Outcome::BadRequest, "a metered route needs its body");
+}
+
+#[test]
+fn only_metered_routes_read_bodies() {
+    let c = config();
+    assert_eq!(body_limit(&c, &post(IMAGES, "")), Some(crate::config::DEFAULT_MAX_BODY_BYTES as usize));
+    assert_eq!(body_limit(&c, &post("/other", "")), None);
+}
+
+#[test]
+fn units_are_validated() {
+    let with = |limit: &str, route: &str| {
+        Config::from_json(
+            format!(r#"{{ "tiers": {{ "t": {{ "limits": [ {limit} ] }} }}, "routes": [ {route} ], "quota_service": {{ "cluster": "q" }} }}"#)
+                .as_bytes(),
+        )
+    };
+    let images = r#"{ "name": "i", "limit": 5, "window": "1d", "unit": "images" }"#;
+    let metered = r#"{ "path": "/i", "meter": "openai_images" }"#;
+    assert!(with(images, metered).is_ok());
+    let global = r#"{ "name": "i", "limit": 5, "window": "1d", "unit": "images", "scope": "global" }"#;
+    assert_eq!(with(global, metered).unwrap_err().path, "tiers.t.limits[0].unit");
+    let named = r#"{ "path": "/i", "limits": ["i"] }"#;
+    assert_eq!(with(images, named).unwrap_err().path, "routes[0].limits");
+    let block = r#"{ "name": "i", "limit": 50000, "window": "1d", "unit": "images", "worker_block": 10 }"#;
+    assert_eq!(with(block, metered).unwrap_err().path, "tiers.t.limits[0].worker_block");
+    let cap = r#"{ "path": "/i", "meter": "openai_images", "max_body_bytes": 2000000 }"#;
+    assert_eq!(with(images, cap).unwrap_err().path, "routes[0].max_body_bytes");
+    let stray = r#"{ "path": "/i", "max_body_bytes": 2000 }"#;
+    assert_eq!(with(images, stray).unwrap_err().path, "routes[0].max_body_bytes");
+    let unknown = r#"{ "name": "i", "limit": 5, "window": "1d", "unit": "dollars" }"#;
+    assert!(with(unknown, metered).unwrap_err().path.starts_with("tiers.t.limits[0].unit"));
+}
