@@ -7,7 +7,8 @@ use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use tollgate_core::decision::{self, Answer, Pending, Step};
+use tollgate_core::cost::reading::Reading;
+use tollgate_core::decision::{self, Answer, Ending, Pending, Reservation, Step};
 use tollgate_core::headers::Headers;
 use tollgate_core::{Decision, Nanos, RequestInfo};
 
@@ -23,11 +24,21 @@ pub struct TollgateHttp {
     /// On a metered route, the request's header map, kept until its body has arrived
     /// (the decision needs both), and the most body bytes to buffer.
     awaiting_body: Option<(Vec<u8>, usize)>,
+    /// What this request reserved of limits of images or tokens, settled once the
+    /// response has ended; with the response's status and reading.
+    reserved: Option<Reserved>,
+}
+
+struct Reserved {
+    reservation: Box<Reservation>,
+    /// `Some(true)`: a 2xx answer; `None`: no answer yet.
+    succeeded: Option<bool>,
+    reading: Option<Reading>,
 }
 
 impl TollgateHttp {
     pub fn new(state: Rc<State>) -> TollgateHttp {
-        TollgateHttp { state, response_headers: Headers::new(), waiting: None, awaiting_body: None }
+        TollgateHttp { state, response_headers: Headers::new(), waiting: None, awaiting_body: None, reserved: None }
     }
 }
 
@@ -51,13 +62,15 @@ impl Context for TollgateHttp {
 
 /// A stream that ends while its decision waits for a callout (the client went away; the
 /// answer will find no context): the callout no longer counts as in flight, and a lease
-/// refill releases its marker.
+/// refill releases its marker. A reservation not settled yet (the response never ended)
+/// is settled with what is known.
 impl Drop for TollgateHttp {
     fn drop(&mut self) {
         if let Some((pending, _)) = self.waiting.take() {
             self.state.worker.borrow_mut().end_callout();
             decision::abandon(&self.state.config, &HostSharedData, pending, host::now());
         }
+        self.settle();
     }
 }
 
@@ -100,9 +113,31 @@ impl HttpContext for TollgateHttp {
         self.decide(&headers, Some(&body))
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         for (name, value) in self.response_headers.iter() {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+        }
+        if let Some(reserved) = self.reserved.as_mut() {
+            let header = |name: &str| hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
+            let status = header(":status").and_then(|s| s.parse::<u16>().ok());
+            reserved.succeeded = Some(status.is_some_and(|s| (200..300).contains(&s)));
+            reserved.reading = Some(Reading::for_content_type(header("content-type").as_deref()));
+            if end_of_stream {
+                self.settle();
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(reading) = self.reserved.as_mut().and_then(|r| r.reading.as_mut()) {
+            // With the body streaming through, the buffer holds this chunk only.
+            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+                reading.feed(&chunk);
+            }
+            if end_of_stream {
+                self.settle();
+            }
         }
         Action::Continue
     }
@@ -159,9 +194,28 @@ impl TollgateHttp {
         }
     }
 
+    /// Settles the request's reservation, if it has one not settled yet: to the usage the
+    /// response reported, or by the rules for a failed or unreported one.
+    fn settle(&mut self) {
+        let Some(Reserved { reservation, succeeded, reading }) = self.reserved.take() else {
+            return;
+        };
+        let ending = match (succeeded, reading.as_ref().and_then(Reading::usage)) {
+            (Some(true), Some(usage)) => Ending::Used(usage),
+            (Some(true), None) => Ending::Unreported,
+            (Some(false) | None, _) => Ending::Failed,
+        };
+        let state = &self.state;
+        let settled = decision::settle(&state.config, &HostSharedData, &reservation, ending, host::now());
+        state.metrics.record_settled(reservation.tier(), settled.as_ref().ok());
+    }
+
     fn conclude(&mut self, mut decision: Decision) -> Action {
         let state = Rc::clone(&self.state);
         state.metrics.record(&decision);
+        if let Some(reservation) = decision.reservation.take() {
+            self.reserved = Some(Reserved { reservation, succeeded: None, reading: None });
+        }
         if state.worker.borrow_mut().take_over(&mut decision) {
             // Wake the root context; without a queue (or if it fails) the tick sends it.
             if let Some(queue) = state.queue {

@@ -9,8 +9,9 @@ use std::cell::Cell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use tollgate_core::config::FailureMode;
-use tollgate_core::decision::{Outcome, QuotaReport};
+use tollgate_core::config::{FailureMode, Limit};
+use tollgate_core::cost::Unit;
+use tollgate_core::decision::{Outcome, QuotaReport, Settled};
 use tollgate_core::{Config, Decision};
 
 /// Outcomes a request of a known tier can have.
@@ -67,6 +68,28 @@ pub struct Metrics {
     lease_returns: Option<u32>,
     lease_return_failures: Option<u32>,
     lease_units_returned: Option<u32>,
+    /// Per tier, per unit its limits count besides requests: what admitted requests
+    /// reserved and what they were charged once settled.
+    units: Vec<UnitCounters>,
+    settle_failures: Option<u32>,
+}
+
+/// A tier's units and their counters: (unit, reserved, charged).
+type UnitCounters = Vec<(Unit, Option<u32>, Option<u32>)>;
+
+/// `tollgate.units.<tier>.<unit>.reserved` and `.charged` for each unit the tier's limits
+/// count besides requests.
+fn tier_units(tier: &str, limits: &[Limit]) -> UnitCounters {
+    let mut units: Vec<Unit> = limits.iter().map(|l| l.unit).filter(|u| *u != Unit::Requests).collect();
+    units.sort_by_key(|u| u.as_str());
+    units.dedup();
+    units
+        .into_iter()
+        .map(|u| {
+            let name = |what: &str| counter(&format!("tollgate.units.{tier}.{}.{what}", u.as_str()));
+            (u, name("reserved"), name("charged"))
+        })
+        .collect()
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -125,6 +148,26 @@ impl Metrics {
             lease_returns: q("tollgate.quota.lease.returns", MetricType::Counter),
             lease_return_failures: q("tollgate.quota.lease.return_failures", MetricType::Counter),
             lease_units_returned: q("tollgate.quota.lease.units_returned", MetricType::Counter),
+            units: config.tiers.iter().map(|t| tier_units(&t.name, &t.limits)).collect(),
+            settle_failures: counter("tollgate.settle.failures"),
+        }
+    }
+
+    /// A reservation was settled (`None`: shared data could not be updated, and the
+    /// reservation stands).
+    pub fn record_settled(&self, tier: usize, settled: Option<&Settled>) {
+        let Some(settled) = settled else {
+            bump(self.settle_failures, 1);
+            return;
+        };
+        let Some(row) = self.units.get(tier) else {
+            return;
+        };
+        for (unit, reserved, charged) in settled {
+            if let Some((_, reserved_id, charged_id)) = row.iter().find(|(u, ..)| u == unit) {
+                bump(*reserved_id, u32::try_from(*reserved).unwrap_or(u32::MAX));
+                bump(*charged_id, u32::try_from(*charged).unwrap_or(u32::MAX));
+            }
         }
     }
 

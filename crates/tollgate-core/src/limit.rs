@@ -128,6 +128,28 @@ pub fn refund(limit: &Limit, state: LimitState, now: Nanos, units: u64) -> Limit
     }
 }
 
+/// Settles a reservation: the state after `reserved` units were charged, as if `actual`
+/// had been instead. Units not used are refunded ([`refund`]); units used beyond the
+/// reservation are charged on top, even past the limit (one request's overrun is the
+/// overshoot bound), within the window they were reserved in.
+pub fn settle(limit: &Limit, state: LimitState, now: Nanos, reserved: u64, actual: u64) -> LimitState {
+    if actual <= reserved {
+        return refund(limit, state, now, reserved - actual);
+    }
+    let extra = actual - reserved;
+    match (limit.kind, state) {
+        (LimitKind::TokenBucket { interval_ns, .. }, LimitState::Bucket { tat }) => {
+            LimitState::Bucket { tat: tat.max(now.0).saturating_add(extra.saturating_mul(interval_ns)) }
+        }
+        (LimitKind::FixedWindow { window_ns }, LimitState::Window { index, used })
+            if index == now.0 / window_ns.max(1) =>
+        {
+            LimitState::Window { index, used: used.saturating_add(extra) }
+        }
+        _ => state,
+    }
+}
+
 fn token_bucket(state: Option<LimitState>, now: u64, cost: u64, interval: u64, depth: u64) -> Evaluation {
     let tat = match state {
         Some(LimitState::Bucket { tat }) => tat.max(now),

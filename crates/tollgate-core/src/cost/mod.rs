@@ -6,6 +6,7 @@
 //! Nothing here reads a body from the host; the adapter does that.
 
 pub mod body;
+pub mod reading;
 pub mod sse;
 pub mod usage;
 

@@ -5,6 +5,7 @@
 use super::conclude::{conclude, Reports};
 use super::metering::{Metered, Metering, Standings};
 use super::outcome::{Caller, Decision, Outcome};
+use super::settle::reservation;
 use super::states::{evaluate_all, next_states, refund_states};
 use super::Ctx;
 use crate::config::{Config, ContentionPolicy, LimitKind, Tier};
@@ -49,7 +50,11 @@ pub(super) fn charge<S: SharedStore + ?Sized>(
         }
     }
     standings.extend(global);
-    conclude(config, metering, standings, reports, cx.now)
+    let admitted = standings.iter().all(|s| s.admitted);
+    let reservation = if admitted { reservation(config, &metering) } else { None };
+    let mut d = conclude(config, metering, standings, reports, cx.now);
+    d.reservation = reservation;
+    d
 }
 
 type SmallMetereds = super::metering::Metereds;

@@ -159,3 +159,75 @@ fn units_are_validated() {
     let unknown = r#"{ "name": "i", "limit": 5, "window": "1d", "unit": "dollars" }"#;
     assert!(with(unknown, metered).unwrap_err().path.starts_with("tiers.t.limits[0].unit"));
 }
+
+/// Units of `limit` used so far in the slot of the anonymous caller, as a request that
+/// asks for nothing sees them (remaining in its `RateLimit` header).
+fn remaining_tokens(c: &Config, s: &FakeSharedData, now: Nanos) -> u64 {
+    // A 1-token prompt ("[]"), no output: the header shows what is left after 1 more.
+    let d = decide(c, s, &post(CHAT, r#"{"messages":[],"max_tokens":0}"#), now);
+    let ratelimit = header(&d, "ratelimit").unwrap().to_owned();
+    let r = ratelimit.split("\"tokens-per-day\";r=").nth(1).unwrap();
+    r.split(';').next().unwrap().parse::<u64>().unwrap() + 1
+}
+
+fn reserve(c: &Config, s: &FakeSharedData, max_tokens: u64) -> Decision {
+    decide(c, s, &post(CHAT, &format!(r#"{{"messages":[],"max_tokens":{max_tokens}}}"#)), EVENING)
+}
+
+#[test]
+fn tokens_settle_to_the_usage_the_response_reports() {
+    let (c, s) = (config(), FakeSharedData::default());
+    let d = reserve(&c, &s, 99);
+    let reservation = d.reservation.unwrap();
+    assert_eq!(reservation.reserved, crate::cost::Charges { images: 0, input_tokens: 1, output_tokens: 99 });
+    let used = crate::cost::Usage { input_tokens: 12, output_tokens: 40 };
+    let settled = settle(&c, &s, &reservation, Ending::Used(used), EVENING).unwrap();
+    assert_eq!(settled.as_slice(), [(crate::cost::Unit::Tokens, 100, 52)]);
+    // Each probe uses 1 token (its prompt) before it reads.
+    assert_eq!(remaining_tokens(&c, &s, EVENING), 1000 - 52);
+
+    // An overrun is charged past the reservation.
+    let d = reserve(&c, &s, 9);
+    let over = crate::cost::Usage { input_tokens: 1, output_tokens: 300 };
+    settle(&c, &s, &d.reservation.unwrap(), Ending::Used(over), EVENING).unwrap();
+    assert_eq!(remaining_tokens(&c, &s, EVENING), 1000 - 52 - 1 - 301);
+}
+
+#[test]
+fn failures_refund_and_missing_usage_keeps_the_reservation() {
+    let (c, s) = (config(), FakeSharedData::default());
+    let failed = reserve(&c, &s, 199).reservation.unwrap();
+    settle(&c, &s, &failed, Ending::Failed, EVENING).unwrap();
+    assert_eq!(remaining_tokens(&c, &s, EVENING), 1000);
+    let unreported = reserve(&c, &s, 199).reservation.unwrap();
+    settle(&c, &s, &unreported, Ending::Unreported, EVENING).unwrap();
+    assert_eq!(remaining_tokens(&c, &s, EVENING), 1000 - 1 - 200);
+
+    // Images stay as reserved when the response succeeds, and come back when it fails.
+    let images = decide(&c, &s, &post(IMAGES, r#"{"prompt":"","n":4}"#), EVENING).reservation.unwrap();
+    let used = crate::cost::Usage { input_tokens: 0, output_tokens: 0 };
+    let settled = settle(&c, &s, &images, Ending::Used(used), EVENING).unwrap();
+    assert!(settled.contains(&(crate::cost::Unit::Images, 4, 4)), "{settled:?}");
+    let failed = decide(&c, &s, &post(IMAGES, r#"{"prompt":"","n":1}"#), EVENING).reservation.unwrap();
+    settle(&c, &s, &failed, Ending::Failed, EVENING).unwrap();
+    let last = decide(&c, &s, &post(IMAGES, r#"{"prompt":"","n":1}"#), EVENING);
+    assert_eq!(last.outcome, Outcome::Allowed, "4 + 1 refunded + 1 fits in 5");
+}
+
+#[test]
+fn concurrent_reservations_never_overshoot_and_settle_to_what_was_used() {
+    let (c, s) = (config(), FakeSharedData::default());
+    // 50 requests in flight at once, each reserving 100 (1 of prompt, 99 out) of 1,000.
+    let decisions: Vec<Decision> = (0..50).map(|_| reserve(&c, &s, 99)).collect();
+    let admitted: Vec<&Decision> = decisions.iter().filter(|d| d.outcome == Outcome::Allowed).collect();
+    assert_eq!(admitted.len(), 10, "no request is admitted whose reservation does not fit");
+    assert!(decisions.iter().filter(|d| d.outcome != Outcome::Allowed).all(|d| d.reservation.is_none()));
+    // Each used 40 to 120.
+    let used: Vec<u64> = (0..10u64).map(|i| 40 + (i * 37) % 81).collect();
+    for (d, &out) in admitted.iter().zip(&used) {
+        let usage = crate::cost::Usage { input_tokens: 1, output_tokens: out - 1 };
+        settle(&c, &s, d.reservation.as_ref().unwrap(), Ending::Used(usage), EVENING).unwrap();
+    }
+    let total: u64 = used.iter().sum();
+    assert_eq!(remaining_tokens(&c, &s, EVENING), 1000u64.saturating_sub(total), "charged exactly what was used");
+}

@@ -22,12 +22,14 @@ mod leased;
 mod local;
 mod metering;
 mod outcome;
+mod settle;
 mod states;
 
 pub use fallback::{breaker_key, BREAKER_KEY_PREFIX};
 pub use leased::{abandon, refilled_ahead};
 pub use local::{give_back, GivenBack};
 pub use outcome::{BlockReport, Caller, Decision, Outcome, QuotaReport};
+pub use settle::{settle, Ending, Reservation, Settled};
 
 use serde::Serialize;
 

@@ -7,6 +7,7 @@ use crate::lease::RefilledLease;
 use crate::reply::LocalReply;
 use crate::store::UpdateReport;
 
+use super::settle::Reservation;
 use super::Callout;
 
 /// What happened to a request, for stats and logs.
@@ -99,6 +100,9 @@ pub struct Decision {
     /// not wait for it. The worker queues it for its root context, which sends it (its
     /// answer outlives the request) and gives the answer to [`super::refilled_ahead`].
     pub refill: Option<Box<Callout>>,
+    /// Images or tokens this admitted request reserved: the host settles them with
+    /// [`super::settle`] once the response has ended.
+    pub reservation: Option<Box<Reservation>>,
 }
 
 /// Who is metered.
@@ -136,6 +140,7 @@ impl Decision {
             quota: QuotaReport::default(),
             lease: None,
             refill: None,
+            reservation: None,
         }
     }
 

@@ -72,7 +72,7 @@ pub(super) fn refund_states(
 
 /// Every state the tier keeps in shared data, as `next` evaluates it from what is stored
 /// (limit index, limit, state fingerprint, stored state); the idle ones are dropped.
-fn rewrite_states(
+pub(super) fn rewrite_states(
     tier: &Tier,
     stored: &[StoredLimit],
     now: Nanos,
