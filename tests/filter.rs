@@ -2,13 +2,12 @@
 //! The built tollgate.wasm inside a real Envoy (2 worker threads), driven over HTTP, with
 //! every limit local (the plugin config of envoy.yaml without its global limits).
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{local_plugin_config as default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
+use tollgate_testkit::envoy::{local_plugin_config as default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
+use tollgate_testkit::http::Reply;
 
 const IMAGES: &str = "/v1/images/generations";
 const CHAT: &str = "/v1/chat/completions";

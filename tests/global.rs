@@ -2,16 +2,16 @@
 //! Global quotas end to end: real Envoys with the built filter, the real `tollgate-quota`
 //! service, and a real `redis-server`.
 
-mod common;
-
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::services::{BrokenQuota, Misbehaviour, QuotaService, Redis};
-use common::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
+use tollgate_testkit::envoy::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
+use tollgate_testkit::http::Reply;
+use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaService};
+use tollgate_testkit::redis::Redis;
 
 const IMAGES: &str = "/v1/images/generations";
 const PREMIUM: &str = "Bearer tg_demo_premium_0123456789";

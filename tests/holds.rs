@@ -3,14 +3,12 @@
 //! never more admitted than the limit, at most a block per worker held back, and idle
 //! blocks given back to shared data.
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::Duration;
 
-use common::{Envoy, EnvoyOptions};
 use serde_json::json;
+use tollgate_testkit::envoy::{Envoy, EnvoyOptions};
 
 const IMAGES: &str = "/v1/images/generations";
 const LIMIT: u32 = 300;

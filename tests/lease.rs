@@ -2,17 +2,17 @@
 //! Leases end to end: real Envoys with the built filter, the real `tollgate-quota` service
 //! (memory or Redis). Bounds come from the lease module's documented worst case.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::services::{BrokenQuota, Misbehaviour, QuotaService, Redis};
-use common::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
+use tollgate_testkit::envoy::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
+use tollgate_testkit::http::Reply;
+use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaService};
+use tollgate_testkit::redis::Redis;
 
 const IMAGES: &str = "/v1/images/generations";
 const BULK_TOKEN: &str = "tg_test_bulk_0123456789";

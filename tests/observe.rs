@@ -4,16 +4,14 @@
 //! (`deploy/grafana/tollgate.json`) selects, with the label values it filters on and the
 //! labels it groups by, must be in Envoy's `/stats/prometheus` or the service's `/metrics`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::services::QuotaService;
-use common::{Envoy, EnvoyOptions};
 use serde_json::Value;
+use tollgate_testkit::envoy::{Envoy, EnvoyOptions};
+use tollgate_testkit::quota_service::QuotaService;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const DASHBOARD: &str = "deploy/grafana/tollgate.json";
