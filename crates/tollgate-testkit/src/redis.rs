@@ -128,13 +128,13 @@ impl Redis {
     }
 
     /// Kills the server (all data is lost: no persistence).
-    pub fn stop(&mut self) {
+    pub fn kill(&mut self) {
         self.process = None;
     }
 
     /// Kills the server and starts a new one on the same port (empty: no persistence).
     pub fn restart(&mut self) {
-        self.stop();
+        self.kill();
         assert!(self.spawn(), "redis-server could not start again on port {}", self.port);
     }
 
@@ -159,7 +159,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
         if self.remove_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use tollgate_quota::keys;
 use tollgate_quota::store::{RedisStore, Store};
+use tollgate_testkit::redis::Redis;
 
-use crate::redis_server::RedisServer;
 use crate::scenarios::{check, unique_key, Fixture, TestTime};
 
-pub async fn fixture() -> (Fixture<RedisStore>, RedisServer) {
-    let server = RedisServer::start();
+pub async fn fixture() -> (Fixture<RedisStore>, Redis) {
+    let server = Redis::start();
     let store = RedisStore::open(&server.url().parse().unwrap()).unwrap();
     (Fixture { store: Arc::new(store), time: TestTime::real() }, server)
 }
@@ -22,7 +22,7 @@ fn meter_key(key: &str) -> String {
     format!("tg:{{{key}}}")
 }
 
-fn pttl(server: &RedisServer, key: &str) -> i64 {
+fn pttl(server: &Redis, key: &str) -> i64 {
     server.cli(&["PTTL", &meter_key(key)]).trim().parse().unwrap()
 }
 
