@@ -65,32 +65,20 @@ impl Wait {
     /// Polls until `poll` returns `Ok`, and returns its value. `Err` says what the poll
     /// saw instead; the last one goes into the panic message.
     pub fn until_ok<T, E: Display>(self, mut poll: impl FnMut() -> Result<T, E>) -> T {
-        let started = Instant::now();
+        let mut polling = self.polling();
         loop {
             let began = Instant::now();
-            let last = match poll() {
+            match polling.next(began, poll()) {
                 Ok(value) => return value,
-                Err(e) => e,
-            };
-            let pause = match self.limit {
-                Limit::After(deadline) => {
-                    let waited = started.elapsed();
-                    if waited >= deadline {
-                        panic!("gave up waiting for {} after {waited:.1?} (at most {deadline:?}): {last}", self.what);
-                    }
-                    self.every.min(deadline - waited)
-                }
-                Limit::Due(due) => {
-                    if began >= due {
-                        let late = began - due;
-                        panic!("{} was due {late:.1?} before this poll, and it is not so: {last}", self.what);
-                    }
-                    // Poll at the moment it is due, not up to an interval later.
-                    self.every.min(due - Instant::now().min(due)).max(Duration::from_millis(1))
-                }
-            };
-            sleep(pause);
+                Err(pause) => sleep(pause),
+            }
         }
+    }
+
+    /// The same wait, driven by the caller: for a poll that must be awaited (async code
+    /// sleeps with its own runtime). See [`Polling::next`].
+    pub fn polling(self) -> Polling {
+        Polling { wait: self, started: Instant::now() }
     }
 
     /// Polls until `poll` returns `Some`, and returns its value.
@@ -101,6 +89,56 @@ impl Wait {
     /// Polls until `done` returns true.
     pub fn until(self, mut done: impl FnMut() -> bool) {
         self.until_ok(|| if done() { Ok(()) } else { Err("not yet") })
+    }
+}
+
+/// A [`Wait`] whose polls the caller makes:
+///
+/// ```text
+/// let mut polling = Wait::new("the window to roll over").due(due).polling();
+/// let value = loop {
+///     let began = Instant::now();
+///     match polling.next(began, poll().await) {
+///         Ok(value) => break value,
+///         Err(pause) => tokio::time::sleep(pause).await,
+///     }
+/// };
+/// ```
+#[derive(Debug)]
+pub struct Polling {
+    wait: Wait,
+    started: Instant,
+}
+
+impl Polling {
+    /// What a poll begun at `began` found: its value when `Ok`; else how long to pause
+    /// before the next poll. Panics, naming what was awaited and what this poll saw, once
+    /// the wait's limit is reached.
+    pub fn next<T, E: Display>(&mut self, began: Instant, found: Result<T, E>) -> Result<T, Duration> {
+        let last = match found {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let what = &self.wait.what;
+        let every = self.wait.every;
+        match self.wait.limit {
+            Limit::After(deadline) => {
+                let waited = self.started.elapsed();
+                if waited >= deadline {
+                    panic!("gave up waiting for {what} after {waited:.1?} (at most {deadline:?}): {last}");
+                }
+                Err(every.min(deadline - waited))
+            }
+            Limit::Due(due) => {
+                if began >= due {
+                    let late = began - due;
+                    panic!("{what} was due {late:.1?} before this poll, and it is not so: {last}");
+                }
+                // Poll at the moment it is due, not up to an interval later.
+                let now = Instant::now();
+                Err(every.min(due.saturating_duration_since(now)).max(Duration::from_millis(1)))
+            }
+        }
     }
 }
 
