@@ -255,8 +255,13 @@ impl Envoy {
     /// through the filter, on the connection later requests reuse: stats may count it,
     /// so take baselines after start.
     fn is_ready(&self) -> bool {
-        admin_ready(self.admin_port)
+        self.admin_get("/ready").is_some_and(|r| r.status == 200)
             && http::try_get(&self.agent, &format!("http://127.0.0.1:{}/", self.port)).is_some()
+    }
+
+    /// GET on the admin interface (on a kept-alive connection); `None` if it is not reachable.
+    fn admin_get(&self, path: &str) -> Option<Reply> {
+        http::try_get(&self.agent, &format!("http://127.0.0.1:{}{path}", self.admin_port))
     }
 
     /// Everything Envoy has logged so far.
@@ -288,16 +293,12 @@ impl Envoy {
 
     /// `/stats/prometheus` of the admin interface.
     pub fn stats_prometheus(&self) -> String {
-        stats::prometheus(self.admin_port)
+        self.admin_get("/stats/prometheus").expect("admin interface").body
     }
 
     /// Value of the stat `name` in admin `/stats` (also found as `wasmcustom.<name>`).
     pub fn counter(&self, name: &str) -> Option<u64> {
-        stats::counter(self.admin_port, name)
-    }
-
-    /// Waits until the stat `name` is at least `value` (see [`stats::wait_for`]).
-    pub fn wait_for_counter(&self, name: &str, value: u64, deadline: Duration) -> u64 {
-        stats::wait_for(self.admin_port, name, value, deadline)
+        let text = self.admin_get("/stats").expect("admin interface").body;
+        stats::find(&stats::parse(&text), name)
     }
 }
