@@ -2,16 +2,15 @@
 //! Global quotas end to end: real Envoys with the built filter, the real `tollgate-quota`
 //! service, and a real `redis-server`.
 
-mod common;
-
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::services::{BrokenQuota, Misbehaviour, QuotaService, Redis};
-use common::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
+use tollgate_testkit::envoy::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
+use tollgate_testkit::http::Reply;
+use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaService};
+use tollgate_testkit::redis::Redis;
+use tollgate_testkit::wait::Wait;
 
 const IMAGES: &str = "/v1/images/generations";
 const PREMIUM: &str = "Bearer tg_demo_premium_0123456789";
@@ -108,8 +107,20 @@ fn a_key_created_through_the_admin_api_works_at_once_and_revocation_takes_effect
     assert!(!service.log().contains(&token), "the token is never logged");
 
     service.revoke(&id);
-    sleep(Duration::from_millis(CACHE_TTL_MS + 200));
-    let after = post(&envoy, Some(&bearer));
+    // The key stays cached as valid for at most the cache TTL: the request is repeated
+    // until it is refused, which must be so once the TTL (and 200 ms) has passed.
+    let revoked = Instant::now();
+    let after = Wait::new("the revoked key to be refused")
+        .due(revoked + Duration::from_millis(CACHE_TTL_MS + 200))
+        .every(Duration::from_millis(100))
+        .until_ok(|| {
+            let r = post(&envoy, Some(&bearer));
+            if r.status == 200 {
+                Err(format!("still admitted: {:?}", r.headers))
+            } else {
+                Ok(r)
+            }
+        });
     assert_eq!(after.status, 401, "{}", after.body);
     assert_eq!(after.json()["error"]["code"], "invalid_api_key");
     // A flood of the same bad token is answered from the negative cache.
@@ -151,18 +162,20 @@ fn a_killed_service_gives_each_failure_mode_and_the_breaker_opens_then_closes() 
     assert!(envoy.counter("tollgate.quota.failure_mode.local").unwrap() >= 5);
     assert!(envoy.log().contains("quota service breaker opened"));
 
-    // Back: after the cooldown a probe goes through and closes the breaker.
+    // Back: after the cooldown a probe goes through and closes the breaker. Until then
+    // the requests are short-circuited (premium fails open, degraded).
     service.restart();
-    sleep(Duration::from_millis(COOLDOWN_MS + 300));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = post(&envoy, Some(PREMIUM));
-        if r.status == 200 && r.header("x-tollgate-degraded").is_none() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the breaker never closed: {:?}", r.headers);
-        sleep(Duration::from_millis(200));
-    }
+    Wait::new(format!("the breaker to close ({COOLDOWN_MS} ms cooldown)"))
+        .at_most(Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .until_ok(|| {
+            let r = post(&envoy, Some(PREMIUM));
+            if r.status == 200 && r.header("x-tollgate-degraded").is_none() {
+                Ok(())
+            } else {
+                Err(format!("{} {:?}", r.status, r.headers))
+            }
+        });
     assert!(envoy.counter("tollgate.quota.breaker_closed").unwrap() >= 1);
     assert_eq!(post(&envoy, Some(&pro)).status, 200);
 }
@@ -213,23 +226,23 @@ fn a_redis_restart_and_a_script_flush_are_survived() {
     for _ in 0..3 {
         assert_eq!(post(&envoy, Some(PREMIUM)).header("x-tollgate-degraded"), None);
     }
-    let flushed = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"]).output().unwrap();
-    assert!(flushed.status.success());
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
     let r = post(&envoy, Some(PREMIUM));
     assert_eq!((r.status, r.header("x-tollgate-degraded")), (200, None), "NOSCRIPT is handled by reloading");
     assert_eq!(r.header("x-ratelimit-remaining"), Some("96"));
 
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let r = loop {
-        let r = post(&envoy, Some(PREMIUM));
-        assert!(r.status == 200, "premium fails open, never an error: {} {}", r.status, r.body);
-        if r.header("x-tollgate-degraded").is_none() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "the service never came back after the Redis restart");
-        sleep(Duration::from_millis(200));
-    };
+    let r = Wait::new("the service to come back after the Redis restart")
+        .at_most(Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .until_ok(|| {
+            let r = post(&envoy, Some(PREMIUM));
+            assert!(r.status == 200, "premium fails open, never an error: {} {}", r.status, r.body);
+            match r.header("x-tollgate-degraded") {
+                None => Ok(r),
+                Some(degraded) => Err(format!("still degraded: {degraded}")),
+            }
+        });
     // Redis came back empty (no persistence here): counting starts again.
     assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
     assert!(!service.log().contains("NOSCRIPT"), "{}", service.log());

@@ -1,9 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! The test harness itself, against Envoy without the filter.
 
-mod common;
-
-use common::{sha256_hex, Envoy, EnvoyOptions};
+use tollgate_testkit::envoy::{sha256_hex, Envoy, EnvoyOptions};
 
 fn plain_envoy() -> Envoy {
     Envoy::start(EnvoyOptions { with_filter: false, ..EnvoyOptions::default() })

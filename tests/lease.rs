@@ -2,17 +2,18 @@
 //! Leases end to end: real Envoys with the built filter, the real `tollgate-quota` service
 //! (memory or Redis). Bounds come from the lease module's documented worst case.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::services::{BrokenQuota, Misbehaviour, QuotaService, Redis};
-use common::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions, Reply};
 use serde_json::{json, Value};
+use tollgate_testkit::envoy::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
+use tollgate_testkit::http::Reply;
+use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaService};
+use tollgate_testkit::redis::Redis;
+use tollgate_testkit::wait::Wait;
 
 const IMAGES: &str = "/v1/images/generations";
 const BULK_TOKEN: &str = "tg_test_bulk_0123456789";
@@ -184,16 +185,15 @@ fn a_quota_service_restart_while_leases_are_held_causes_no_errors_and_refills_re
     service.restart();
     assert_eq!(used_units(&service, "bulk/key:test-bulk"), before, "Redis kept the count across the restart");
     let refills = stat(&envoy, "tollgate.quota.lease.refills");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    Wait::new("refills to resume").at_most(Duration::from_secs(15)).until_ok(|| {
         let r = post(&envoy, BULK_TOKEN);
         assert_eq!(r.status, 200, "{}", r.body);
-        if stat(&envoy, "tollgate.quota.lease.refills") > refills && r.header("x-tollgate-degraded").is_none() {
-            break;
+        let now = stat(&envoy, "tollgate.quota.lease.refills");
+        match r.header("x-tollgate-degraded") {
+            None if now > refills => Ok(()),
+            degraded => Err(format!("{now} refills (from {refills}), degraded: {degraded:?}")),
         }
-        assert!(Instant::now() < deadline, "refills never resumed");
-        sleep(Duration::from_millis(50));
-    }
+    });
     assert!(used_units(&service, "bulk/key:test-bulk") > before, "new blocks are counted on top of the old count");
 }
 
@@ -205,11 +205,10 @@ fn an_idle_lease_is_given_back() {
         assert_eq!(post(&envoy, BULK_TOKEN).status, 200);
     }
     assert_eq!(used_units(&service, "bulk/key:test-bulk"), BULK_BLOCK, "one block leased");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stat(&envoy, "tollgate.quota.lease.returns") == 0 {
-        assert!(Instant::now() < deadline, "no return within 10 s of a 500 ms idle time");
-        sleep(Duration::from_millis(100));
-    }
+    Wait::new("a lease return (500 ms idle time)")
+        .at_most(Duration::from_secs(10))
+        .every(Duration::from_millis(100))
+        .until(|| stat(&envoy, "tollgate.quota.lease.returns") > 0);
     assert_eq!(stat(&envoy, "tollgate.quota.lease.return_failures"), 0);
     assert_eq!(stat(&envoy, "tollgate.quota.lease.units_returned"), BULK_BLOCK - 10);
     assert_eq!(used_units(&service, "bulk/key:test-bulk"), 10, "the service counts only what was admitted");
@@ -230,14 +229,35 @@ fn five_a_day_stays_exact() {
     assert_eq!(used_units(&service, "free/ip:127.0.0.1/32"), 5);
 }
 
-/// Sends a request as a client that gives up after `wait` and closes its connection.
-fn abandoned_post(envoy: &Envoy, token: &str, wait: Duration) {
+/// Envoy's count of downstream connections it destroyed.
+const CONNECTIONS_DESTROYED: &str = "http.ingress.downstream_cx_destroy";
+
+/// Sends a request as a client that gives up once `leave` holds (`awaited` says what that
+/// is): it closes its connection, and this returns when Envoy has destroyed the connection,
+/// which it does after the streams on it and their filters (the request's context is gone
+/// then). Both by `deadline`.
+fn abandoned_post(
+    envoy: &Envoy,
+    token: &str,
+    deadline: Instant,
+    awaited: &str,
+    leave: impl FnMut() -> Result<(), String>,
+) {
+    let until_deadline = |what: &str| Wait::new(what).at_most(deadline.saturating_duration_since(Instant::now()));
+    let destroyed = stat(envoy, CONNECTIONS_DESTROYED);
     let mut stream = TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
     let request = format!(
         "POST {IMAGES} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).unwrap();
-    sleep(wait);
+    until_deadline(awaited).until_ok(leave);
+    drop(stream);
+    until_deadline("Envoy to destroy the connection its client closed").until_ok(|| {
+        match stat(envoy, CONNECTIONS_DESTROYED) {
+            now if now > destroyed => Ok(()),
+            now => Err(format!("{CONNECTIONS_DESTROYED} is {now}")),
+        }
+    });
 }
 
 /// How many callouts of `cost` the service has read.
@@ -255,26 +275,28 @@ fn a_client_that_leaves_while_its_request_refills_frees_the_refill_and_the_callo
     config["quota_service"]["timeout_ms"] = json!(10_000);
     config["quota_service"]["max_pending_callouts"] = json!(1);
     let envoy = envoy_with(service.port, &config);
+    // All of it well within the callouts' 10 s.
     let deadline = Instant::now() + Duration::from_secs(5);
-    abandoned_post(&envoy, BULK_TOKEN, Duration::from_millis(300));
-    while callouts_of_cost(&service, BULK_BLOCK) < 1 {
-        assert!(Instant::now() < deadline, "the first request never asked for a block");
-        sleep(Duration::from_millis(50));
-    }
+    // The first client leaves while its request waits for the block it asked for.
+    abandoned_post(&envoy, BULK_TOKEN, deadline, "the first request to ask for a block", || {
+        match callouts_of_cost(&service, BULK_BLOCK) {
+            0 => Err("no callout for a block yet".to_owned()),
+            _ => Ok(()),
+        }
+    });
     // Its client is gone, and the answer would find no request. The next request finds no refill
     // in flight and a free callout slot: it asks for a block itself, rather than deciding
     // exactly (a check of cost 1) for the marker's 11 s, or being refused a callout.
-    sleep(Duration::from_millis(200));
-    abandoned_post(&envoy, BULK_TOKEN, Duration::from_millis(300));
-    while callouts_of_cost(&service, BULK_BLOCK) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no second block asked for: {} exact checks, {} callouts refused",
-            callouts_of_cost(&service, 1),
-            stat(&envoy, "tollgate.quota.failures")
-        );
-        sleep(Duration::from_millis(50));
-    }
+    abandoned_post(&envoy, BULK_TOKEN, deadline, "a second request for a block", || {
+        match callouts_of_cost(&service, BULK_BLOCK) {
+            0 | 1 => Err(format!(
+                "no second block asked for: {} exact checks, {} callouts refused",
+                callouts_of_cost(&service, 1),
+                stat(&envoy, "tollgate.quota.failures")
+            )),
+            _ => Ok(()),
+        }
+    });
     assert_eq!(callouts_of_cost(&service, 1), 0, "no exact check");
     assert_eq!(stat(&envoy, "tollgate.quota.failures"), 0, "no callout refused or failed");
 }
@@ -352,11 +374,10 @@ fn the_request_that_refills_ahead_of_need_does_not_wait_for_the_service() {
     // The service answers again: the refill is credited (by the worker's root context: its
     // request is long gone), and the next requests spend the new block without a callout.
     gate.freeze(false);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stat(&envoy, "tollgate.quota.lease.refills") < 2 {
-        assert!(Instant::now() < deadline, "the refill's answer was never credited");
-        sleep(Duration::from_millis(20));
-    }
+    Wait::new("the refill's answer to be credited (tollgate.quota.lease.refills = 2)")
+        .at_most(Duration::from_secs(10))
+        .every(Duration::from_millis(20))
+        .until(|| stat(&envoy, "tollgate.quota.lease.refills") >= 2);
     assert_eq!(used_units(&service, "bulk/key:test-bulk"), 2 * BULK_BLOCK);
     for _ in 0..10 {
         assert_eq!(post(&envoy, BULK_TOKEN).status, 200);

@@ -4,16 +4,15 @@
 //! (`deploy/grafana/tollgate.json`) selects, with the label values it filters on and the
 //! labels it groups by, must be in Envoy's `/stats/prometheus` or the service's `/metrics`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::services::QuotaService;
-use common::{Envoy, EnvoyOptions};
 use serde_json::Value;
+use tollgate_testkit::envoy::{Envoy, EnvoyOptions};
+use tollgate_testkit::quota_service::QuotaService;
+use tollgate_testkit::wait::Wait;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const DASHBOARD: &str = "deploy/grafana/tollgate.json";
@@ -316,13 +315,16 @@ fn every_dashboard_query_finds_its_series_in_real_scrapes() {
         "{quota_text}"
     );
     // Envoy moves histogram samples to /stats/prometheus at its stats flush (every 5 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !value_of(&parse_exposition(&envoy.stats_prometheus()), "tollgate_quota_latency_ms_count", &[])
-        .is_some_and(|n| n >= 1.0)
-    {
-        assert!(Instant::now() < deadline, "no callout latency recorded:\n{}", envoy.stats_prometheus());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    Wait::new("a callout latency in /stats/prometheus (tollgate_quota_latency_ms_count >= 1)")
+        .at_most(Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .until_ok(|| {
+            let text = envoy.stats_prometheus();
+            match value_of(&parse_exposition(&text), "tollgate_quota_latency_ms_count", &[]) {
+                Some(n) if n >= 1.0 => Ok(()),
+                _ => Err(format!("no callout latency recorded:\n{text}")),
+            }
+        });
     // One line per refusal, naming tier, limit and a hash of the caller's network.
     let log = envoy.log();
     assert!(log.contains("decision=limited tier=free limit=images-per-day caller=ip#"), "{log}");

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml::{Mapping, Value};
+use tollgate_testkit::envoy::{at, http_filters, is_ready, is_wasm, plugin_config_of, set_ports, spawn, Launch, HCM};
+use tollgate_testkit::stats;
 
-use crate::procs::{free_port, http_get, wait_until, Proc};
+use crate::procs::{free_port, Proc};
 use crate::scenario::{plugin_config, Filter, Scenario, HUGE};
-
-const HCM: &str = "static_resources.listeners.0.filter_chains.0.filters.0.typed_config";
-const QUOTA_PORT: &str =
-    "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value";
 
 /// `envoy.yaml`, parsed once.
 pub struct Template {
@@ -26,21 +24,15 @@ impl Template {
     pub fn load(root: &Path) -> Template {
         let text = fs::read_to_string(root.join("envoy.yaml")).expect("read envoy.yaml");
         let mut config: Value = serde_yaml::from_str(&text).expect("parse envoy.yaml");
-        let plugin_text = at(wasm_filter(&mut config), "typed_config.config.configuration.value")
-            .as_str()
-            .expect("envoy.yaml: the plugin configuration is a string")
-            .to_owned();
-        let plugin = serde_json::from_str(&plugin_text).expect("envoy.yaml: the plugin configuration is JSON");
+        let plugin = plugin_config_of(&mut config);
         Template { config, plugin }
     }
 
     /// The Envoy configuration of `scenario`, listening on `ports`.
     pub fn render(&self, scenario: &Scenario, ports: &Ports, wasm: &Wasm) -> String {
         let mut cfg = self.config.clone();
-        *at(&mut cfg, "admin.address.socket_address.port_value") = Value::from(ports.admin);
-        *at(&mut cfg, "static_resources.listeners.0.address.socket_address.port_value") = Value::from(ports.listener);
+        set_ports(&mut cfg, ports.listener, ports.admin, ports.quota);
         *at(&mut cfg, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(scenario.xff_hops);
-        *at(&mut cfg, QUOTA_PORT) = Value::from(ports.quota);
 
         let filters = http_filters(&mut cfg);
         let position = filters.iter().position(is_wasm).expect("envoy.yaml has a wasm filter");
@@ -138,33 +130,6 @@ fn yaml(text: &str) -> Value {
     serde_yaml::from_str(text).expect("valid YAML literal")
 }
 
-/// The node at a dotted path such as `static_resources.listeners.0.address`.
-fn at<'a>(mut node: &'a mut Value, path: &str) -> &'a mut Value {
-    for key in path.split('.') {
-        let next = match key.parse::<usize>() {
-            Ok(i) => node.get_mut(i),
-            Err(_) => node.get_mut(key),
-        };
-        node = next.unwrap_or_else(|| panic!("envoy.yaml: no {path} ({key})"));
-    }
-    node
-}
-
-fn http_filters(cfg: &mut Value) -> &mut Vec<Value> {
-    match at(cfg, &format!("{HCM}.http_filters")) {
-        Value::Sequence(filters) => filters,
-        _ => panic!("envoy.yaml: http_filters is not a list"),
-    }
-}
-
-fn is_wasm(filter: &Value) -> bool {
-    filter.get("name").and_then(Value::as_str) == Some("envoy.filters.http.wasm")
-}
-
-fn wasm_filter(cfg: &mut Value) -> &mut Value {
-    http_filters(cfg).iter_mut().find(|f| is_wasm(f)).expect("envoy.yaml has an envoy.filters.http.wasm filter")
-}
-
 /// A running Envoy: one worker, pinned to `cpu`.
 pub struct Envoy {
     pub proc: Proc,
@@ -173,37 +138,14 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(bin: &Path, config: &Path, log: &Path, ports: Ports, cpu: u32, root: &Path) -> Envoy {
-        let args: Vec<String> = vec![
-            "-c".into(),
-            path_str(config).into(),
-            "--concurrency".into(),
-            "1".into(),
-            "--disable-hot-restart".into(),
-            "--log-level".into(),
-            "info".into(),
-        ];
-        let proc = Proc::spawn_pinned(cpu, bin, &args, log, root);
-        let envoy = Envoy { proc, ports };
-        let admin = envoy.ports.admin;
-        let listener = envoy.ports.listener;
-        wait_until(Duration::from_secs(60), &format!("Envoy ({})", log.display()), || {
-            envoy.proc.assert_running(log);
-            http_get(admin, "/ready").is_some_and(|(status, _)| status == 200)
-                && http_get(listener, "/healthz").is_some()
-        });
-        envoy
+        let launch = Launch { bin, config, log, dir: root, concurrency: 1, cpu: Some(cpu) };
+        let proc = Proc::from(spawn(&launch));
+        proc.expect_ready(Duration::from_secs(60), || is_ready(ports.admin, ports.listener, "/healthz"));
+        Envoy { proc, ports }
     }
 
     /// Every counter and gauge of the admin interface's `/stats`, as name and value.
     pub fn counters(&self) -> Vec<(String, u64)> {
-        let Some((_, body)) = http_get(self.ports.admin, "/stats") else {
-            return Vec::new();
-        };
-        body.lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_owned(), value.trim().parse().ok()?))
-            })
-            .collect()
+        stats::try_counters(self.ports.admin).unwrap_or_default()
     }
 }

@@ -1,19 +1,19 @@
 //! The `tollgate-quota` binary: help, the `keys` commands, serving.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use tollgate_quota::keys::sha256_hex;
 use tollgate_quota::store::{RedisStore, Store};
+use tollgate_testkit::http;
+use tollgate_testkit::quota_service::{QuotaOptions, QuotaService, ENV_VARS};
+use tollgate_testkit::redis::Redis;
 
-use crate::redis_server::{free_port, RedisServer};
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-quota");
 
 fn bin() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate-quota"));
-    for var in ["TOLLGATE_QUOTA_STORE", "TOLLGATE_QUOTA_LISTEN", "TOLLGATE_QUOTA_ADMIN_TOKEN"] {
+    let mut command = Command::new(BIN);
+    for var in ENV_VARS {
         command.env_remove(var);
     }
     command
@@ -63,7 +63,7 @@ fn help_documents_every_flag_and_its_variable_without_showing_secrets() {
 
 #[tokio::test]
 async fn keys_are_created_listed_and_revoked_from_the_command_line() {
-    let server = RedisServer::start();
+    let server = Redis::start();
     let store_flag = format!("--store={}", server.url());
 
     let created = run(&["keys", "create", "--tier", "premium", "--name", "acme", &store_flag]);
@@ -116,39 +116,22 @@ fn a_bad_store_location_is_refused_at_once() {
     assert!(stderr(&output).contains("expected `memory`, `redis://host:port/db`"), "{}", stderr(&output));
 }
 
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    Some(reply)
-}
-
 #[test]
 fn the_binary_serves_and_logs_one_line_without_the_token() {
-    let port = free_port();
-    let mut child = bin()
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--store", "memory"])
-        .env("TOLLGATE_QUOTA_ADMIN_TOKEN", "very-secret-admin-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let health = loop {
-        if let Some(reply) = get(port, "/healthz") {
-            break reply;
-        }
-        assert!(Instant::now() < deadline, "the service did not answer on port {port}");
-        sleep(Duration::from_millis(50));
-    };
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(get(port, "/readyz").unwrap().starts_with("HTTP/1.1 200"));
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    let mut service = QuotaService::start_with(QuotaOptions {
+        bin: PathBuf::from(BIN),
+        store: "memory".to_owned(),
+        admin_token: None,
+        env: vec![("TOLLGATE_QUOTA_ADMIN_TOKEN".to_owned(), "very-secret-admin-token".to_owned())],
+        dir: None,
+        cpu: None,
+    });
+    let health = http::get(service.port, "/healthz").expect("an answer to GET /healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    let ready = http::get(service.port, "/readyz").expect("an answer to GET /readyz");
+    assert_eq!(ready.status, 200, "{ready:?}");
+    service.kill();
+    let log = service.log();
     assert!(log.contains("tollgate-quota serving"), "{log}");
     assert!(log.contains("admin=\"enabled\"") || log.contains("admin=enabled"), "{log}");
     assert!(!log.contains("very-secret-admin-token"), "{log}");

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use tollgate_quota::store::{RedisStore, Store};
+use tollgate_testkit::redis::RedisCluster;
 
-use crate::redis_server::RedisCluster;
 use crate::scenarios::{self, check, unique_key, Fixture, TestTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,7 @@ use tower::ServiceExt;
 
 use tollgate_quota::app::router;
 use tollgate_quota::store::{MemoryStore, RedisStore};
-
-use crate::redis_server::RedisServer;
+use tollgate_testkit::redis::Redis;
 
 const ADMIN: &str = "admin-secret-for-tests";
 
@@ -347,7 +346,7 @@ async fn every_route_is_counted_under_its_own_endpoint_label() {
 
 #[tokio::test]
 async fn a_redis_that_is_down_makes_readyz_and_checks_503_with_retry_after() {
-    let mut server = RedisServer::start();
+    let mut server = Redis::start();
     let app = router(RedisStore::open(&server.url().parse().unwrap()).unwrap(), Some(ADMIN));
     assert_eq!(send(&app, "GET", "/readyz", None, "").await.status, StatusCode::OK);
     server.kill();

@@ -7,6 +7,5 @@ mod cli;
 mod cluster;
 mod http;
 mod memory;
-mod redis_server;
 mod redis_store;
 mod scenarios;

@@ -13,6 +13,7 @@ use tollgate_core::quota::{CheckRequest, CheckResponse, LimitResult, ReturnReque
 use tollgate_quota::keys;
 use tollgate_quota::store::{Check, ManualClock, Return, Store};
 use tollgate_quota::validate;
+use tollgate_testkit::wait::Wait;
 
 /// A store under test and the clock it runs on.
 pub struct Fixture<S> {
@@ -38,10 +39,40 @@ impl TestTime {
         }
     }
 
+    /// Lets `duration` pass: the manual clock moves by it; a real one is slept on. For a
+    /// scenario whose numbers are the time that passed (it measures around it).
     pub async fn sleep(&self, duration: Duration) {
         match self {
             TestTime::Manual { clock, .. } => clock.advance(duration),
             TestTime::Real { .. } => tokio::time::sleep(duration).await,
+        }
+    }
+
+    /// Lets time pass until `effect` holds, which it must once `within` has passed: the
+    /// manual clock moves by exactly `within` and `effect` must hold then; on a real clock
+    /// `effect` is polled, and the first poll begun once `within` has passed must find it.
+    pub async fn until<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut effect: impl AsyncFnMut() -> Result<T, String>,
+    ) -> T {
+        match self {
+            TestTime::Manual { clock, .. } => {
+                clock.advance(within);
+                effect().await.unwrap_or_else(|e| panic!("{what}: not so {within:?} later on the manual clock: {e}"))
+            }
+            TestTime::Real { .. } => {
+                let due = Instant::now() + within;
+                let mut polling = Wait::new(what).due(due).every(Duration::from_millis(20)).polling();
+                loop {
+                    let began = Instant::now();
+                    match polling.next(began, effect().await) {
+                        Ok(value) => return value,
+                        Err(pause) => tokio::time::sleep(pause).await,
+                    }
+                }
+            }
         }
     }
 }
@@ -407,8 +438,19 @@ pub async fn a_return_to_a_past_window_gives_nothing<S: Store>(f: &Fixture<S>) {
     let key = unique_key("free");
     let taken = decide(f, &check(&key, 2, second)).await;
     let window = taken.limits[0].window.unwrap();
-    // Past the reset on any clock: the store's reset_after_ms is rounded up already.
-    f.time.sleep(Duration::from_millis(taken.limits[0].reset_after_ms + 5)).await;
+    // Past the reset on any clock: the store's reset_after_ms is rounded up already. A
+    // check of cost 0 sees the window without charging it.
+    let reset = Duration::from_millis(taken.limits[0].reset_after_ms + 5);
+    f.time
+        .until("the one-second window to roll over", reset, async || {
+            let seen = decide(f, &check(&key, 0, second)).await;
+            if seen.limits[0].window > Some(window) {
+                Ok(())
+            } else {
+                Err(format!("still window {window}: {seen:?}"))
+            }
+        })
+        .await;
     let now = decide(f, &check(&key, 1, second)).await;
     assert!(now.admitted && now.limits[0].window > Some(window), "{now:?}");
     assert_eq!(now.limits[0].remaining, 2);
