@@ -5,13 +5,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 envoy=$(scripts/envoy-bin.sh)
-cargo build -q -p tollgate-quota
+cargo build -q -p tollgate-quota -p tollgate-testkit --bin tollgate-quota --bin tollgate-standin
 store=${REDIS_URL:-memory}
 admin=${TOLLGATE_QUOTA_ADMIN_TOKEN:-demo-admin-token}
 
 target/debug/tollgate-quota --listen 127.0.0.1:8081 --store "$store" --admin-token "$admin" &
 quota=$!
-trap 'kill "$quota" 2>/dev/null || true' EXIT INT TERM
+# The stand-in AI upstream behind /v1/chat/completions (envoy.yaml, cluster ai_upstream).
+target/debug/tollgate-standin 8082 &
+upstream=$!
+trap 'kill "$quota" "$upstream" 2>/dev/null || true' EXIT INT TERM
 
 cat <<EOT
 tollgate: Envoy on http://127.0.0.1:10000 (admin :9901), quota service on :8081 (store: $store)

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::http::{self, Reply};
 use crate::ports::free_ports;
 use crate::process::{self, Process};
+use crate::standin::Standin;
 use crate::{scratch, stats, workspace_root};
 
 /// How long Envoy may take to become ready (or to fail) before a test gives up.
@@ -23,6 +24,9 @@ pub const HCM: &str = "static_resources.listeners.0.filter_chains.0.filters.0.ty
 /// The port of the quota service cluster's one endpoint, in `envoy.yaml`.
 pub const QUOTA_PORT: &str =
     "static_resources.clusters.0.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value";
+/// The port of the stand-in AI upstream cluster's one endpoint, in `envoy.yaml`.
+pub const UPSTREAM_PORT: &str =
+    "static_resources.clusters.1.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value";
 const LISTENER_PORT: &str = "static_resources.listeners.0.address.socket_address.port_value";
 const ADMIN_PORT: &str = "admin.address.socket_address.port_value";
 
@@ -190,6 +194,8 @@ pub struct Envoy {
     pub admin_port: u16,
     process: Process,
     agent: ureq::Agent,
+    /// The AI upstream behind the chat route, as long as Envoy runs.
+    _upstream: Standin,
 }
 
 impl Envoy {
@@ -221,6 +227,8 @@ impl Envoy {
         let mut config = repository_config();
         let quota_port = options.quota_port.unwrap_or_else(crate::ports::free_port);
         set_ports(&mut config, port, admin_port, quota_port);
+        let upstream = Standin::start(0);
+        *at(&mut config, UPSTREAM_PORT) = Value::from(upstream.port);
         *at(&mut config, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(options.xff_trusted_hops);
         if options.with_filter {
             let wasm = tollgate_wasm();
@@ -248,7 +256,7 @@ impl Envoy {
             cpu: None,
         };
         let process = spawn(&launch);
-        Envoy { port, admin_port, process, agent: http::client(http::IO_TIMEOUT) }
+        Envoy { port, admin_port, process, agent: http::client(http::IO_TIMEOUT), _upstream: upstream }
     }
 
     /// Admin `/ready` says LIVE and the listener answers HTTP. The probe is a `GET /`

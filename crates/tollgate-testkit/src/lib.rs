@@ -10,11 +10,12 @@
 //! - [`envoy`]: Envoy (`$ENVOY_BIN`) started on free ports, and the repository's `envoy.yaml`.
 //! - [`redis`]: `redis-server` processes and a three-master cluster.
 //! - [`quota_service`]: the `tollgate-quota` binary, and a stand-in that misbehaves.
+//! - [`standin`]: a stand-in AI upstream that answers with usage and streams events.
 
 // Test support: when a process does not start, a port does not answer or an awaited
 // condition never comes, the test that asked must fail there, with a message that names
 // what went wrong. Panicking is how this crate reports errors.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,6 +27,7 @@ pub mod process;
 pub mod quota_service;
 pub mod redis;
 pub mod scratch;
+pub mod standin;
 pub mod stats;
 pub mod wait;
 
