@@ -71,6 +71,7 @@ pub struct Metrics {
     /// Per tier, per unit its limits count besides requests: what admitted requests
     /// reserved and what they were charged once settled.
     units: Vec<UnitCounters>,
+    settled: Option<u32>,
     settle_failures: Option<u32>,
 }
 
@@ -80,11 +81,9 @@ type UnitCounters = Vec<(Unit, Option<u32>, Option<u32>)>;
 /// `tollgate.units.<tier>.<unit>.reserved` and `.charged` for each unit the tier's limits
 /// count besides requests.
 fn tier_units(tier: &str, limits: &[Limit]) -> UnitCounters {
-    let mut units: Vec<Unit> = limits.iter().map(|l| l.unit).filter(|u| *u != Unit::Requests).collect();
-    units.sort_by_key(|u| u.as_str());
-    units.dedup();
-    units
+    [Unit::Images, Unit::InputTokens, Unit::OutputTokens, Unit::Tokens]
         .into_iter()
+        .filter(|u| limits.iter().any(|l| l.unit == *u))
         .map(|u| {
             let name = |what: &str| counter(&format!("tollgate.units.{tier}.{}.{what}", u.as_str()));
             (u, name("reserved"), name("charged"))
@@ -149,6 +148,7 @@ impl Metrics {
             lease_return_failures: q("tollgate.quota.lease.return_failures", MetricType::Counter),
             lease_units_returned: q("tollgate.quota.lease.units_returned", MetricType::Counter),
             units: config.tiers.iter().map(|t| tier_units(&t.name, &t.limits)).collect(),
+            settled: counter("tollgate.settle.settled"),
             settle_failures: counter("tollgate.settle.failures"),
         }
     }
@@ -160,6 +160,7 @@ impl Metrics {
             bump(self.settle_failures, 1);
             return;
         };
+        bump(self.settled, 1);
         let Some(row) = self.units.get(tier) else {
             return;
         };

@@ -24,10 +24,12 @@ const STREAM_CALLBACKS: [&str; 11] = [
 ];
 
 /// The ones tollgate implements (or needs for its contexts' lifetime).
-const IMPLEMENTED: [&str; 5] = [
+const IMPLEMENTED: [&str; 7] = [
     "proxy_on_context_create",
     "proxy_on_request_headers",
+    "proxy_on_request_body",
     "proxy_on_response_headers",
+    "proxy_on_response_body",
     "proxy_on_http_call_response",
     "proxy_on_delete",
 ];

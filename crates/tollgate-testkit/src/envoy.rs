@@ -179,11 +179,21 @@ pub struct EnvoyOptions {
     pub with_filter: bool,
     /// Port of the quota service cluster; `None` points it at a port nobody listens on.
     pub quota_port: Option<u16>,
+    /// Route image generation to the stand-in AI upstream too (`envoy.yaml` answers it
+    /// with a direct response, which leaves before a request body is read).
+    pub images_upstream: bool,
 }
 
 impl Default for EnvoyOptions {
     fn default() -> Self {
-        Self { concurrency: 2, xff_trusted_hops: 0, plugin_config: None, with_filter: true, quota_port: None }
+        Self {
+            concurrency: 2,
+            xff_trusted_hops: 0,
+            plugin_config: None,
+            with_filter: true,
+            quota_port: None,
+            images_upstream: false,
+        }
     }
 }
 
@@ -229,6 +239,13 @@ impl Envoy {
         set_ports(&mut config, port, admin_port, quota_port);
         let upstream = Standin::start(0);
         *at(&mut config, UPSTREAM_PORT) = Value::from(upstream.port);
+        if options.images_upstream {
+            let images = at(&mut config, &format!("{HCM}.route_config.virtual_hosts.0.routes.0"));
+            assert_eq!(images["match"]["prefix"], "/v1/images/generations", "envoy.yaml: the first route is images");
+            *images =
+                serde_yaml::from_str("{ match: { prefix: /v1/images/generations }, route: { cluster: ai_upstream } }")
+                    .expect("a route");
+        }
         *at(&mut config, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(options.xff_trusted_hops);
         if options.with_filter {
             let wasm = tollgate_wasm();

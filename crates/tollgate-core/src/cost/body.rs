@@ -36,8 +36,10 @@ impl fmt::Display for BodyError {
 /// The largest `n` or token count a body may ask for: beyond it no limit could admit it.
 const MAX_COUNT: u64 = 1_000_000_000;
 
+/// The fields of every metered API that set a cost, read in one pass: one parser for all
+/// the APIs keeps the filter small. Each API reads its own; the others are absent.
 #[derive(Deserialize)]
-struct Images<'a> {
+struct Fields<'a> {
     #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -46,22 +48,24 @@ struct Images<'a> {
     size: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     quality: Option<Cow<'a, str>>,
+    /// Images' prompt; Chat's and Anthropic's messages; Responses' and Embeddings' input;
+    /// Responses' instructions; Anthropic's system prompt.
     #[serde(default, borrow)]
     prompt: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Chat<'a> {
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     messages: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    instructions: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    system: Option<&'a RawValue>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
-    n: Option<u64>,
+    max_output_tokens: Option<u64>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -74,51 +78,15 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-#[derive(Deserialize)]
-struct Responses<'a> {
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    input: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    instructions: Option<&'a RawValue>,
-    #[serde(default)]
-    max_output_tokens: Option<u64>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct Embeddings<'a> {
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    input: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Messages<'a> {
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    system: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    messages: Option<&'a RawValue>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
 /// Reads what a request body of `api` asks for.
 pub fn read(api: Api, body: &[u8]) -> Result<Demand, BodyError> {
-    fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, BodyError> {
+    fn parse(body: &[u8]) -> Result<Fields<'_>, BodyError> {
         // serde would read a struct from a JSON array too: the APIs take objects only.
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(BodyError::Malformed("expected a JSON object".to_owned()));
         }
         let mut de = serde_json::Deserializer::from_slice(body);
-        let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let value: Fields<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             BodyError::Malformed(if path == "." { inner.to_string() } else { format!("at `{path}`: {inner}") })
@@ -127,63 +95,52 @@ pub fn read(api: Api, body: &[u8]) -> Result<Demand, BodyError> {
         Ok(value)
     }
     let size = |raw: Option<&RawValue>| raw.map_or(0, |r| r.get().len());
+    let b: Fields<'_> = parse(body)?;
+    let model = b.model.map(Cow::into_owned);
+    let stream = b.stream.unwrap_or(false);
     let demand = match api {
-        Api::OpenaiImages => {
-            let b: Images<'_> = parse(body)?;
-            Demand {
-                model: b.model.map(Cow::into_owned),
-                images: count("n", b.n.unwrap_or(1))?,
-                size: b.size.map(Cow::into_owned),
-                quality: b.quality.map(Cow::into_owned),
-                input_tokens: tokens_in(size(b.prompt)),
-                // No text is generated (a model's image tokens are settled from its usage).
-                max_output_tokens: Some(0),
-                ..Demand::default()
-            }
-        }
+        Api::OpenaiImages => Demand {
+            model,
+            images: count("n", b.n.unwrap_or(1))?,
+            size: b.size.map(Cow::into_owned),
+            quality: b.quality.map(Cow::into_owned),
+            input_tokens: tokens_in(size(b.prompt)),
+            // No text is generated (a model's image tokens are settled from its usage).
+            max_output_tokens: Some(0),
+            ..Demand::default()
+        },
         Api::OpenaiChat => {
-            let b: Chat<'_> = parse(body)?;
             let choices = count("n", b.n.unwrap_or(1))?;
-            let max = b.max_completion_tokens.or(b.max_tokens);
-            let field = if b.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+            let (field, max) = match (b.max_completion_tokens, b.max_tokens) {
+                (Some(m), _) => ("max_completion_tokens", Some(m)),
+                (None, m) => ("max_tokens", m),
+            };
             Demand {
-                model: b.model.map(Cow::into_owned),
+                model,
                 input_tokens: tokens_in(size(b.messages)),
                 max_output_tokens: max.map(|m| count(field, m)).transpose()?.map(|m| m.saturating_mul(choices)),
-                stream: b.stream.unwrap_or(false),
+                stream,
                 include_usage: b.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
                 ..Demand::default()
             }
         }
-        Api::OpenaiResponses => {
-            let b: Responses<'_> = parse(body)?;
-            Demand {
-                model: b.model.map(Cow::into_owned),
-                input_tokens: tokens_in(size(b.input).saturating_add(size(b.instructions))),
-                max_output_tokens: b.max_output_tokens.map(|m| count("max_output_tokens", m)).transpose()?,
-                stream: b.stream.unwrap_or(false),
-                ..Demand::default()
-            }
-        }
+        Api::OpenaiResponses => Demand {
+            model,
+            input_tokens: tokens_in(size(b.input).saturating_add(size(b.instructions))),
+            max_output_tokens: b.max_output_tokens.map(|m| count("max_output_tokens", m)).transpose()?,
+            stream,
+            ..Demand::default()
+        },
         Api::OpenaiEmbeddings => {
-            let b: Embeddings<'_> = parse(body)?;
-            Demand {
-                model: b.model.map(Cow::into_owned),
-                input_tokens: tokens_in(size(b.input)),
-                max_output_tokens: Some(0),
-                ..Demand::default()
-            }
+            Demand { model, input_tokens: tokens_in(size(b.input)), max_output_tokens: Some(0), ..Demand::default() }
         }
-        Api::AnthropicMessages => {
-            let b: Messages<'_> = parse(body)?;
-            Demand {
-                model: b.model.map(Cow::into_owned),
-                input_tokens: tokens_in(size(b.messages).saturating_add(size(b.system))),
-                max_output_tokens: b.max_tokens.map(|m| count("max_tokens", m)).transpose()?,
-                stream: b.stream.unwrap_or(false),
-                ..Demand::default()
-            }
-        }
+        Api::AnthropicMessages => Demand {
+            model,
+            input_tokens: tokens_in(size(b.messages).saturating_add(size(b.system))),
+            max_output_tokens: b.max_tokens.map(|m| count("max_tokens", m)).transpose()?,
+            stream,
+            ..Demand::default()
+        },
     };
     Ok(demand)
 }
