@@ -125,14 +125,11 @@ const PROMPT: &str = r#"[{"role":"user","content":"Say hi"}]"#;
 fn chat(max_tokens: u64, stream: Option<bool>) -> String {
     let mut body =
         json!({ "model": "m", "messages": serde_json::from_str::<Value>(PROMPT).unwrap(), "max_tokens": max_tokens });
-    match stream {
-        Some(include_usage) => {
-            body["stream"] = json!(true);
-            if include_usage {
-                body["stream_options"] = json!({ "include_usage": true });
-            }
+    if let Some(include_usage) = stream {
+        body["stream"] = json!(true);
+        if include_usage {
+            body["stream_options"] = json!({ "include_usage": true });
         }
-        None => {}
     }
     body.to_string()
 }
