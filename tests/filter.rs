@@ -19,8 +19,10 @@ fn envoy_with(config: &Value, xff_trusted_hops: u32) -> Envoy {
     Envoy::start(EnvoyOptions { plugin_config: Some(config.to_string()), xff_trusted_hops, ..EnvoyOptions::default() })
 }
 
+/// A POST; chat is a metered route, whose body is read (an empty one is a 400).
 fn post(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Reply {
-    envoy.request("POST", path, headers)
+    let body = if path == CHAT { r#"{"model":"m","messages":[],"max_tokens":10}"# } else { "" };
+    envoy.request_with_body("POST", path, headers, body)
 }
 
 fn statuses(replies: &[Reply]) -> Vec<u16> {

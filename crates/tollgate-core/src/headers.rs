@@ -3,6 +3,7 @@
 //! GitHub-style `X-RateLimit-*` family for the tightest limit.
 
 use crate::config::{HeaderOptions, Limit};
+use crate::cost::Unit;
 use crate::limit::Standing;
 use crate::time::{ceil_secs, Nanos};
 
@@ -129,6 +130,43 @@ pub fn rate_limit_headers(
     }
 }
 
+/// OpenAI's headers for the tightest limit of requests and the tightest of tokens among
+/// `standings`: `x-ratelimit-limit-requests`, `-remaining-requests`, `-reset-requests`
+/// (a duration such as `6m0s`), and the same three with `-tokens`.
+pub fn openai_headers(limits: &[Limit], standings: &[Standing], out: &mut Headers) {
+    let tightest_of = |tokens: bool| {
+        standings
+            .iter()
+            .filter_map(|s| Some((limits.get(s.index)?, s)))
+            .filter(|(l, _)| if tokens { l.unit.settles() } else { l.unit == Unit::Requests })
+            .min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset_after_ns.cmp(&a.reset_after_ns)))
+    };
+    let mut digits = itoa::Buffer::new();
+    if let Some((limit, s)) = tightest_of(false) {
+        out.push("x-ratelimit-limit-requests", digits.format(limit.capacity()));
+        out.push("x-ratelimit-remaining-requests", digits.format(s.remaining));
+        out.push("x-ratelimit-reset-requests", &duration(s.reset_after_ns));
+    }
+    if let Some((limit, s)) = tightest_of(true) {
+        out.push("x-ratelimit-limit-tokens", digits.format(limit.capacity()));
+        out.push("x-ratelimit-remaining-tokens", digits.format(s.remaining));
+        out.push("x-ratelimit-reset-tokens", &duration(s.reset_after_ns));
+    }
+}
+
+/// A duration as OpenAI writes it: `1s`, `6m0s`, `1h2m3s` (whole seconds, rounded up).
+pub fn duration(ns: u64) -> String {
+    let secs = ceil_secs(ns);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// The limit with the fewest units left; among equals, the one that resets last.
 pub fn tightest(standings: &[Standing]) -> usize {
     standings
@@ -145,7 +183,18 @@ pub fn retry_after_secs(retry_after_ns: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Headers;
+    use super::{duration, Headers};
+
+    #[test]
+    fn durations_read_as_openai_writes_them() {
+        const SEC: u64 = 1_000_000_000;
+        assert_eq!(duration(1), "1s");
+        assert_eq!(duration(SEC), "1s");
+        assert_eq!(duration(59 * SEC + 1), "1m0s");
+        assert_eq!(duration(360 * SEC), "6m0s");
+        assert_eq!(duration(3723 * SEC), "1h2m3s");
+        assert_eq!(duration(0), "0s");
+    }
 
     #[test]
     fn values_share_one_buffer_and_keep_their_order() {

@@ -191,6 +191,8 @@ pub struct HeaderOptions {
     pub ietf: bool,
     pub x_ratelimit: bool,
     pub problem_json: bool,
+    /// OpenAI's `x-ratelimit-*-requests` and `-tokens`, on metered routes.
+    pub openai: bool,
 }
 
 #[derive(Debug, Clone, Copy)]

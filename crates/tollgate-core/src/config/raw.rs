@@ -259,11 +259,13 @@ pub struct RawHeaders {
     pub x_ratelimit: bool,
     #[serde(default)]
     pub problem_json: bool,
+    #[serde(default = "yes")]
+    pub openai: bool,
 }
 
 impl Default for RawHeaders {
     fn default() -> Self {
-        RawHeaders { ietf: true, x_ratelimit: true, problem_json: false }
+        RawHeaders { ietf: true, x_ratelimit: true, problem_json: false, openai: true }
     }
 }
 

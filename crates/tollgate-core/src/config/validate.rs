@@ -62,6 +62,7 @@ impl TryFrom<RawConfig> for Config {
                 ietf: raw.headers.ietf,
                 x_ratelimit: raw.headers.x_ratelimit,
                 problem_json: raw.headers.problem_json,
+                openai: raw.headers.openai,
             },
             store,
             quota,

@@ -4,7 +4,7 @@
 use super::metering::{Metering, Standings};
 use super::outcome::{Decision, Outcome, QuotaReport};
 use crate::config::{Config, Mode};
-use crate::headers::{rate_limit_headers, tightest};
+use crate::headers::{openai_headers, rate_limit_headers, tightest};
 use crate::reply::{self, Refusal};
 use crate::store::UpdateReport;
 use crate::time::Nanos;
@@ -58,6 +58,9 @@ pub(super) fn conclude(
         .map(|(p, s)| (p, *s));
     let focus = refusal.map_or_else(|| tightest(&standings), |(pos, _)| pos);
     rate_limit_headers(&config.headers, &tier.limits, &standings, focus, now, &mut decision.response_headers);
+    if config.headers.openai && costs.charges.is_some() {
+        openai_headers(&tier.limits, &standings, &mut decision.response_headers);
+    }
 
     let Some((_, standing)) = refusal else {
         return decision;

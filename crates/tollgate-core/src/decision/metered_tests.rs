@@ -14,9 +14,7 @@ const EVENING: Nanos = Nanos(1_795_456_800 * SEC);
 const IMAGES: &str = "/v1/images/generations";
 const CHAT: &str = "/v1/chat/completions";
 
-fn config() -> Config {
-    Config::from_json(
-        br#"{
+const CONFIG: &str = r#"{
           "identity": { "anonymous": { "tier": "free" } },
           "tiers": { "free": { "limits": [
             { "name": "images-per-day", "limit": 5, "window": "1d", "algorithm": "fixed_window", "unit": "images" },
@@ -26,9 +24,10 @@ fn config() -> Config {
             { "path": "/v1/images/generations", "meter": "openai_images", "image_weights": { "hd": 2 } },
             { "path": "/v1/chat/completions", "meter": "openai_chat", "default_max_output_tokens": 300 },
             { "path_prefix": "/" } ]
-        }"#,
-    )
-    .unwrap()
+        }"#;
+
+fn config() -> Config {
+    Config::from_json(CONFIG.as_bytes()).unwrap()
 }
 
 fn post<'a>(path: &'a str, body: &'a str) -> RequestInfo<'a> {
@@ -230,4 +229,30 @@ fn concurrent_reservations_never_overshoot_and_settle_to_what_was_used() {
     }
     let total: u64 = used.iter().sum();
     assert_eq!(remaining_tokens(&c, &s, EVENING), 1000u64.saturating_sub(total), "charged exactly what was used");
+}
+
+#[test]
+fn metered_routes_carry_openai_rate_limit_headers() {
+    let (c, s) = (config(), FakeSharedData::default());
+    let d = decide(&c, &s, &post(CHAT, r#"{"messages":[],"max_tokens":99}"#), EVENING);
+    assert_eq!(header(&d, "x-ratelimit-limit-requests"), Some("100"));
+    assert_eq!(header(&d, "x-ratelimit-remaining-requests"), Some("99"));
+    assert_eq!(header(&d, "x-ratelimit-reset-requests"), Some("1s"), "100 a minute: a token every 0.6 s");
+    assert_eq!(header(&d, "x-ratelimit-limit-tokens"), Some("1000"));
+    assert_eq!(header(&d, "x-ratelimit-remaining-tokens"), Some("900"));
+    assert_eq!(header(&d, "x-ratelimit-reset-tokens"), Some("6h0m0s"), "the day ends at midnight, 6 h after 18:00");
+    let plain = decide(&c, &s, &RequestInfo { body: None, ..post("/other", "") }, EVENING);
+    assert_eq!(header(&plain, "x-ratelimit-limit-requests"), None, "only on metered routes");
+    let off = Config::from_json(
+        serde_json::to_string(&{
+            let mut v: Value = serde_json::from_str(CONFIG).unwrap();
+            v["headers"] = serde_json::json!({ "openai": false });
+            v
+        })
+        .unwrap()
+        .as_bytes(),
+    )
+    .unwrap();
+    let d = decide(&off, &s, &post(CHAT, r#"{"messages":[],"max_tokens":99}"#), EVENING);
+    assert_eq!(header(&d, "x-ratelimit-limit-tokens"), None);
 }
