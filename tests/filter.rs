@@ -226,16 +226,14 @@ fn shadow_mode_never_blocks_but_reports() {
 #[test]
 fn an_invalid_config_is_refused_and_the_log_names_the_field() {
     let mut config = default_plugin_config();
-    config["tiers"]["free"]["limits"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({ "name": "burst", "limit": 2, "window": "10x" }));
+    let limits = config["tiers"]["free"]["limits"].as_array_mut().unwrap();
+    let index = limits.len();
+    limits.push(json!({ "name": "burst", "limit": 2, "window": "10x" }));
     let log =
         Envoy::start_expect_failure(EnvoyOptions { plugin_config: Some(config.to_string()), ..Default::default() });
-    assert!(
-        log.contains("invalid configuration: tiers.free.limits[1].window: expected a duration like 10s, 1m, 1h, 1d"),
-        "{log}"
-    );
+    let expected =
+        format!("invalid configuration: tiers.free.limits[{index}].window: expected a duration like 10s, 1m, 1h, 1d");
+    assert!(log.contains(&expected), "{log}");
 
     let log = Envoy::start_expect_failure(EnvoyOptions {
         plugin_config: Some(r#"{"tiers": {}, "routes": [{"path_prefix": "/"}], "colour": 1}"#.to_owned()),
