@@ -292,6 +292,12 @@ fn every_dashboard_query_finds_its_series_in_real_scrapes() {
     let unknown = envoy.request("POST", images, &[("authorization", "Bearer tg_unknown_0123456789abcdef")]);
     assert_eq!(unknown.status, 401, "{}", unknown.body);
     assert_eq!(envoy.request("POST", images, &[("authorization", "Basic Zm9vOmJhcg==")]).status, 400);
+    // A metered chat request: its tokens are reserved, then settled to the stand-in
+    // upstream's usage (10 in, 40 out).
+    let body = r#"{"model":"m","messages":[],"max_tokens":20}"#;
+    let chat = envoy.request_with_body("POST", "/v1/chat/completions", &[], body);
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    Wait::new("the chat request to be settled").until(|| envoy.counter("tollgate.settle.settled") == Some(1));
 
     let envoy_text = envoy.stats_prometheus();
     let quota_text = quota.metrics();
@@ -300,7 +306,7 @@ fn every_dashboard_query_finds_its_series_in_real_scrapes() {
 
     // The stats_tags of envoy.yaml at work: labels, not one metric name per tier and outcome.
     let free = |outcome| value_of(&envoy_series, "tollgate_requests", &[("tier", "free"), ("outcome", outcome)]);
-    assert_eq!(free("allowed"), Some(5.0), "{envoy_text}");
+    assert_eq!(free("allowed"), Some(6.0), "5 images and the chat request: {envoy_text}");
     assert_eq!(free("limited"), Some(1.0), "{envoy_text}");
     let none = |outcome| value_of(&envoy_series, "tollgate_requests", &[("tier", "none"), ("outcome", outcome)]);
     assert_eq!(none("unauthenticated"), Some(1.0), "{envoy_text}");
@@ -309,6 +315,9 @@ fn every_dashboard_query_finds_its_series_in_real_scrapes() {
         !envoy_text.contains("tollgate_requests_free_allowed"),
         "tier and outcome still in the name:\n{envoy_text}"
     );
+    let tokens = |kind| value_of(&envoy_series, kind, &[("tier", "free"), ("unit", "tokens")]);
+    assert_eq!(tokens("tollgate_units_charged"), Some(50.0), "{envoy_text}");
+    assert_eq!(tokens("tollgate_units_reserved"), Some(21.0), "1 token of prompt and 20 out: {envoy_text}");
     assert_eq!(
         value_of(&quota_series, "tollgate_quota_decisions_total", &[("tier", "free"), ("outcome", "limited")]),
         Some(1.0),
