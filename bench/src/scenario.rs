@@ -256,12 +256,19 @@ pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
             }
         }
     }
+    // The routes without the names of limits they apply: the benchmark tier has its own.
+    let mut routes = base.get("routes").cloned().unwrap_or(json!([]));
+    for route in routes.as_array_mut().into_iter().flatten() {
+        if let Some(route) = route.as_object_mut() {
+            route.remove("limits");
+        }
+    }
     let mut config = json!({
         "mode": base.get("mode").cloned().unwrap_or(json!("enforce")),
         "identity": { "api_key_header": "x-api-key", "anonymous": { "tier": "bench" } },
         "keys": keys,
         "tiers": { "bench": { "limits": limits } },
-        "routes": base.get("routes").cloned().unwrap_or(json!([])),
+        "routes": routes,
         "headers": { "ietf": true, "x_ratelimit": true },
     });
     if let Filter::TollgateGlobal { strict, .. } = filter {
@@ -287,6 +294,24 @@ mod tests {
         let filter = Filter::TollgateGlobal { store: QuotaStore::Memory, strict };
         let config = plugin_config(&json!({}), filter).unwrap();
         config["tiers"]["bench"]["limits"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn every_configuration_is_valid_for_the_filter_with_envoy_yaml_routes() {
+        let base = tollgate_testkit::envoy::default_plugin_config();
+        let filters = [
+            Filter::TollgateLocal { keys: 1 },
+            Filter::TollgateLocal { keys: 10_000 },
+            Filter::TollgateAnonymous,
+            Filter::TollgateGlobal { store: QuotaStore::Memory, strict: true },
+            Filter::TollgateGlobal { store: QuotaStore::Memory, strict: false },
+        ];
+        for filter in filters {
+            let config = plugin_config(&base, filter).unwrap();
+            if let Err(e) = tollgate_core::Config::from_json(config.to_string().as_bytes()) {
+                panic!("the benchmark's plugin config is refused: {e}");
+            }
+        }
     }
 
     #[test]
