@@ -216,10 +216,18 @@ impl TollgateHttp {
         if let Some(reservation) = decision.reservation.take() {
             self.reserved = Some(Reserved { reservation, succeeded: None, reading: None });
         }
-        if state.worker.borrow_mut().take_over(&mut decision) {
-            // Wake the root context; without a queue (or if it fails) the tick sends it.
-            if let Some(queue) = state.queue {
-                let _ = hostcalls::enqueue_shared_queue(queue, Some(b"r"));
+        if let Some(lease) = decision.lease.take() {
+            state.worker.borrow_mut().remember(lease);
+        }
+        if let Some(call) = decision.refill.take() {
+            let mut refills = state.refills.borrow_mut();
+            refills.push(*call);
+            // One ring per batch wakes the root context; without a queue (or if it fails)
+            // the tick sends it.
+            if refills.len() == 1 {
+                if let Some(queue) = state.queue {
+                    let _ = hostcalls::enqueue_shared_queue(queue, Some(b"r"));
+                }
             }
         }
         crate::logs::decision(&state.config, &decision);

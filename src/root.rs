@@ -33,7 +33,7 @@ impl TollgateRoot {
     /// Sends the refills ahead of need that requests handed over; one that cannot leave
     /// releases its marker, so that a later request refills.
     fn send_refills(&mut self, state: &State) {
-        let calls = state.worker.borrow_mut().take_refills();
+        let calls = std::mem::take(&mut *state.refills.borrow_mut());
         for call in calls {
             let Callout { path, body, pending } = call;
             match state.dispatch(path, &body) {
@@ -110,7 +110,8 @@ impl RootContext for TollgateRoot {
         });
         let worker = RefCell::new(Worker::for_config(&config));
         let metrics = Metrics::define(&config);
-        self.state = Some(Rc::new(State { config, metrics, worker, queue: queue.flatten() }));
+        let refills = RefCell::new(Vec::new());
+        self.state = Some(Rc::new(State { config, metrics, worker, refills, queue: queue.flatten() }));
         true
     }
 
@@ -123,7 +124,7 @@ impl RootContext for TollgateRoot {
         };
         self.send_refills(&state);
         state.metrics.flush();
-        let tick = state.worker.borrow_mut().tick(&state.config, &HostSharedData, host::now());
+        let tick = decision::tick(&state.config, &HostSharedData, &mut state.worker.borrow_mut(), host::now());
         state.metrics.record_blocks_given_back(tick.blocks_given_back);
         let Some(quota) = state.config.quota.as_ref() else {
             return;

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
-use tollgate_core::decision::Answer;
+use tollgate_core::decision::{Answer, Callout};
 use tollgate_core::worker::Worker;
 use tollgate_core::{Config, Nanos};
 
@@ -17,6 +17,9 @@ pub struct State {
     pub config: Config,
     pub metrics: Metrics,
     pub worker: RefCell<Worker>,
+    /// Refills ahead of need that requests handed over, for the root context to send: a
+    /// callout a request sends is answered to that request's context, gone by then.
+    pub refills: RefCell<Vec<Callout>>,
     /// This worker's shared queue: a request rings it to have the root context send the
     /// refills ahead of need it handed over at once (else the next tick does).
     pub queue: Option<u32>,

@@ -1,16 +1,13 @@
 //! What one worker keeps between requests, and its tick's policy: the cache of verified
-//! keys, its blocks, the leases it refilled (to return them when idle), the refills ahead
-//! of need that requests handed over, and its callouts in flight. The adapter holds one
-//! per worker thread and performs what the tick returns.
+//! keys, its blocks, the leases it refilled (to return them when idle), and its callouts
+//! in flight. The adapter holds one per worker thread; [`crate::decision::tick`] decides
+//! what its tick gives back and returns.
 
 use crate::config::Config;
-use crate::decision::{give_back, Callout, Decision, GivenBack};
 use crate::keycache::KeyCache;
-use crate::lease::{self, IdleReturn, Records, RefilledLease};
+use crate::lease::RefilledLease;
 use crate::quota::ReturnRequest;
-use crate::store::SharedStore;
-use crate::time::Nanos;
-use crate::worker_block::{WorkerBlocks, IDLE_GIVE_BACK_NS, MAX_BLOCKS, MAX_GIVE_BACKS_PER_TICK};
+use crate::worker_block::{WorkerBlocks, IDLE_GIVE_BACK_NS, MAX_BLOCKS};
 
 /// Leases a worker remembers at most; past it the oldest is forgotten (its balance is then
 /// not returned: under-admission, never over).
@@ -24,10 +21,7 @@ pub struct Worker {
     pub keys: KeyCache,
     pub blocks: WorkerBlocks,
     /// Leases this worker refilled, looked at on each tick to return idle ones.
-    leases: Vec<RefilledLease>,
-    /// Refills ahead of need that requests handed over, for the root context to send: a
-    /// callout a request sends is answered to that request's context, gone by then.
-    refills: Vec<Callout>,
+    pub(crate) leases: Vec<RefilledLease>,
     callouts_in_flight: u32,
 }
 
@@ -75,22 +69,6 @@ impl Worker {
         self.callouts_in_flight = self.callouts_in_flight.saturating_sub(1);
     }
 
-    /// Takes what a decision hands the worker: a lease to remember, a refill to send ahead
-    /// of need. `true`: the refill queue was empty, so the root context should be woken
-    /// (one wake per batch; else the tick sends it).
-    pub fn take_over(&mut self, decision: &mut Decision) -> bool {
-        if let Some(lease) = decision.lease.take() {
-            self.remember(lease);
-        }
-        match decision.refill.take() {
-            Some(call) => {
-                self.refills.push(*call);
-                self.refills.len() == 1
-            }
-            None => false,
-        }
-    }
-
     /// Remembers a lease this worker refilled, to return it when idle.
     pub fn remember(&mut self, lease: RefilledLease) {
         if !self.leases.iter().any(|l| l.lease == lease.lease) {
@@ -99,48 +77,6 @@ impl Worker {
             }
             self.leases.push(lease);
         }
-    }
-
-    /// The refills ahead of need to send now.
-    pub fn take_refills(&mut self) -> Vec<Callout> {
-        std::mem::take(&mut self.refills)
-    }
-
-    /// Gives back this worker's blocks unused for [`idle_block_ns`], at most
-    /// [`MAX_GIVE_BACKS_PER_TICK`]: into shared data, or (a lease's whose record has moved
-    /// on) as returns to the service.
-    pub fn give_back_idle_blocks<S: SharedStore + ?Sized>(&mut self, config: &Config, store: &S, now: Nanos) -> Tick {
-        let idle = self.blocks.take_idle(now, idle_block_ns(config), MAX_GIVE_BACKS_PER_TICK);
-        let mut tick = Tick::default();
-        for block in &idle {
-            match give_back(config, store, block, now) {
-                Ok(GivenBack::Shared) => tick.blocks_given_back += 1,
-                Ok(GivenBack::ToService(request)) => tick.returns.push(request),
-                Ok(GivenBack::Void) | Err(_) => {}
-            }
-        }
-        tick
-    }
-
-    /// The worker's periodic work: idle blocks given back, and the balance of leases
-    /// unused for `lease_idle_return_ms` zeroed, to be returned to the service.
-    pub fn tick<S: SharedStore + ?Sized>(&mut self, config: &Config, store: &S, now: Nanos) -> Tick {
-        let mut tick = self.give_back_idle_blocks(config, store, now);
-        let Some(quota) = config.quota.as_ref() else {
-            return tick;
-        };
-        let idle_ns = quota.lease_idle_return_ms.saturating_mul(1_000_000);
-        let records =
-            Records { store, retries: config.store.cas_retries, marker_ttl_ns: lease::marker_ttl_ns(quota), now };
-        self.leases.retain(|lease| match records.return_idle(lease, idle_ns) {
-            Ok(IdleReturn::Busy) | Err(_) => true,
-            Ok(IdleReturn::Gone) => false,
-            Ok(IdleReturn::Send(request)) => {
-                tick.returns.push(request);
-                false
-            }
-        });
-        tick
     }
 }
 
@@ -151,8 +87,8 @@ pub fn keeps_blocks(config: &Config) -> bool {
     config.tiers.iter().flat_map(|t| &t.limits).any(|l| l.worker_block > 0 || (leases && l.lease_block > 0))
 }
 
-/// Whether any limit of the configuration leases (requests then hand refills to the root
-/// context, and leases are returned on the tick).
+/// Whether any limit of the configuration leases (requests then hand refills ahead of
+/// need to the root context, and leases are returned on the tick).
 pub fn leases(config: &Config) -> bool {
     config.quota.is_some()
         && config.tiers.iter().any(|t| t.limits.iter().any(|l| l.global.is_some() && l.lease_block > 0))

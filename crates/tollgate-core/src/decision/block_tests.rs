@@ -114,10 +114,10 @@ fn workers_never_admit_more_than_the_limit_and_idle_blocks_come_back() {
     let exact = |s: &FakeSharedData, at: Nanos| remaining(&decide(&c, s, &request(IMAGES), at)) + 1;
     assert_eq!(exact(&s, now), 10_000 - 2 - 200, "two blocks held");
     let soon = Nanos(now.0 + IDLE_GIVE_BACK_NS - 1);
-    assert_eq!(a.give_back_idle_blocks(&c, &s, soon).blocks_given_back, 0, "not idle yet");
+    assert_eq!(give_back_idle_blocks(&c, &s, &mut a, soon).blocks_given_back, 0, "not idle yet");
     let idle = Nanos(now.0 + IDLE_GIVE_BACK_NS);
-    assert_eq!(a.give_back_idle_blocks(&c, &s, idle).blocks_given_back, 1);
-    assert_eq!(b.give_back_idle_blocks(&c, &s, idle).blocks_given_back, 1);
+    assert_eq!(give_back_idle_blocks(&c, &s, &mut a, idle).blocks_given_back, 1);
+    assert_eq!(give_back_idle_blocks(&c, &s, &mut b, idle).blocks_given_back, 1);
     assert_eq!(exact(&s, idle), 10_000 - 3, "both blocks given back; 3 requests counted");
     assert!(a.blocks.is_empty() && b.blocks.is_empty());
 }
@@ -135,7 +135,7 @@ fn a_token_bucket_block_is_given_back_and_never_fills_the_bucket_past_full() {
     assert_eq!(exact(EVENING), 20_000 - 201);
     // Given back after 0.1 s idle... the bucket refilled 1,000 tokens meanwhile, so it is full.
     let idle = Nanos(EVENING.0 + IDLE_GIVE_BACK_NS);
-    assert_eq!(w.give_back_idle_blocks(&c, &s, idle).blocks_given_back, 1);
+    assert_eq!(give_back_idle_blocks(&c, &s, &mut w, idle).blocks_given_back, 1);
     assert_eq!(exact(idle), 20_000, "never above the burst");
 }
 
@@ -151,7 +151,7 @@ fn a_fixed_window_hold_expires_with_its_window() {
     let d = decide_with(&c, &s, &mut w, &request(IMAGES), after);
     assert_eq!(s.writes(), writes + 1, "yesterday's block is void: today's request goes to shared data");
     assert_eq!(remaining(&d), 9999, "a fresh day, with a fresh block held");
-    assert_eq!(w.give_back_idle_blocks(&c, &s, Nanos(after.0 + IDLE_GIVE_BACK_NS)).blocks_given_back, 1);
+    assert_eq!(give_back_idle_blocks(&c, &s, &mut w, Nanos(after.0 + IDLE_GIVE_BACK_NS)).blocks_given_back, 1);
     assert_eq!(remaining(&decide(&c, &s, &request(IMAGES), Nanos(after.0 + 2 * SEC))), 9998);
 }
 

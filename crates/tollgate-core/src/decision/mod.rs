@@ -24,12 +24,14 @@ mod metering;
 mod outcome;
 mod settle;
 mod states;
+mod tick;
 
 pub use fallback::{breaker_key, BREAKER_KEY_PREFIX};
 pub use leased::{abandon, refilled_ahead};
 pub use local::{give_back, GivenBack};
 pub use outcome::{BlockReport, Caller, Decision, Outcome, QuotaReport};
 pub use settle::{settle, Ending, Reservation, Settled};
+pub use tick::{give_back_idle_blocks, tick};
 
 use serde::Serialize;
 

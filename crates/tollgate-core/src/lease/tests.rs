@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::Config;
-use crate::decision::{begin, refilled_ahead, resume, Answer, Callout, Decision, Outcome, Step};
+use crate::decision::{begin, give_back_idle_blocks, refilled_ahead, resume, Answer, Callout, Decision, Outcome, Step};
 use crate::hash::{hex, sha256};
 use crate::limit::{evaluate, LimitState};
 use crate::quota::CheckRequest;
@@ -658,9 +658,9 @@ fn an_idle_worker_block_goes_back_into_its_lease_or_to_the_service() {
     let idle_ns = idle_block_ns(&c);
     assert_eq!(idle_ns, IDLE_GIVE_BACK_NS);
     let soon = Nanos(last_use.0 + idle_ns - 1);
-    assert_eq!(w.give_back_idle_blocks(&c, &s, soon).blocks_given_back, 0, "not idle yet");
+    assert_eq!(give_back_idle_blocks(&c, &s, &mut w, soon).blocks_given_back, 0, "not idle yet");
     let idle = Nanos(last_use.0 + idle_ns);
-    let back = w.give_back_idle_blocks(&c, &s, idle);
+    let back = give_back_idle_blocks(&c, &s, &mut w, idle);
     assert_eq!((back.blocks_given_back, back.returns.len()), (1, 0));
     let record = read(&s, &bulk_ref(&c)).unwrap().unwrap();
     assert_eq!(record.balance, 47, "back into the balance");
@@ -686,7 +686,7 @@ fn an_idle_worker_block_goes_back_into_its_lease_or_to_the_service() {
     assert!(
         matches!(records(&s, SEC, reclaim_at).return_idle(&remembered, lease_idle).unwrap(), IdleReturn::Send(r) if r.units == 43)
     );
-    let back = w.give_back_idle_blocks(&c, &s, reclaim_at);
+    let back = give_back_idle_blocks(&c, &s, &mut w, reclaim_at);
     assert_eq!(back.blocks_given_back, 0);
     let [ret] = back.returns.as_slice() else { panic!("{back:?}") };
     assert_eq!((ret.key.as_str(), ret.units), ("bulk/key:bulk", 5));
@@ -709,7 +709,7 @@ fn a_worker_block_of_a_fixed_window_dies_with_the_window() {
     assert_eq!(held(&c, &w, after), 0, "void at the reset");
     let (d, costs) = run_on(&mut w, &c, &s, &service, &bulk, after);
     assert_eq!((costs.as_slice(), d.outcome), (&[50][..], Outcome::Allowed), "a new block for the new window");
-    let back = w.give_back_idle_blocks(&c, &s, Nanos(after.0 + 10 * SEC));
+    let back = give_back_idle_blocks(&c, &s, &mut w, Nanos(after.0 + 10 * SEC));
     assert_eq!((back.blocks_given_back, back.returns.len()), (0, 0), "yesterday's units are not given back");
 }
 
