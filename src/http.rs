@@ -8,6 +8,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use tollgate_core::cost::reading::Reading;
+use tollgate_core::cost::usage_request::{with_usage, Stripper};
+use tollgate_core::cost::Api;
 use tollgate_core::decision::{self, Answer, Ending, Pending, Reservation, Step};
 use tollgate_core::headers::Headers;
 use tollgate_core::{Decision, Nanos, RequestInfo};
@@ -22,8 +24,11 @@ pub struct TollgateHttp {
     /// The decision waiting for a callout's answer, and when the callout left.
     waiting: Option<(Pending, Nanos)>,
     /// On a metered route, the request's header map, kept until its body has arrived
-    /// (the decision needs both), and the most body bytes to buffer.
-    awaiting_body: Option<(Vec<u8>, usize)>,
+    /// (the decision needs both), the most body bytes to buffer, and the route's API.
+    awaiting_body: Option<(Vec<u8>, usize, Api)>,
+    /// A chat stream tollgate asked upstream for its usage: the usage event is taken back
+    /// out before the client gets the stream.
+    stripper: Option<Stripper>,
     /// What this request reserved of limits of images or tokens, settled once the
     /// response has ended; with the response's status and reading.
     reserved: Option<Reserved>,
@@ -38,7 +43,14 @@ struct Reserved {
 
 impl TollgateHttp {
     pub fn new(state: Rc<State>) -> TollgateHttp {
-        TollgateHttp { state, response_headers: Headers::new(), waiting: None, awaiting_body: None, reserved: None }
+        TollgateHttp {
+            state,
+            response_headers: Headers::new(),
+            waiting: None,
+            awaiting_body: None,
+            stripper: None,
+            reserved: None,
+        }
     }
 }
 
@@ -82,11 +94,16 @@ impl HttpContext for TollgateHttp {
         });
         let api_key_header = self.state.config.identity.api_key_header.as_deref();
         let request = RequestInfo::from_header_map(&headers, api_key_header);
-        match decision::body_limit(&self.state.config, &request) {
+        match decision::meter_of(&self.state.config, &request).map(|m| (m.max_body_bytes, m.api)) {
             // A metered route is decided once its body is in. The headers go on (pausing
             // here would stop Envoy from ever handing the filter the body); the body waits.
-            Some(limit) if !end_of_stream => {
-                self.awaiting_body = Some((headers, limit));
+            Some((limit, api)) if !end_of_stream => {
+                if api == Api::OpenaiChat {
+                    // The body may be rewritten to ask for a stream's usage: its length
+                    // would change, and the headers leave before it is read.
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "content-length", None);
+                }
+                self.awaiting_body = Some((headers, limit, api));
                 Action::Continue
             }
             Some(_) => self.decide(&headers, Some(&[])),
@@ -95,7 +112,7 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some((_, limit)) = self.awaiting_body.as_ref() else {
+        let Some((_, limit, _)) = self.awaiting_body.as_ref() else {
             return Action::Continue;
         };
         if body_size > *limit {
@@ -106,10 +123,17 @@ impl HttpContext for TollgateHttp {
         if !end_of_stream {
             return Action::Pause;
         }
-        let Some((headers, _)) = self.awaiting_body.take() else {
+        let Some((headers, _, api)) = self.awaiting_body.take() else {
             return Action::Continue;
         };
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        // A chat that streams without asking for its usage asks for it upstream, so that
+        // it can be settled; the client still gets the stream it asked for.
+        if let Some(asking) = with_usage(api, &body) {
+            if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &asking).is_ok() {
+                self.stripper = Some(Stripper::default());
+            }
+        }
         self.decide(&headers, Some(&body))
     }
 
@@ -130,14 +154,24 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(reading) = self.reserved.as_mut().and_then(|r| r.reading.as_mut()) {
-            // With the body streaming through, the buffer holds this chunk only.
-            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-                reading.feed(&chunk);
+        let reading = self.reserved.as_mut().and_then(|r| r.reading.as_mut());
+        if reading.is_none() && self.stripper.is_none() {
+            return Action::Continue;
+        }
+        // With the body streaming through, the buffer holds this chunk only.
+        let chunk =
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        if let Some(reading) = reading {
+            reading.feed(&chunk);
+        }
+        if let Some(stripper) = self.stripper.as_mut() {
+            let passed = stripper.pass(&chunk, end_of_stream);
+            if passed != chunk {
+                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &passed);
             }
-            if end_of_stream {
-                self.settle();
-            }
+        }
+        if end_of_stream {
+            self.settle();
         }
         Action::Continue
     }

@@ -175,9 +175,9 @@ fn missing_usage_failures_and_aborted_streams_settle_by_the_rules() {
     let envoy = envoy();
     let reserved = PROMPT.len().div_ceil(4) as u64 + 100;
 
-    // A stream without a usage event keeps the reservation.
+    // A stream whose usage never comes (the upstream leaves it out) keeps the reservation.
     let (before, n) = (tokens(&envoy), settlements(&envoy));
-    let stream = post(&envoy, CHAT, &[], &chat(100, Some(false)));
+    let stream = post(&envoy, CHAT, &[("x-standin-no-usage", "1")], &chat(100, Some(true)));
     assert!(stream.body.ends_with("data: [DONE]\n\n"), "{}", stream.body);
     assert_eq!(next_settlement(&envoy, before, n), (reserved, reserved));
 
@@ -207,4 +207,21 @@ fn missing_usage_failures_and_aborted_streams_settle_by_the_rules() {
     }
     drop(client);
     assert_eq!(next_settlement(&envoy, before, n), (reserved, reserved));
+}
+
+#[test]
+fn a_stream_without_usage_is_asked_for_it_and_the_client_gets_the_stream_it_asked_for() {
+    let envoy = envoy();
+    let reserved = PROMPT.len().div_ceil(4) as u64 + 100;
+    let (before, n) = (tokens(&envoy), settlements(&envoy));
+    // The client streams without stream_options: tollgate asks upstream for the usage...
+    let stream = post(&envoy, CHAT, &[("x-standin-output-tokens", "30")], &chat(100, Some(false)));
+    assert_eq!(stream.status, 200);
+    // ...settles to it (10 in, 30 out) ...
+    assert_eq!(next_settlement(&envoy, before, n), (reserved, 40));
+    // ...and takes the usage event out: the 6 deltas and [DONE], as the client asked.
+    let events: Vec<&str> = stream.body.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 7, "{:?}", stream.body);
+    assert!(!stream.body.contains("\"usage\":{"), "{}", stream.body);
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
 }

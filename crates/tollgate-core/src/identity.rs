@@ -23,7 +23,7 @@ pub struct RequestInfo<'a> {
     pub client_address: Option<&'a str>,
     /// An `authorization` or API-key value that is not UTF-8 was sent (it is malformed).
     pub unreadable_credential: bool,
-    /// The whole request body, on a metered route only ([`crate::decision::body_limit`]);
+    /// The whole request body, on a metered route only ([`crate::decision::meter_of`]);
     /// `None` elsewhere, where bodies are never read.
     pub body: Option<&'a [u8]>,
 }

@@ -120,6 +120,7 @@ pub fn read(api: Api, body: &[u8]) -> Result<Demand, BodyError> {
                 input_tokens: tokens_in(size(b.messages)),
                 max_output_tokens: max.map(|m| count(field, m)).transpose()?.map(|m| m.saturating_mul(choices)),
                 stream,
+                stream_options: b.stream_options.is_some(),
                 include_usage: b.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
                 ..Demand::default()
             }

@@ -9,6 +9,7 @@ pub mod body;
 pub mod reading;
 pub mod sse;
 pub mod usage;
+pub mod usage_request;
 
 use serde::Deserialize;
 
@@ -110,6 +111,8 @@ pub struct Demand {
     /// A streaming chat request asked for the final usage event
     /// (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The body says something of `stream_options`.
+    pub stream_options: bool,
 }
 
 /// What a response says was used.

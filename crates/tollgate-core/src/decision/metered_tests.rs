@@ -130,8 +130,9 @@ fn unreadable_bodies_get_a_400_that_says_why() {
 #[test]
 fn only_metered_routes_read_bodies() {
     let c = config();
-    assert_eq!(body_limit(&c, &post(IMAGES, "")), Some(crate::config::DEFAULT_MAX_BODY_BYTES as usize));
-    assert_eq!(body_limit(&c, &post("/other", "")), None);
+    let images = meter_of(&c, &post(IMAGES, "")).unwrap();
+    assert_eq!(images.max_body_bytes, crate::config::DEFAULT_MAX_BODY_BYTES as usize);
+    assert!(meter_of(&c, &post("/other", "")).is_none());
 }
 
 #[test]

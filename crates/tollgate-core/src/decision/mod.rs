@@ -35,7 +35,7 @@ pub use tick::{give_back_idle_blocks, tick};
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Meter};
 use crate::cost::{body, Charges};
 use crate::identity::RequestInfo;
 use crate::reply;
@@ -129,12 +129,12 @@ pub(crate) struct Asked {
     pub charges: Option<Charges>,
 }
 
-/// The most body bytes to buffer for the request before [`begin`]: `Some` on a metered
-/// route, whose body sets the cost (the host then passes it in [`RequestInfo::body`]);
+/// The meter of the request's route: `Some` on a metered route, whose body sets the cost
+/// (the host buffers up to `max_body_bytes` and passes it in [`RequestInfo::body`]);
 /// `None` elsewhere, where the body is never read.
-pub fn body_limit(config: &Config, request: &RequestInfo<'_>) -> Option<usize> {
+pub fn meter_of<'c>(config: &'c Config, request: &RequestInfo<'_>) -> Option<&'c Meter> {
     let route = config.routes.get(config.route_index(request.method, request.path)?)?;
-    route.meter.as_ref().map(|m| m.max_body_bytes)
+    route.meter.as_ref()
 }
 
 /// The decision for a metered route's body larger than `max_body_bytes`: 413, unread.
