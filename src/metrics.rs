@@ -81,7 +81,7 @@ type UnitCounters = Vec<(Unit, Option<u32>, Option<u32>)>;
 /// `tollgate.units.<tier>.<unit>.reserved` and `.charged` for each unit the tier's limits
 /// count besides requests.
 fn tier_units(tier: &str, limits: &[Limit]) -> UnitCounters {
-    [Unit::Images, Unit::InputTokens, Unit::OutputTokens, Unit::Tokens]
+    [Unit::Images, Unit::InputTokens, Unit::OutputTokens, Unit::Tokens, Unit::Cost]
         .into_iter()
         .filter(|u| limits.iter().any(|l| l.unit == *u))
         .map(|u| {

@@ -224,6 +224,7 @@ pub fn never_fits(tier: &Tier, limit: &Limit, cost: u64) -> LocalReply {
         limit.window.text,
         match unit {
             Unit::Images => "Ask for fewer images (n).",
+            Unit::Cost => "Lower the maximum output, shorten the prompt, or use a cheaper model.",
             _ => "Lower the maximum output (max_tokens, max_completion_tokens or max_output_tokens) or shorten the prompt.",
         }
     );
@@ -247,4 +248,15 @@ pub fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// 400 for a request to a limit of cost whose model has no price (and no default price).
+pub fn unpriced_model() -> LocalReply {
+    error_reply(
+        400,
+        Headers::new(),
+        "This model has no price configured, so what it costs cannot be metered. Use a priced model.",
+        "invalid_request_error",
+        "unpriced_model",
+    )
 }

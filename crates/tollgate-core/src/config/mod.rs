@@ -16,7 +16,7 @@ pub use limits::{
 use raw::RawConfig;
 pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
 
-use crate::cost::{Api, Unit};
+use crate::cost::{Api, Price, Unit};
 
 /// Upper bounds that keep every computation inside `u64` and every stored value small.
 pub const MAX_LIMITS_PER_TIER: usize = 16;
@@ -39,6 +39,23 @@ pub struct Config {
     pub store: StoreOptions,
     /// The quota service, if any limit is global or keys are verified remotely.
     pub quota: Option<QuotaService>,
+    /// Model prices, for limits of cost.
+    pub prices: Prices,
+}
+
+/// Model prices per 1,000 tokens.
+#[derive(Debug, Default)]
+pub struct Prices {
+    pub models: Vec<(String, Price)>,
+    /// The price of a model not listed (`None`: such a request is refused).
+    pub default: Option<Price>,
+}
+
+impl Prices {
+    /// The price of `model` (the default for one not listed, or without a model).
+    pub fn of(&self, model: Option<&str>) -> Option<Price> {
+        model.and_then(|m| self.models.iter().find(|(name, _)| name == m)).map(|(_, p)| *p).or(self.default)
+    }
 }
 
 #[derive(Debug, Clone)]

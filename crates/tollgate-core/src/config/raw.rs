@@ -25,6 +25,26 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub quota_service: Option<RawQuotaService>,
+    #[serde(default)]
+    pub prices: Option<RawPrices>,
+}
+
+/// Model prices for limits of `"unit": "cost"`, per 1,000 tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrices {
+    #[serde(default)]
+    pub models: BTreeMap<String, RawPrice>,
+    /// The price of a model not listed; without it such a request is refused (400).
+    #[serde(default)]
+    pub default: Option<RawPrice>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_1k: u64,
+    pub output_per_1k: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,8 +4,11 @@
 use hashbrown::HashMap;
 
 use super::limits::{default_lease_block, default_worker_block, limit_from_parts, parse_window};
-use super::raw::{RawConfig, RawIdentity, RawKey, RawLimit, RawQuotaService, RawRoute, RawStore, RawTier, Scope};
+use super::raw::{
+    RawConfig, RawIdentity, RawKey, RawLimit, RawPrice, RawPrices, RawQuotaService, RawRoute, RawStore, RawTier, Scope,
+};
 use super::*;
+use crate::cost::Price;
 use crate::hash::fnv1a32;
 
 impl TryFrom<RawConfig> for Config {
@@ -51,6 +54,17 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
+        let prices = validate_prices(raw.prices.as_ref())?;
+        if prices.models.is_empty() && prices.default.is_none() {
+            for tier in &tiers {
+                if let Some(i) = tier.limits.iter().position(|l| l.unit == Unit::Cost) {
+                    return err(
+                        format!("tiers.{}.limits[{i}].unit", tier.name),
+                        "a limit of cost needs \"prices\" (per model, or a default)",
+                    );
+                }
+            }
+        }
         Ok(Config {
             mode: raw.mode,
             identity,
@@ -66,6 +80,7 @@ impl TryFrom<RawConfig> for Config {
             },
             store,
             quota,
+            prices,
         })
     }
 }
@@ -385,6 +400,28 @@ fn validate_route(path: &str, raw: &RawRoute, tiers: &[Tier]) -> Result<Route, C
         applies.push(mask);
     }
     Ok(Route { matcher, methods, cost: raw.cost, applies, meter })
+}
+
+/// Model prices, each at most 10⁹ per 1,000 tokens.
+fn validate_prices(raw: Option<&RawPrices>) -> Result<Prices, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Prices::default());
+    };
+    let price = |path: String, p: &RawPrice| {
+        for (field, value) in [("input_per_1k", p.input_per_1k), ("output_per_1k", p.output_per_1k)] {
+            if value > MAX_QUANTITY {
+                return err(format!("{path}.{field}"), format!("expected 0 to {MAX_QUANTITY}"));
+            }
+        }
+        Ok(Price { input_per_1k: p.input_per_1k, output_per_1k: p.output_per_1k })
+    };
+    let models = raw
+        .models
+        .iter()
+        .map(|(name, p)| Ok((name.clone(), price(format!("prices.models.{name}"), p)?)))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let default = raw.default.as_ref().map(|p| price("prices.default".to_owned(), p)).transpose()?;
+    Ok(Prices { models, default })
 }
 
 /// The route's meter, if it has one; its bounds checked.

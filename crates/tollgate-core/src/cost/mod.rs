@@ -28,6 +28,9 @@ pub enum Unit {
     OutputTokens,
     /// Prompt and generated tokens together.
     Tokens,
+    /// What the tokens cost by the model's price (`prices`), in the unit prices are given
+    /// in (for instance micro-dollars).
+    Cost,
 }
 
 impl Unit {
@@ -45,12 +48,13 @@ impl Unit {
             Unit::OutputTokens => "output tokens",
             Unit::Tokens if one => "token",
             Unit::Tokens => "tokens",
+            Unit::Cost => "cost units",
         }
     }
 
     /// Whether the unit is only known once the response has said what was used.
     pub fn settles(self) -> bool {
-        matches!(self, Unit::InputTokens | Unit::OutputTokens | Unit::Tokens)
+        matches!(self, Unit::InputTokens | Unit::OutputTokens | Unit::Tokens | Unit::Cost)
     }
 
     /// Whether a route serving `api` can count this unit: images only where images are
@@ -70,6 +74,7 @@ impl Unit {
             Unit::InputTokens => "input_tokens",
             Unit::OutputTokens => "output_tokens",
             Unit::Tokens => "tokens",
+            Unit::Cost => "cost",
         }
     }
 }
@@ -133,13 +138,30 @@ impl Usage {
     }
 }
 
+/// A model's price, per 1,000 tokens, in the unit of the configuration's `prices`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input_per_1k: u64,
+    pub output_per_1k: u64,
+}
+
+impl Price {
+    /// What these tokens cost, each part rounded up.
+    pub fn of(&self, input_tokens: u64, output_tokens: u64) -> u64 {
+        let part = |tokens: u64, per_1k: u64| tokens.saturating_mul(per_1k).div_ceil(1000);
+        part(input_tokens, self.input_per_1k).saturating_add(part(output_tokens, self.output_per_1k))
+    }
+}
+
 /// What one request is charged in each unit: images and tokens are reserved before the
-/// request goes upstream (tokens at the most the request may use).
+/// request goes upstream (tokens at the most the request may use), and their cost at the
+/// model's price, when it has one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Charges {
     pub images: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub price: Option<Price>,
 }
 
 impl Charges {
@@ -151,6 +173,7 @@ impl Charges {
             Unit::InputTokens => self.input_tokens,
             Unit::OutputTokens => self.output_tokens,
             Unit::Tokens => self.input_tokens.saturating_add(self.output_tokens),
+            Unit::Cost => self.price.map_or(0, |p| p.of(self.input_tokens, self.output_tokens)),
         }
     }
 }

@@ -179,7 +179,10 @@ fn tokens_settle_to_the_usage_the_response_reports() {
     let (c, s) = (config(), FakeSharedData::default());
     let d = reserve(&c, &s, 99);
     let reservation = d.reservation.unwrap();
-    assert_eq!(reservation.reserved, crate::cost::Charges { images: 0, input_tokens: 1, output_tokens: 99 });
+    assert_eq!(
+        reservation.reserved,
+        crate::cost::Charges { images: 0, input_tokens: 1, output_tokens: 99, price: None }
+    );
     let used = crate::cost::Usage { input_tokens: 12, output_tokens: 40 };
     let settled = settle(&c, &s, &reservation, Ending::Used(used), EVENING).unwrap();
     assert_eq!(settled.as_slice(), [(crate::cost::Unit::Tokens, 100, 52)]);
@@ -256,4 +259,31 @@ fn metered_routes_carry_openai_rate_limit_headers() {
     .unwrap();
     let d = decide(&off, &s, &post(CHAT, r#"{"messages":[],"max_tokens":99}"#), EVENING);
     assert_eq!(header(&d, "x-ratelimit-limit-tokens"), None);
+}
+
+#[test]
+fn cost_is_reserved_at_the_model_price_and_settled_to_the_usage() {
+    let mut json: Value = serde_json::from_str(CONFIG).unwrap();
+    json["tiers"]["free"]["limits"] = serde_json::json!([
+        { "name": "tokens-per-day", "limit": 100_000, "window": "1d", "algorithm": "fixed_window", "unit": "tokens" },
+        { "name": "budget", "limit": 5_000_000, "window": "1d", "algorithm": "fixed_window", "unit": "cost" }
+    ]);
+    // Micro-dollars per 1,000 tokens: 2.50 $ in and 10 $ out per million.
+    json["prices"] = serde_json::json!({ "models": { "gpt-4o": { "input_per_1k": 2500, "output_per_1k": 10000 } } });
+    let c = Config::from_json(json.to_string().as_bytes()).unwrap();
+    let s = FakeSharedData::default();
+    // 1 token of prompt ("[]"), 1,000 out: 3 + 10,000.
+    let body = r#"{"model":"gpt-4o","messages":[],"max_tokens":1000}"#;
+    let d = decide(&c, &s, &post(CHAT, body), EVENING);
+    assert!(header(&d, "ratelimit").unwrap().contains(r#""budget";r=4989997;"#), "{:?}", header(&d, "ratelimit"));
+    let used = crate::cost::Usage { input_tokens: 400, output_tokens: 200 };
+    let settled = settle(&c, &s, &d.reservation.unwrap(), Ending::Used(used), EVENING).unwrap();
+    assert!(settled.contains(&(crate::cost::Unit::Cost, 10_003, 1_000 + 2_000)), "{settled:?}");
+    // A model without a price is refused where a limit of cost applies.
+    let unpriced = decide(&c, &s, &post(CHAT, r#"{"model":"other","messages":[]}"#), EVENING);
+    assert_eq!((unpriced.reply.as_ref().unwrap().status, unpriced.outcome), (400, Outcome::BadRequest));
+    assert_eq!(error(&unpriced)["code"], "unpriced_model");
+    // A limit of cost without prices is a config error.
+    json.as_object_mut().unwrap().remove("prices");
+    assert_eq!(Config::from_json(json.to_string().as_bytes()).unwrap_err().path, "tiers.free.limits[1].unit");
 }

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use super::conclude::Reports;
 use super::outcome::{Caller, Decision, Outcome, QuotaReport};
 use super::{global, local, Asked, Ctx, Step};
-use crate::config::{Limit, Meter, Mode};
+use crate::config::{Limit, Meter, Mode, Prices};
 use crate::cost::{Charges, Demand, Unit};
 use crate::hash::identity_fingerprint;
 use crate::limit::Standing;
@@ -102,7 +102,7 @@ impl Costs {
 /// What a request body reserves on a metered route: its images (each weighted by its
 /// size and quality), its prompt's tokens, and the most tokens it may generate (the
 /// route's default when the body sets no maximum).
-pub(crate) fn reserve(demand: &Demand, meter: &Meter) -> Charges {
+pub(crate) fn reserve(demand: &Demand, meter: &Meter, prices: &Prices) -> Charges {
     let weight = |property: &Option<String>| {
         property.as_deref().and_then(|p| meter.image_weights.iter().find(|(k, _)| k == p)).map_or(1, |(_, w)| *w)
     };
@@ -110,6 +110,7 @@ pub(crate) fn reserve(demand: &Demand, meter: &Meter) -> Charges {
         images: demand.images.saturating_mul(weight(&demand.size)).saturating_mul(weight(&demand.quality)),
         input_tokens: demand.input_tokens,
         output_tokens: demand.max_output_tokens.unwrap_or(meter.default_max_output_tokens),
+        price: prices.of(demand.model.as_deref()),
     }
 }
 
@@ -168,6 +169,10 @@ pub(super) fn meter<S: SharedStore + ?Sized>(
 /// admitted, however long it waits: it is refused with a 400 that says so (no
 /// `Retry-After`), counted as limited.
 fn never_fits(mode: Mode, tier: &crate::config::Tier, metering: &Metering) -> Option<Decision> {
+    let unpriced = metering.charges.is_some_and(|c| c.price.is_none());
+    if unpriced && metering.local.iter().any(|m| tier.limits.get(m.index).is_some_and(|l| l.unit == Unit::Cost)) {
+        return Some(Decision::refuse(Outcome::BadRequest, reply::unpriced_model(), mode));
+    }
     let (limit, cost) = metering
         .local
         .iter()

@@ -158,7 +158,7 @@ pub fn begin<S: SharedStore + ?Sized>(
     };
     let charges = match &r.meter {
         Some(meter) => match body::read(meter.api, request.body.unwrap_or_default()) {
-            Ok(demand) => Some(metering::reserve(&demand, meter)),
+            Ok(demand) => Some(metering::reserve(&demand, meter, &config.prices)),
             Err(e) => return Step::Done(Decision::refuse(Outcome::BadRequest, reply::bad_body(&e), config.mode)),
         },
         None if r.cost == 0 => return Step::Done(Decision::new(Outcome::Unlimited)),

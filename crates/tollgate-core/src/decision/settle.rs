@@ -77,11 +77,14 @@ pub fn settle<S: SharedStore + ?Sized>(
     };
     let reserved = reservation.reserved;
     let actual = match ending {
-        Ending::Used(usage) => {
-            Charges { images: reserved.images, input_tokens: usage.input_tokens, output_tokens: usage.output_tokens }
-        }
+        Ending::Used(usage) => Charges {
+            images: reserved.images,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            price: reserved.price,
+        },
         Ending::Unreported => reserved,
-        Ending::Failed => Charges::default(),
+        Ending::Failed => Charges { price: reserved.price, ..Charges::default() },
     };
     let settled: Settled = reservation
         .limits
