@@ -49,7 +49,7 @@ impl Scanner {
 }
 
 /// Just past the first blank line (`\n\n`, or `\r\n\r\n`) at or after `from`.
-fn event_end(bytes: &[u8], from: usize) -> Option<usize> {
+pub(super) fn event_end(bytes: &[u8], from: usize) -> Option<usize> {
     let rest = bytes.get(from..)?;
     rest.iter().enumerate().filter(|(_, &b)| b == b'\n').find_map(|(i, _)| {
         let after = rest.get(i + 1..).unwrap_or_default();
@@ -65,7 +65,7 @@ fn event_end(bytes: &[u8], from: usize) -> Option<usize> {
 
 /// The `data` field of one event: its `data:` lines (one leading space dropped), joined
 /// by `\n`. Other fields (`event:`, `id:`, comments) are ignored.
-fn data_of(event: &[u8]) -> Vec<u8> {
+pub(super) fn data_of(event: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for line in event.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);

@@ -8,7 +8,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::body::read;
-use super::sse::MAX_EVENT_BYTES;
+use super::sse::{data_of, event_end, MAX_EVENT_BYTES};
 use super::Api;
 
 /// The body of a streamed chat request that does not ask for its usage, asking for it;
@@ -67,21 +67,6 @@ impl Stripper {
     }
 }
 
-/// Just past the first blank line at or after `from`.
-fn event_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let rest = bytes.get(from..)?;
-    rest.iter().enumerate().filter(|(_, &b)| b == b'\n').find_map(|(i, _)| {
-        let after = rest.get(i + 1..).unwrap_or_default();
-        if after.first() == Some(&b'\n') {
-            Some(from + i + 2)
-        } else if after.starts_with(b"\r\n") {
-            Some(from + i + 3)
-        } else {
-            None
-        }
-    })
-}
-
 /// A streamed chat chunk, as far as telling the usage event apart goes.
 #[derive(Deserialize)]
 struct Chunk {
@@ -93,11 +78,7 @@ struct Chunk {
 
 /// An event whose data is a chunk with no choices and a usage: the one that was asked for.
 fn is_usage_event(event: &[u8]) -> bool {
-    let data: Vec<u8> = event
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .flat_map(|v| v.strip_prefix(b" ").unwrap_or(v).iter().copied().filter(|&b| b != b'\r'))
-        .collect();
+    let data = data_of(event);
     serde_json::from_slice::<Chunk>(&data)
         .is_ok_and(|c| c.choices.is_some_and(|choices| choices.is_empty()) && c.usage.is_some())
 }
