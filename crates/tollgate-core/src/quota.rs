@@ -16,6 +16,11 @@ pub struct CheckRequest {
     /// Units each limit must have; 0 only reads.
     pub cost: u64,
     pub limits: Vec<LimitSpec>,
+    /// Per limit, in `limits` order, the units it must have instead of `cost`: a request
+    /// metered by tokens costs its tokens to a limit of tokens and 1 to a limit of requests.
+    /// Empty (and left out of the JSON): every limit costs `cost`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub costs: Vec<u64>,
 }
 
 /// A limit as the filter defines it.
@@ -79,6 +84,37 @@ pub struct ReturnRequest {
 pub struct ReturnResponse {
     /// Per limit, in request order: the units actually given back (0 when its window had passed).
     pub returned: Vec<u64>,
+}
+
+/// `POST /v1/settle`: a request admitted by `/v1/check` with what it reserved has ended;
+/// each limit is charged what was used instead.
+///
+/// Per limit, `used` below `reserved` gives the difference back (as `/v1/return` does: a
+/// token bucket never fuller than full, a fixed window only while it is the one named in
+/// `windows`); `used` above `reserved` charges the overrun even past the limit (it was
+/// spent already), to a fixed window only while it is the one named. A settlement is
+/// applied once: a retry with the same `id` changes nothing and answers `applied: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    pub key: String,
+    /// Names this settlement for retries: 16 to 64 characters of `[0-9A-Za-z_-]`, drawn at
+    /// random by the filter for each reservation.
+    pub id: String,
+    pub limits: Vec<LimitSpec>,
+    /// One per limit: the `window` of the `/v1/check` answer (None for token buckets).
+    pub windows: Vec<Option<u64>>,
+    /// One per limit: the units the check charged.
+    pub reserved: Vec<u64>,
+    /// One per limit: the units the request used.
+    pub used: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleResponse {
+    /// False when a settlement with this `id` was applied before (nothing changed now).
+    pub applied: bool,
 }
 
 /// `POST /v1/keys/verify`: the filter sends the token's hash, never the token.

@@ -132,7 +132,12 @@ pub(super) fn limit_specs(tier: &Tier, metering: &Metering) -> Vec<LimitSpec> {
 
 /// A `/v1/check` of `cost` units over the request's global limits.
 pub(super) fn check_body(config: &Config, tier: &Tier, metering: &Metering, cost: u64) -> String {
-    to_json(&CheckRequest { key: service_key(config, tier, metering), cost, limits: limit_specs(tier, metering) })
+    to_json(&CheckRequest {
+        key: service_key(config, tier, metering),
+        cost,
+        limits: limit_specs(tier, metering),
+        costs: Vec::new(),
+    })
 }
 
 /// A `/v1/check` answer for `limits` global limits, if it is one; either way counted in
