@@ -16,7 +16,7 @@ use tollgate_core::{Decision, Nanos, RequestInfo};
 
 use crate::abi;
 use crate::host::{self, HostSharedData};
-use crate::state::State;
+use crate::state::{Handed, State};
 
 pub struct TollgateHttp {
     state: Rc<State>,
@@ -240,8 +240,15 @@ impl TollgateHttp {
             (Some(false) | None, _) => Ending::Failed,
         };
         let state = &self.state;
-        let settled = decision::settle(&state.config, &HostSharedData, &reservation, ending, host::now());
-        state.metrics.record_settled(reservation.tier(), settled.as_ref().ok());
+        let settlement = {
+            let mut worker = state.worker.borrow_mut();
+            decision::settle(&state.config, &HostSharedData, &mut worker, &reservation, ending, host::now())
+        };
+        let settled = (!settlement.store_failed).then_some(&settlement.settled);
+        state.metrics.record_settled(reservation.tier(), settled);
+        if let Some(body) = settlement.call {
+            state.hand_over(Handed::Settle(body, 0));
+        }
     }
 
     fn conclude(&mut self, mut decision: Decision) -> Action {
@@ -254,15 +261,7 @@ impl TollgateHttp {
             state.worker.borrow_mut().remember(lease);
         }
         if let Some(call) = decision.refill.take() {
-            let mut refills = state.refills.borrow_mut();
-            refills.push(*call);
-            // One ring per batch wakes the root context; without a queue (or if it fails)
-            // the tick sends it.
-            if refills.len() == 1 {
-                if let Some(queue) = state.queue {
-                    let _ = hostcalls::enqueue_shared_queue(queue, Some(b"r"));
-                }
-            }
+            state.hand_over(Handed::Refill(call));
         }
         crate::logs::decision(&state.config, &decision);
         match decision.reply {

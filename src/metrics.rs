@@ -73,6 +73,7 @@ pub struct Metrics {
     units: Vec<UnitCounters>,
     settled: Option<u32>,
     settle_failures: Option<u32>,
+    settle_calls: Option<u32>,
 }
 
 /// A tier's units and their counters: (unit, reserved, charged).
@@ -150,6 +151,7 @@ impl Metrics {
             units: config.tiers.iter().map(|t| tier_units(&t.name, &t.limits)).collect(),
             settled: counter("tollgate.settle.settled"),
             settle_failures: counter("tollgate.settle.failures"),
+            settle_calls: counter("tollgate.settle.calls"),
         }
     }
 
@@ -170,6 +172,11 @@ impl Metrics {
                 bump(*charged_id, u32::try_from(*charged).unwrap_or(u32::MAX));
             }
         }
+    }
+
+    /// A settlement the quota service accepted (`true`), or one given up on.
+    pub fn record_settle_call(&self, accepted: bool) {
+        bump(if accepted { self.settle_calls } else { self.settle_failures }, 1);
     }
 
     pub fn record(&self, decision: &Decision) {

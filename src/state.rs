@@ -17,12 +17,20 @@ pub struct State {
     pub config: Config,
     pub metrics: Metrics,
     pub worker: RefCell<Worker>,
-    /// Refills ahead of need that requests handed over, for the root context to send: a
-    /// callout a request sends is answered to that request's context, gone by then.
-    pub refills: RefCell<Vec<Callout>>,
-    /// This worker's shared queue: a request rings it to have the root context send the
-    /// refills ahead of need it handed over at once (else the next tick does).
+    /// Callouts that requests handed over for the root context to send: a callout a
+    /// request sends is answered to that request's context, gone by then.
+    pub handed: RefCell<Vec<Handed>>,
+    /// This worker's shared queue: a request rings it to have the root context send what
+    /// it handed over at once (else the next tick does).
     pub queue: Option<u32>,
+}
+
+/// A callout handed over to the root context.
+pub enum Handed {
+    /// A lease refill ahead of need (boxed: it carries its decision).
+    Refill(Box<Callout>),
+    /// A `POST /v1/settle` body, and how many times it was sent already.
+    Settle(String, u8),
 }
 
 /// A callout's answer as the host gave it: the status (`None`: no answer) and the body.
@@ -41,6 +49,18 @@ impl Reply {
 }
 
 impl State {
+    /// Hands a callout over to the root context; the first of a batch rings the queue (if
+    /// that fails, the tick sends it).
+    pub fn hand_over(&self, call: Handed) {
+        let mut handed = self.handed.borrow_mut();
+        handed.push(call);
+        if handed.len() == 1 {
+            if let Some(queue) = self.queue {
+                let _ = hostcalls::enqueue_shared_queue(queue, Some(b"r"));
+            }
+        }
+    }
+
     /// Starts a callout unless the worker has `max_pending_callouts` in flight; its token.
     pub fn dispatch(&self, path: &str, body: &str) -> Option<u32> {
         let quota = self.config.quota.as_ref()?;

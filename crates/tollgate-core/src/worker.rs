@@ -3,7 +3,10 @@
 //! in flight. The adapter holds one per worker thread; [`crate::decision::tick`] decides
 //! what its tick gives back and returns.
 
+use std::hash::BuildHasher;
+
 use crate::config::Config;
+use crate::cost::Unit;
 use crate::keycache::KeyCache;
 use crate::lease::RefilledLease;
 use crate::quota::ReturnRequest;
@@ -23,6 +26,8 @@ pub struct Worker {
     /// Leases this worker refilled, looked at on each tick to return idle ones.
     pub(crate) leases: Vec<RefilledLease>,
     callouts_in_flight: u32,
+    /// Names this worker's settlements: a random prefix, then a count.
+    settle_ids: (u64, u64, u64),
 }
 
 /// What a tick did, and what the host must send.
@@ -45,7 +50,17 @@ impl Worker {
 
     /// A worker with a key cache of `key_cache_size` and no blocks.
     pub fn new(key_cache_size: usize) -> Worker {
-        Worker { keys: KeyCache::new(key_cache_size), ..Worker::default() }
+        // `RandomState` draws its keys from the host's randomness (`random_get` under WASI).
+        let random = |n: u8| std::collections::hash_map::RandomState::new().hash_one(n);
+        Worker { keys: KeyCache::new(key_cache_size), settle_ids: (random(0), random(1), 0), ..Worker::default() }
+    }
+
+    /// A name for a settlement sent to the quota service, unique to it: 128 random bits
+    /// drawn for this worker, then how many it named before.
+    pub fn settle_id(&mut self) -> String {
+        let (a, b, count) = self.settle_ids;
+        self.settle_ids.2 = count.wrapping_add(1);
+        format!("{a:016x}{b:016x}{count:x}")
     }
 
     /// Keeps up to `capacity` blocks.
@@ -94,14 +109,26 @@ pub fn leases(config: &Config) -> bool {
         && config.tiers.iter().any(|t| t.limits.iter().any(|l| l.global.is_some() && l.lease_block > 0))
 }
 
+/// Whether any global limit counts images or tokens (requests then hand settlements to
+/// the root context, which sends them again from the tick when they fail).
+pub fn settles(config: &Config) -> bool {
+    config.quota.is_some()
+        && config.tiers.iter().any(|t| t.limits.iter().any(|l| l.global.is_some() && l.unit != Unit::Requests))
+}
+
 /// How often a worker ticks for `config`, if it needs to: for leases, a quarter of
-/// `lease_idle_return_ms` (50 ms to 1 s); for blocks, [`BLOCK_TICK_MS`].
+/// `lease_idle_return_ms` (50 ms to 1 s); for blocks, [`BLOCK_TICK_MS`]; for settlements
+/// to send again, [`SETTLE_TICK_MS`].
 pub fn tick_ms(config: &Config) -> Option<u64> {
     let lease_tick =
         config.quota.as_ref().filter(|_| leases(config)).map(|q| (q.lease_idle_return_ms / 4).clamp(50, 1_000));
     let block_tick = keeps_blocks(config).then_some(BLOCK_TICK_MS);
-    lease_tick.into_iter().chain(block_tick).min()
+    let settle_tick = settles(config).then_some(SETTLE_TICK_MS);
+    lease_tick.into_iter().chain(block_tick).chain(settle_tick).min()
 }
+
+/// How often a worker sends settlements that failed again.
+pub const SETTLE_TICK_MS: u64 = 1_000;
 
 /// How long a block may stay unused before a tick gives it back: [`IDLE_GIVE_BACK_NS`],
 /// or less with a shorter `lease_idle_return_ms`, so that a worker's block of a lease is

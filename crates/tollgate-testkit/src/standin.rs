@@ -7,7 +7,9 @@
 //! - `x-standin-output-tokens: N`: the completion's tokens (default 40);
 //! - `x-standin-no-usage: 1`: leave `usage` out;
 //! - `x-standin-stall-after: K`: stream K events, then stall (a client that gives up
-//!   mid-stream sees no end).
+//!   mid-stream sees no end);
+//! - `x-standin-gate: NAME`: answer only once the test opens the gate `NAME` ([`open_gate`]),
+//!   so that many requests are in flight at once.
 //!
 //! A streamed response that asks for usage (`stream_options.include_usage`) gets the
 //! usage event split across two writes, as a real stream may split it.
@@ -15,7 +17,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -63,6 +65,32 @@ impl Drop for Standin {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so that it sees the flag.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Gates opened so far, in this process (the stand-ins of a test run in it).
+static GATES: (Mutex<Vec<String>>, Condvar) = (Mutex::new(Vec::new()), Condvar::new());
+
+/// Lets every request held at gate `name` be answered, and those that come later.
+pub fn open_gate(name: &str) {
+    let (gates, opened) = &GATES;
+    if let Ok(mut gates) = gates.lock() {
+        gates.push(name.to_owned());
+    }
+    opened.notify_all();
+}
+
+/// Waits until gate `name` is open, or the stand-in stops.
+fn wait_at_gate(name: &str, stop: &AtomicBool) {
+    let (gates, opened) = &GATES;
+    let Ok(mut open) = gates.lock() else {
+        return;
+    };
+    while !open.iter().any(|g| g == name) && !stop.load(Ordering::Relaxed) {
+        match opened.wait_timeout(open, Duration::from_millis(100)) {
+            Ok((next, _)) => open = next,
+            Err(_) => return,
+        }
     }
 }
 
@@ -135,6 +163,9 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
 
 fn respond(out: &mut TcpStream, request: &Request, stop: &AtomicBool) -> std::io::Result<()> {
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    if let Some(gate) = request.header("x-standin-gate") {
+        wait_at_gate(gate, stop);
+    }
     if let Some(status) = request.header("x-standin-status").and_then(|s| s.parse::<u16>().ok()) {
         let error = json!({ "error": { "message": "the stand-in was asked to fail", "type": "server_error", "param": null, "code": null } });
         return send(out, status, "application/json", error.to_string().as_bytes());

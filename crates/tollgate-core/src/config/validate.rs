@@ -178,23 +178,6 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             )
         }
     };
-    if raw.unit != Unit::Requests {
-        if raw.scope == Scope::Global {
-            return err(
-                format!("{path}.unit"),
-                "global limits count requests; images and tokens are counted by local limits",
-            );
-        }
-        for (field, given) in [("worker_block", raw.worker_block), ("lease_block", raw.lease_block)] {
-            if given.is_some_and(|b| b > 0) {
-                return err(format!("{path}.{field}"), "a limit of images or tokens is exact: expected 0 or nothing");
-            }
-        }
-        limit.unit = raw.unit;
-        // A limit that starts counting other units starts afresh.
-        limit.fingerprint ^= fnv1a32(raw.unit.as_str().as_bytes());
-        return Ok(limit);
-    }
     let half = limit.capacity() / 2;
     let block = |field: &str, block: Option<u64>, default: u64| match block {
         None => Ok(default),
@@ -204,6 +187,25 @@ fn validate_limit(path: &str, raw: &RawLimit) -> Result<Limit, ConfigError> {
             format!("expected 0 (exact) to half the limit's capacity ({half}): two blocks must fit in it"),
         ),
     };
+    if raw.unit != Unit::Requests {
+        // Images and tokens are reserved and settled per request: a worker never holds a
+        // block of them. A global one may lease, when asked to (exact by default).
+        let exact_only = [("worker_block", raw.worker_block)]
+            .into_iter()
+            .chain((raw.scope == Scope::Local).then_some(("lease_block", raw.lease_block)));
+        for (field, given) in exact_only {
+            if given.is_some_and(|b| b > 0) {
+                return err(format!("{path}.{field}"), "a limit of images or tokens is exact: expected 0 or nothing");
+            }
+        }
+        limit.unit = raw.unit;
+        // A limit that starts counting other units starts afresh.
+        limit.fingerprint ^= fnv1a32(raw.unit.as_str().as_bytes());
+        if raw.scope == Scope::Global {
+            limit.lease_block = block("lease_block", raw.lease_block, 0)?;
+        }
+        return Ok(limit);
+    }
     match raw.scope {
         Scope::Global => {
             if raw.worker_block.is_some() {

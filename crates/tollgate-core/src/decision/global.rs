@@ -9,6 +9,7 @@ use super::leased::{self, Refill};
 use super::local::{self, store_failure};
 use super::metering::{Metering, Standings};
 use super::outcome::QuotaReport;
+use super::settle::Held;
 use super::states::evaluate_all;
 use super::{to_json, Answer, Callout, Ctx, Pending, Stage, Step};
 use crate::config::{Config, LimitKind, QuotaService, Tier};
@@ -32,7 +33,7 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
         return Step::Done(local::charge(cx, metering, &[], Standings::new(), Reports::quota(report)));
     };
     // Local limits first, without charging them: a request they refuse costs no callout.
-    let (now, cost) = (cx.now, metering.cost);
+    let now = cx.now;
     let mut looked = Standings::new();
     // Without local limits there is nothing to look at (a global-only tier reads no slot).
     let (result, store_report) = if metering.local.is_empty() {
@@ -53,8 +54,13 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
         let standings = metering.local_standings.clone();
         return Step::Done(conclude(config, metering, standings, reports, now));
     }
-    let block =
-        lease::request_block(metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(|l| l.lease_block), cost);
+    let block = match lease_cost(tier, &metering) {
+        Some(cost) => lease::request_block(
+            metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(|l| l.lease_block),
+            cost,
+        ),
+        None => 0,
+    };
     if block > 0 {
         match leased::decide(cx, blocks, quota, metering, block, report) {
             Ok(step) => return step,
@@ -68,9 +74,29 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
     exact_check(config, tier, metering, report)
 }
 
+/// What a lease takes for the request from its balance, which counts one unit for all of
+/// the request's global limits: `None` when they count different units (the request is
+/// then decided exactly).
+pub(super) fn lease_cost(tier: &Tier, metering: &Metering) -> Option<u64> {
+    let mut limits = metering.global.iter().filter_map(|&i| tier.limits.get(i));
+    let unit = limits.next()?.unit;
+    limits.all(|l| l.unit == unit).then(|| metering.costs().of_unit(unit))
+}
+
 /// A `/v1/check` of the request's own cost: the exact path.
 pub(super) fn exact_check(config: &Config, tier: &Tier, metering: Metering, report: QuotaReport) -> Step {
-    let body = check_body(config, tier, &metering, metering.cost);
+    let costs: Vec<u64> =
+        metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(|l| metering.cost_of(l)).collect();
+    let body = if costs.iter().all(|&c| c == metering.cost) {
+        check_body(config, tier, &metering, metering.cost)
+    } else {
+        to_json(&CheckRequest {
+            key: service_key(config, tier, &metering),
+            cost: metering.cost,
+            limits: limit_specs(tier, &metering),
+            costs,
+        })
+    };
     let pending = Pending { stage: Stage::Check(metering), quota: report };
     Step::Call(Box::new(Callout { path: "/v1/check", body, pending }))
 }
@@ -117,6 +143,7 @@ pub(super) fn checked<S: SharedStore + ?Sized>(
         }
         return Step::Done(conclude(cx.config, metering, standings, Reports::quota(report), cx.now));
     }
+    let metering = Metering { held: Held::Checked(checked.limits.iter().map(|r| r.window).collect()), ..metering };
     Step::Done(local::charge(cx, metering, &[], global, Reports::quota(report)))
 }
 
@@ -127,7 +154,12 @@ pub(super) fn service_key(config: &Config, tier: &Tier, metering: &Metering) -> 
 
 /// The global limits of the request, as the quota service takes them.
 pub(super) fn limit_specs(tier: &Tier, metering: &Metering) -> Vec<LimitSpec> {
-    metering.global.iter().filter_map(|&i| tier.limits.get(i)).map(LimitSpec::of).collect()
+    limit_specs_of(tier, metering.global.iter().copied())
+}
+
+/// The limits of `tier` at these indices, as the quota service takes them.
+pub(super) fn limit_specs_of(tier: &Tier, indices: impl Iterator<Item = usize>) -> Vec<LimitSpec> {
+    indices.filter_map(|i| tier.limits.get(i)).map(LimitSpec::of).collect()
 }
 
 /// A `/v1/check` of `cost` units over the request's global limits.

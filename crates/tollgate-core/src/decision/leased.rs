@@ -6,12 +6,14 @@
 
 use super::conclude::Reports;
 use super::fallback::{breaker_admits, fallback};
-use super::global::{align, check_answer, exact_check, limit_specs, refill_call, service_key};
+use super::global::{align, check_answer, exact_check, lease_cost, limit_specs, refill_call, service_key};
 use super::local::{self, add_remaining, block_standings, give_back_now};
 use super::metering::{Metereds, Metering, Standings};
 use super::outcome::{Decision, Outcome, QuotaReport};
+use super::settle::Held;
 use super::{Answer, Ctx, Pending, Stage, Step};
 use crate::config::{Config, Limit, LimitKind, QuotaService, Tier};
+use crate::cost::Unit;
 use crate::lease::{self, Ask, Credit, Grant, Lease, LeaseRef, Records, RefilledLease, Take};
 use crate::limit::Standing;
 use crate::quota::{CheckResponse, ReturnRequest};
@@ -54,10 +56,14 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
     let Some(tier) = config.tiers.get(metering.tier) else {
         return Err(Box::new(metering));
     };
-    let cost = metering.cost;
+    let Some(cost) = lease_cost(tier, &metering) else {
+        return Err(Box::new(metering));
+    };
     let fingerprint =
         lease::fingerprint(metering.fingerprint, metering.global.iter().filter_map(|&i| tier.limits.get(i)));
-    let mut blocks = blocks.filter(|b| b.enabled());
+    // Images and tokens are settled per request: a worker holds no block of them.
+    let requests_only = metering.global.iter().all(|&i| tier.limits.get(i).is_some_and(|l| l.unit == Unit::Requests));
+    let mut blocks = blocks.filter(|b| b.enabled() && requests_only);
     let worker_units = if blocks.is_some() { lease::worker_block(block, cost) } else { 0 };
     let key = BlockKey { fingerprint, mask: 0 };
     if let Some(held) = blocks.as_deref_mut().filter(|_| worker_units > 0).and_then(|b| b.spend(key, cost, now)) {
@@ -74,6 +80,8 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
         Take::Empty { refill: None } => Err(Box::new(metering)),
         Take::Admitted { lease, refill, worker_units } => {
             report.from_lease = true;
+            let mut metering = metering;
+            metering.held = held_in(&lease_ref, &lease);
             let mut reports = Reports::quota(report);
             let mut held = 0;
             if let Some(blocks) = blocks.filter(|_| worker_units > 0) {
@@ -97,6 +105,7 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
                     local: Metereds::new(),
                     global: metering.global.clone(),
                     local_standings: Standings::new(),
+                    held: Held::Nowhere,
                     ..metering
                 };
                 let refill = Refill { metering, lease: lease_ref, marker, block, own: 0 };
@@ -115,6 +124,15 @@ pub(super) fn decide<S: SharedStore + ?Sized>(
             let refill = Refill { metering, lease: lease_ref, marker, block, own: cost };
             Ok(Step::Call(refill_call(config, tier, refill, report)))
         }
+    }
+}
+
+/// Where a request's global limits were charged: from `lease`, as its record stands.
+fn held_in(lease_ref: &LeaseRef, lease: &Lease) -> Held {
+    Held::Leased {
+        lease: lease_ref.clone(),
+        expires_at: lease.expires_at,
+        windows: lease.grants.iter().map(|g| g.window).collect(),
     }
 }
 
@@ -233,10 +251,15 @@ pub(super) fn refilled<S: SharedStore + ?Sized>(
     };
     let checked = check_answer(cx, quota, answer, refill.metering.global.len(), &mut report);
     let applied = apply_refill(cx, quota, tier, &refill, checked, &mut report);
-    let metering = refill.metering;
+    let mut metering = refill.metering;
     match applied {
         Refilled::Granted { grants, credited, refilled } => {
             report.from_lease = true;
+            metering.held = match &credited {
+                Some(l) => held_in(&refill.lease, l),
+                // The record moved on: what the request took is settled with the service.
+                None => Held::Checked(grants.iter().map(|g| g.window).collect()),
+            };
             let standings = match &credited {
                 Some(l) => lease_standings(tier, &metering.global, l, cx.now),
                 None => metering

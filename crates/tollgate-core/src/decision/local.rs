@@ -51,7 +51,7 @@ pub(super) fn charge<S: SharedStore + ?Sized>(
     }
     standings.extend(global);
     let admitted = standings.iter().all(|s| s.admitted);
-    let reservation = if admitted { reservation(config, &metering) } else { None };
+    let reservation = if admitted { reservation(config, &metering, fallback) } else { None };
     let mut d = conclude(config, metering, standings, reports, cx.now);
     d.reservation = reservation;
     d

@@ -147,7 +147,15 @@ fn units_are_validated() {
     let metered = r#"{ "path": "/i", "meter": "openai_images" }"#;
     assert!(with(images, metered).is_ok());
     let global = r#"{ "name": "i", "limit": 5, "window": "1d", "unit": "images", "scope": "global" }"#;
-    assert_eq!(with(global, metered).unwrap_err().path, "tiers.t.limits[0].unit");
+    assert_eq!(with(global, metered).unwrap().tiers[0].limits[0].lease_block, 0, "exact unless asked");
+    let leased =
+        r#"{ "name": "i", "limit": 50, "window": "1d", "unit": "images", "scope": "global", "lease_block": 10 }"#;
+    assert_eq!(with(leased, metered).unwrap().tiers[0].limits[0].lease_block, 10);
+    let local_lease = r#"{ "name": "i", "limit": 50, "window": "1d", "unit": "images", "lease_block": 10 }"#;
+    assert_eq!(with(local_lease, metered).unwrap_err().path, "tiers.t.limits[0].lease_block");
+    let too_big =
+        r#"{ "name": "i", "limit": 50, "window": "1d", "unit": "images", "scope": "global", "lease_block": 26 }"#;
+    assert_eq!(with(too_big, metered).unwrap_err().path, "tiers.t.limits[0].lease_block");
     let named = r#"{ "path": "/i", "limits": ["i"] }"#;
     assert_eq!(with(images, named).unwrap_err().path, "routes[0].limits");
     let block = r#"{ "name": "i", "limit": 50000, "window": "1d", "unit": "images", "worker_block": 10 }"#;
@@ -184,7 +192,7 @@ fn tokens_settle_to_the_usage_the_response_reports() {
         crate::cost::Charges { images: 0, input_tokens: 1, output_tokens: 99, price: None }
     );
     let used = crate::cost::Usage { input_tokens: 12, output_tokens: 40 };
-    let settled = settle(&c, &s, &reservation, Ending::Used(used), EVENING).unwrap();
+    let settled = settle(&c, &s, &mut Worker::new(1), &reservation, Ending::Used(used), EVENING).settled;
     assert_eq!(settled.as_slice(), [(crate::cost::Unit::Tokens, 100, 52)]);
     // Each probe uses 1 token (its prompt) before it reads.
     assert_eq!(remaining_tokens(&c, &s, EVENING), 1000 - 52);
@@ -192,7 +200,7 @@ fn tokens_settle_to_the_usage_the_response_reports() {
     // An overrun is charged past the reservation.
     let d = reserve(&c, &s, 9);
     let over = crate::cost::Usage { input_tokens: 1, output_tokens: 300 };
-    settle(&c, &s, &d.reservation.unwrap(), Ending::Used(over), EVENING).unwrap();
+    settle(&c, &s, &mut Worker::new(1), &d.reservation.unwrap(), Ending::Used(over), EVENING);
     assert_eq!(remaining_tokens(&c, &s, EVENING), 1000 - 52 - 1 - 301);
 }
 
@@ -200,19 +208,19 @@ fn tokens_settle_to_the_usage_the_response_reports() {
 fn failures_refund_and_missing_usage_keeps_the_reservation() {
     let (c, s) = (config(), FakeSharedData::default());
     let failed = reserve(&c, &s, 199).reservation.unwrap();
-    settle(&c, &s, &failed, Ending::Failed, EVENING).unwrap();
+    settle(&c, &s, &mut Worker::new(1), &failed, Ending::Failed, EVENING);
     assert_eq!(remaining_tokens(&c, &s, EVENING), 1000);
     let unreported = reserve(&c, &s, 199).reservation.unwrap();
-    settle(&c, &s, &unreported, Ending::Unreported, EVENING).unwrap();
+    settle(&c, &s, &mut Worker::new(1), &unreported, Ending::Unreported, EVENING);
     assert_eq!(remaining_tokens(&c, &s, EVENING), 1000 - 1 - 200);
 
     // Images stay as reserved when the response succeeds, and come back when it fails.
     let images = decide(&c, &s, &post(IMAGES, r#"{"prompt":"","n":4}"#), EVENING).reservation.unwrap();
     let used = crate::cost::Usage { input_tokens: 0, output_tokens: 0 };
-    let settled = settle(&c, &s, &images, Ending::Used(used), EVENING).unwrap();
+    let settled = settle(&c, &s, &mut Worker::new(1), &images, Ending::Used(used), EVENING).settled;
     assert!(settled.contains(&(crate::cost::Unit::Images, 4, 4)), "{settled:?}");
     let failed = decide(&c, &s, &post(IMAGES, r#"{"prompt":"","n":1}"#), EVENING).reservation.unwrap();
-    settle(&c, &s, &failed, Ending::Failed, EVENING).unwrap();
+    settle(&c, &s, &mut Worker::new(1), &failed, Ending::Failed, EVENING);
     let last = decide(&c, &s, &post(IMAGES, r#"{"prompt":"","n":1}"#), EVENING);
     assert_eq!(last.outcome, Outcome::Allowed, "4 + 1 refunded + 1 fits in 5");
 }
@@ -229,7 +237,7 @@ fn concurrent_reservations_never_overshoot_and_settle_to_what_was_used() {
     let used: Vec<u64> = (0..10u64).map(|i| 40 + (i * 37) % 81).collect();
     for (d, &out) in admitted.iter().zip(&used) {
         let usage = crate::cost::Usage { input_tokens: 1, output_tokens: out - 1 };
-        settle(&c, &s, d.reservation.as_ref().unwrap(), Ending::Used(usage), EVENING).unwrap();
+        settle(&c, &s, &mut Worker::new(1), d.reservation.as_ref().unwrap(), Ending::Used(usage), EVENING);
     }
     let total: u64 = used.iter().sum();
     assert_eq!(remaining_tokens(&c, &s, EVENING), 1000u64.saturating_sub(total), "charged exactly what was used");
@@ -277,7 +285,7 @@ fn cost_is_reserved_at_the_model_price_and_settled_to_the_usage() {
     let d = decide(&c, &s, &post(CHAT, body), EVENING);
     assert!(header(&d, "ratelimit").unwrap().contains(r#""budget";r=4989997;"#), "{:?}", header(&d, "ratelimit"));
     let used = crate::cost::Usage { input_tokens: 400, output_tokens: 200 };
-    let settled = settle(&c, &s, &d.reservation.unwrap(), Ending::Used(used), EVENING).unwrap();
+    let settled = settle(&c, &s, &mut Worker::new(1), &d.reservation.unwrap(), Ending::Used(used), EVENING).settled;
     assert!(settled.contains(&(crate::cost::Unit::Cost, 10_003, 1_000 + 2_000)), "{settled:?}");
     // A model without a price is refused where a limit of cost applies.
     let unpriced = decide(&c, &s, &post(CHAT, r#"{"model":"other","messages":[]}"#), EVENING);

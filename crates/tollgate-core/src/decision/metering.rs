@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 
 use super::conclude::Reports;
 use super::outcome::{Caller, Decision, Outcome, QuotaReport};
+use super::settle::Held;
 use super::{global, local, Asked, Ctx, Step};
 use crate::config::{Limit, Meter, Mode, Prices};
 use crate::cost::{Charges, Demand, Unit};
@@ -63,6 +64,8 @@ pub(super) struct Metering {
     pub global: SmallVec<[usize; 4]>,
     /// Local limits as they stood (not yet charged) when the callout left.
     pub local_standings: Standings,
+    /// Where the global limits were charged, once they were.
+    pub held: Held,
 }
 
 impl Metering {
@@ -87,7 +90,12 @@ pub(super) struct Costs {
 
 impl Costs {
     pub fn of(&self, limit: &Limit) -> u64 {
-        match (limit.unit, self.charges) {
+        self.of_unit(limit.unit)
+    }
+
+    /// The units this request charges a limit counting `unit`.
+    pub fn of_unit(&self, unit: Unit) -> u64 {
+        match (unit, self.charges) {
             (Unit::Requests, _) | (_, None) => self.requests,
             (unit, Some(charges)) => charges.of(unit, self.requests),
         }
@@ -152,6 +160,7 @@ pub(super) fn meter<S: SharedStore + ?Sized>(
         local,
         global,
         local_standings: Standings::new(),
+        held: Held::Nowhere,
     };
     if let Some(d) = never_fits(config.mode, tier, &metering) {
         return Step::Done(d);
@@ -169,14 +178,13 @@ pub(super) fn meter<S: SharedStore + ?Sized>(
 /// admitted, however long it waits: it is refused with a 400 that says so (no
 /// `Retry-After`), counted as limited.
 fn never_fits(mode: Mode, tier: &crate::config::Tier, metering: &Metering) -> Option<Decision> {
+    let applied = || metering.local.iter().map(|m| m.index).chain(metering.global.iter().copied());
     let unpriced = metering.charges.is_some_and(|c| c.price.is_none());
-    if unpriced && metering.local.iter().any(|m| tier.limits.get(m.index).is_some_and(|l| l.unit == Unit::Cost)) {
+    if unpriced && applied().any(|i| tier.limits.get(i).is_some_and(|l| l.unit == Unit::Cost)) {
         return Some(Decision::refuse(Outcome::BadRequest, reply::unpriced_model(), mode));
     }
-    let (limit, cost) = metering
-        .local
-        .iter()
-        .filter_map(|m| tier.limits.get(m.index))
+    let (limit, cost) = applied()
+        .filter_map(|i| tier.limits.get(i))
         .filter(|l| l.unit != Unit::Requests)
         .map(|l| (l, metering.cost_of(l)))
         .find(|(l, cost)| *cost > l.capacity())?;

@@ -30,7 +30,7 @@ pub use fallback::{breaker_key, BREAKER_KEY_PREFIX};
 pub use leased::{abandon, refilled_ahead};
 pub use local::{give_back, GivenBack};
 pub use outcome::{BlockReport, Caller, Decision, Outcome, QuotaReport};
-pub use settle::{settle, Ending, Reservation, Settled};
+pub use settle::{settle, Ending, Reservation, Settled, Settlement, SETTLE_PATH};
 pub use tick::{give_back_idle_blocks, tick};
 
 use serde::Serialize;
@@ -194,6 +194,8 @@ mod tests;
 
 #[cfg(test)]
 mod block_tests;
+#[cfg(test)]
+mod global_metered_tests;
 #[cfg(test)]
 mod global_tests;
 #[cfg(test)]

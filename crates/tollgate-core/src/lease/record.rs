@@ -149,6 +149,19 @@ impl<S: SharedStore + ?Sized> Records<'_, S> {
         })
     }
 
+    /// Takes up to `units` from the balance of the record while it holds units that expire
+    /// at `expires_at` (a request's overrun being settled, spent already); the units taken.
+    pub fn spend(&self, lease: &LeaseRef, units: u64, expires_at: u64) -> Result<u64, StoreError> {
+        let now = self.now;
+        self.edit(lease, |current| match current {
+            Some(l) if l.expires_at == expires_at && now.0 < expires_at && l.balance > 0 => {
+                let taken = units.min(l.balance);
+                (Some(Lease { balance: l.balance - taken, ..l.clone() }), taken)
+            }
+            _ => (None, 0),
+        })
+    }
+
     /// Returns the balance of a lease unused for `idle_ns`: zeroes it by compare-and-swap (so
     /// that no worker spends it any more) and gives the `POST /v1/return` to send.
     pub fn return_idle(&self, refilled: &RefilledLease, idle_ns: u64) -> Result<IdleReturn, StoreError> {
