@@ -182,6 +182,8 @@ pub struct EnvoyOptions {
     /// Route image generation to the stand-in AI upstream too (`envoy.yaml` answers it
     /// with a direct response, which leaves before a request body is read).
     pub images_upstream: bool,
+    /// Let HTTP/1.1 clients send trailers (`http_protocol_options.enable_trailers`).
+    pub http1_trailers: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -193,6 +195,7 @@ impl Default for EnvoyOptions {
             with_filter: true,
             quota_port: None,
             images_upstream: false,
+            http1_trailers: false,
         }
     }
 }
@@ -247,6 +250,12 @@ impl Envoy {
                     .expect("a route");
         }
         *at(&mut config, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(options.xff_trusted_hops);
+        if options.http1_trailers {
+            let options = serde_yaml::from_str("{ enable_trailers: true }").expect("protocol options");
+            if let Some(hcm) = at(&mut config, HCM).as_mapping_mut() {
+                hcm.insert("http_protocol_options".into(), options);
+            }
+        }
         if options.with_filter {
             let wasm = tollgate_wasm();
             assert!(wasm.exists(), "{} is missing: run `make wasm` first", wasm.display());
