@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! What ships to users' clusters: every manifest under `deploy/` parses and uses only real
 //! fields of its kind (the field lists in `deploy/schema/`), every plugin configuration in
-//! `deploy/` and in README.md passes the filter's own validation, and `make oci`
+//! `deploy/` and in README.md passes the filter's own validation, the gateway patch keeps
+//! the gateway's own proxy config (merged by `kubectl kustomize`), and `make oci`
 //! (`scripts/oci.sh`) writes an OCI image layout in the form Istio pulls.
 
 use std::collections::BTreeMap;
@@ -360,6 +361,103 @@ fn every_plugin_config_in_the_readme_passes_validation() {
         })
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// The kustomizations, rendered as `kubectl apply -k` would.
+
+/// `kubectl kustomize <dir>`: the documents it renders.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let output = Command::new("kubectl").arg("kustomize").arg(dir).output().unwrap_or_else(|e| {
+        panic!("cannot run kubectl ({e}): these tests render the kustomizations with `kubectl kustomize` (.ci/run installs kubectl)")
+    });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    yaml_documents(&String::from_utf8(output.stdout).unwrap()).unwrap()
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array().into_iter().flatten().filter_map(|item| item["name"].as_str()).collect()
+}
+
+/// The gateway as Istio installs it, with an operator's proxy config, patched as README.md
+/// says (`kubectl patch --patch-file`: the same strategic merge as a kustomize patch).
+#[test]
+fn gateway_patch_keeps_the_gateways_proxy_config_and_adds_the_bootstrap() {
+    let overlay = root(&format!("target/it/gateway-overlay-{}", std::process::id()));
+    fs::create_dir_all(&overlay).unwrap();
+    let gateway_path = root("tests/fixtures/istio-ingressgateway.yaml");
+    for (from, to) in [
+        (gateway_path.clone(), "gateway.yaml"),
+        (root("deploy/istio/observe/gateway-bootstrap.yaml"), "gateway-bootstrap.yaml"),
+        (root("deploy/istio/observe/gateway-patch.yaml"), "gateway-patch.yaml"),
+    ] {
+        fs::copy(&from, overlay.join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [gateway.yaml, gateway-bootstrap.yaml]\npatches:\n  - path: gateway-patch.yaml\n",
+    )
+    .unwrap();
+    let docs = kustomize(&overlay);
+    fs::remove_dir_all(&overlay).unwrap();
+    let before = yaml_documents(&read(&gateway_path)).unwrap().remove(0);
+    let gateway = docs.iter().find(|d| d["kind"] == "Deployment").expect("the gateway Deployment");
+    let bootstrap_map = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("the bootstrap ConfigMap");
+
+    // The proxy config: the operator's, untouched (a patch would replace the whole string).
+    let annotations = &gateway["spec"]["template"]["metadata"]["annotations"];
+    let proxy_config: Value =
+        serde_yaml::from_str(annotations["proxy.istio.io/config"].as_str().expect("proxy.istio.io/config")).unwrap();
+    assert_eq!(proxy_config["gatewayTopology"]["numTrustedProxies"], 2, "proxy.istio.io/config: {proxy_config}");
+    assert_eq!(annotations, &before["spec"]["template"]["metadata"]["annotations"], "the pod's annotations changed");
+
+    // The container keeps its env and mounts and gains the override; the pod keeps its volumes.
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    let before_container = &before["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "istio-proxy");
+    for (field, added) in [("env", "ISTIO_BOOTSTRAP_OVERRIDE"), ("volumeMounts", "tollgate-bootstrap")] {
+        let mut expected = names(&before_container[field]);
+        expected.push(added);
+        expected.sort_unstable();
+        let mut got = names(&container[field]);
+        got.sort_unstable();
+        assert_eq!(got, expected, "istio-proxy {field}");
+    }
+    let mut volumes = names(&before["spec"]["template"]["spec"]["volumes"]);
+    volumes.push("tollgate-bootstrap");
+    volumes.sort_unstable();
+    let mut got = names(&gateway["spec"]["template"]["spec"]["volumes"]);
+    got.sort_unstable();
+    assert_eq!(got, volumes, "the pod's volumes");
+
+    // The override names the mounted file of the ConfigMap, and that file adds tollgate's
+    // stats to the gateway's inclusion list (Envoy appends repeated fields of --config-yaml).
+    let env = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "ISTIO_BOOTSTRAP_OVERRIDE").unwrap();
+    let mount =
+        container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "tollgate-bootstrap").unwrap();
+    let volume = gateway["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tollgate-bootstrap")
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], bootstrap_map["metadata"]["name"]);
+    let file = env["value"].as_str().unwrap().strip_prefix(&format!("{}/", mount["mountPath"].as_str().unwrap()));
+    let file = file.unwrap_or_else(|| {
+        panic!("ISTIO_BOOTSTRAP_OVERRIDE {} is not under the mount {}", env["value"], mount["mountPath"])
+    });
+    let fragment: Value =
+        serde_json::from_str(bootstrap_map["data"][file].as_str().expect("the bootstrap file")).unwrap();
+    let patterns = &fragment["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"];
+    assert!(
+        patterns.as_array().is_some_and(|p| p.contains(&serde_json::json!({ "prefix": "wasmcustom.tollgate" }))),
+        "the bootstrap fragment does not include tollgate's stats: {fragment}"
+    );
+    assert!(fragment["stats_config"]["stats_tags"].as_array().is_some_and(|t| !t.is_empty()), "{fragment}");
 }
 
 // The checker itself: each kind of mistake is caught and named.
