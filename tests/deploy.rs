@@ -1,9 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! What ships to users' clusters: every manifest under `deploy/` parses and uses only real
 //! fields of its kind (the field lists in `deploy/schema/`), every plugin configuration in
-//! `deploy/` and in README.md passes the filter's own validation, the gateway patch keeps
-//! the gateway's own proxy config (merged by `kubectl kustomize`), and `make oci`
-//! (`scripts/oci.sh`) writes an OCI image layout in the form Istio pulls.
+//! `deploy/` and in README.md passes the filter's own validation, the kustomizations render
+//! (`kubectl kustomize`) into what they promise (the gateway patch keeps the gateway's own
+//! proxy config, Redis keeps its counts), and `make oci` (`scripts/oci.sh`) writes an OCI
+//! image layout in the form Istio pulls.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -289,7 +290,7 @@ fn every_manifest_parses_and_uses_only_real_fields() {
     let schema = Schema::load();
     let manifests = deploy_manifests();
     let kinds: Vec<&str> = manifests.iter().map(Manifest::kind).collect();
-    for expected in ["Namespace", "ConfigMap", "Service", "Deployment", "WasmPlugin", "Kustomization"] {
+    for expected in ["Namespace", "ConfigMap", "Service", "Deployment", "StatefulSet", "WasmPlugin", "Kustomization"] {
         assert!(kinds.contains(&expected), "no {expected} under deploy/ (found {kinds:?})");
     }
     let problems = problems(&schema, &manifests);
@@ -379,8 +380,36 @@ fn kustomize(dir: &Path) -> Vec<Value> {
     yaml_documents(&String::from_utf8(output.stdout).unwrap()).unwrap()
 }
 
+fn rendered(dir: &str) -> Vec<Manifest> {
+    let file = format!("kubectl kustomize {dir}");
+    kustomize(&root(dir))
+        .into_iter()
+        .enumerate()
+        .map(|(index, doc)| Manifest { file: file.clone(), index, doc })
+        .collect()
+}
+
+fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Value {
+    &manifests
+        .iter()
+        .find(|m| m.kind() == kind && m.doc["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {}", manifests.first().map_or("", |m| m.file.as_str())))
+        .doc
+}
+
 fn names(list: &Value) -> Vec<&str> {
     list.as_array().into_iter().flatten().filter_map(|item| item["name"].as_str()).collect()
+}
+
+#[test]
+fn every_kustomization_renders_into_manifests_with_real_fields() {
+    let schema = Schema::load();
+    for dir in ["deploy/istio", "deploy/redis"] {
+        let manifests = rendered(dir);
+        assert!(!manifests.is_empty(), "{dir} renders nothing");
+        let problems = problems(&schema, &manifests);
+        assert!(problems.is_empty(), "{dir} renders manifests with problems:\n{}", problems.join("\n"));
+    }
 }
 
 /// The gateway as Istio installs it, with an operator's proxy config, patched as README.md
@@ -458,6 +487,88 @@ fn gateway_patch_keeps_the_gateways_proxy_config_and_adds_the_bootstrap() {
         "the bootstrap fragment does not include tollgate's stats: {fragment}"
     );
     assert!(fragment["stats_config"]["stats_tags"].as_array().is_some_and(|t| !t.is_empty()), "{fragment}");
+}
+
+/// `redis.conf` directives: the last value of each (as Redis reads them).
+fn redis_directives(conf: &str) -> BTreeMap<String, String> {
+    conf.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once(' '))
+        .map(|(key, value)| (key.to_lowercase(), value.trim().to_owned()))
+        .collect()
+}
+
+const REDIS_DURABILITY: [(&str, &str); 3] =
+    [("appendonly", "yes"), ("appendfsync", "everysec"), ("maxmemory-policy", "noeviction")];
+
+#[test]
+fn redis_keeps_counts_through_a_crash_and_never_evicts_them() {
+    let manifests = rendered("deploy/redis");
+    let statefulset = find(&manifests, "StatefulSet", "tollgate-redis");
+    let pod = &statefulset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // redis-server is started with the file the ConfigMap mounts.
+    let config_volume =
+        pod["volumes"].as_array().unwrap().iter().find(|v| v["configMap"].is_object()).expect("a ConfigMap volume");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == config_volume["name"])
+        .expect("the ConfigMap mounted");
+    let conf_arg = container["args"][0].as_str().expect("redis-server's first argument: its config file");
+    let key =
+        conf_arg.strip_prefix(&format!("{}/", mount["mountPath"].as_str().unwrap())).expect("a file of the mount");
+    assert_eq!(container["command"], serde_json::json!(["redis-server"]));
+    let config_map = find(&manifests, "ConfigMap", config_volume["configMap"]["name"].as_str().unwrap());
+    let conf = config_map["data"][key].as_str().unwrap_or_else(|| panic!("ConfigMap has no {key}"));
+    let directives = redis_directives(conf);
+    for (name, value) in REDIS_DURABILITY {
+        assert_eq!(directives.get(name).map(String::as_str), Some(value), "{name} in redis.conf:\n{conf}");
+    }
+    assert!(directives.contains_key("maxmemory"), "noeviction needs a maxmemory below the memory limit:\n{conf}");
+    // The append-only file lives on the claimed volume.
+    let data =
+        container["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == directives["dir"].as_str());
+    let data = data.unwrap_or_else(|| panic!("dir {} is not a mounted volume", directives["dir"]));
+    assert_eq!(statefulset["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], data["name"]);
+
+    // A real redis-server takes the file and runs with those settings (its files in a
+    // scratch directory instead of the volume).
+    let dir = tollgate_testkit::scratch::fresh_temp("redis-conf");
+    let conf_path = dir.join("redis.conf");
+    let dir_line = format!("dir {}", directives["dir"]);
+    assert!(conf.contains(&dir_line));
+    fs::write(&conf_path, conf.replace(&dir_line, &format!("dir {}", dir.display()))).unwrap();
+    let (process, port) = (0..5)
+        .find_map(|attempt| {
+            let port = tollgate_testkit::ports::free_port();
+            let mut command = Command::new("redis-server");
+            command.arg(&conf_path).args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no"]);
+            let log = dir.join(format!("redis-{attempt}.log"));
+            let process = tollgate_testkit::process::Process::start(
+                "redis-server",
+                command,
+                &log,
+                "apt-get install redis-server",
+            );
+            let started =
+                process.wait_ready(tollgate_testkit::redis::START_DEADLINE, || tollgate_testkit::redis::ping(port));
+            started.is_ok().then_some((process, port))
+        })
+        .unwrap_or_else(|| {
+            panic!("redis-server did not start with the shipped redis.conf (logs in {})", dir.display())
+        });
+    for (name, value) in REDIS_DURABILITY {
+        let answer = tollgate_testkit::redis::cli(port, &["CONFIG", "GET", name]).unwrap();
+        assert_eq!(answer.lines().collect::<Vec<_>>(), [name, value], "CONFIG GET {name}");
+    }
+    let info = tollgate_testkit::redis::cli(port, &["INFO", "persistence"]).unwrap();
+    assert!(info.contains("aof_enabled:1"), "{info}");
+    drop(process);
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 // The checker itself: each kind of mistake is caught and named.
