@@ -3,8 +3,8 @@
 //! fields of its kind (the field lists in `deploy/schema/`), every plugin configuration in
 //! `deploy/` and in README.md passes the filter's own validation, the kustomizations render
 //! (`kubectl kustomize`) into what they promise (the gateway patch keeps the gateway's own
-//! proxy config, Redis keeps its counts), and `make oci` (`scripts/oci.sh`) writes an OCI
-//! image layout in the form Istio pulls.
+//! proxy config, Redis keeps its counts, the policies let in whom they say), and `make oci`
+//! (`scripts/oci.sh`) writes an OCI image layout in the form Istio pulls.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -290,7 +290,19 @@ fn every_manifest_parses_and_uses_only_real_fields() {
     let schema = Schema::load();
     let manifests = deploy_manifests();
     let kinds: Vec<&str> = manifests.iter().map(Manifest::kind).collect();
-    for expected in ["Namespace", "ConfigMap", "Service", "Deployment", "StatefulSet", "WasmPlugin", "Kustomization"] {
+    let expected_kinds = [
+        "Namespace",
+        "ConfigMap",
+        "Service",
+        "ServiceAccount",
+        "Deployment",
+        "StatefulSet",
+        "WasmPlugin",
+        "AuthorizationPolicy",
+        "NetworkPolicy",
+        "Kustomization",
+    ];
+    for expected in expected_kinds {
         assert!(kinds.contains(&expected), "no {expected} under deploy/ (found {kinds:?})");
     }
     let problems = problems(&schema, &manifests);
@@ -395,6 +407,12 @@ fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Value {
         .find(|m| m.kind() == kind && m.doc["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} in {}", manifests.first().map_or("", |m| m.file.as_str())))
         .doc
+}
+
+/// Whether a `matchLabels` selector selects an object with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let wanted = selector["matchLabels"].as_object().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(key, value)| &labels[key] == value)
 }
 
 fn names(list: &Value) -> Vec<&str> {
@@ -569,6 +587,176 @@ fn redis_keeps_counts_through_a_crash_and_never_evicts_them() {
     assert!(info.contains("aof_enabled:1"), "{info}");
     drop(process);
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether an AuthorizationPolicy path (exact, `prefix*`, `*suffix` or `*`) matches `path`.
+fn istio_path_matches(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        true
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        path.starts_with(prefix)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        path.ends_with(suffix)
+    } else {
+        pattern == path
+    }
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// Who an ALLOW policy lets call `method path`: the principals of each rule that matches
+/// it, `*` for a rule open to anyone.
+fn allowed_callers(policy: &Value, method: &str, path: &str) -> Vec<String> {
+    assert_eq!(policy["spec"]["action"], "ALLOW");
+    let mut callers = Vec::new();
+    for rule in policy["spec"]["rules"].as_array().unwrap() {
+        let matches = rule["to"].as_array().unwrap().iter().any(|to| {
+            let op = &to["operation"];
+            let methods = strings(&op["methods"]);
+            (methods.is_empty() || methods.contains(&method))
+                && strings(&op["paths"]).iter().any(|p| istio_path_matches(p, path))
+                && !strings(&op["notPaths"]).iter().any(|p| istio_path_matches(p, path))
+        });
+        if !matches {
+            continue;
+        }
+        match rule["from"].as_array() {
+            None => callers.push("*".to_owned()),
+            Some(from) => {
+                assert!(from.iter().all(|f| f["source"].as_object().unwrap().keys().eq(["principals"])), "{rule}");
+                callers.extend(from.iter().flat_map(|f| strings(&f["source"]["principals"])).map(str::to_owned));
+            }
+        }
+    }
+    callers.sort();
+    callers
+}
+
+/// The quota service's routes, from its router: (method, path with a sample segment for
+/// each parameter).
+fn quota_service_routes() -> Vec<(String, String)> {
+    let app = read(&root("crates/tollgate-quota/src/app.rs"));
+    let mut routes = Vec::new();
+    for line in app.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line[".route(\"".len()..].split('"').next().unwrap();
+        let sample: Vec<String> = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "sample".to_owned() } else { seg.to_owned() })
+            .collect();
+        for method in ["get", "post", "delete", "put", "patch"] {
+            if line.contains(&format!("{method}(")) {
+                routes.push((method.to_uppercase(), sample.join("/")));
+            }
+        }
+    }
+    assert!(routes.len() >= 9, "found only {routes:?} in crates/tollgate-quota/src/app.rs: update this test");
+    routes
+}
+
+#[test]
+fn quota_service_answers_each_endpoint_only_to_its_callers() {
+    let manifests = rendered("deploy/istio");
+    let policy = find(&manifests, "AuthorizationPolicy", "tollgate-quota");
+    let deployment = find(&manifests, "Deployment", "tollgate-quota");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&policy["spec"]["selector"], pod_labels), "the policy does not select the quota service's pods");
+
+    let gateway = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+    let admin = "cluster.local/ns/tollgate/sa/tollgate-admin";
+    let expected = [
+        ("POST", "/v1/check", gateway),
+        ("POST", "/v1/return", gateway),
+        ("POST", "/v1/settle", gateway),
+        ("POST", "/v1/keys/verify", gateway),
+        ("POST", "/v1/keys", admin),
+        ("GET", "/v1/keys", admin),
+        ("DELETE", "/v1/keys/key_0123456789abcdef", admin),
+        ("GET", "/v1/usage/free%2Fip%3A127.0.0.1%2F32", admin),
+        ("GET", "/healthz", "*"),
+        ("GET", "/readyz", "*"),
+        ("GET", "/metrics", "*"),
+        // Nobody: other methods and paths.
+        ("GET", "/v1/check", ""),
+        ("PUT", "/v1/keys/verify", ""),
+        ("POST", "/v1/other", ""),
+    ];
+    for (method, path, who) in expected {
+        let want: Vec<String> = if who.is_empty() { vec![] } else { vec![who.to_owned()] };
+        assert_eq!(allowed_callers(policy, method, path), want, "{method} {path}");
+    }
+    // The admin identity is a ServiceAccount the manifests create.
+    let account = find(&manifests, "ServiceAccount", "tollgate-admin");
+    assert_eq!(
+        admin,
+        format!("cluster.local/ns/{}/sa/tollgate-admin", account["metadata"]["namespace"].as_str().unwrap())
+    );
+    // Every route of the service is open to someone: a new endpoint needs its line in
+    // deploy/istio/policies.yaml.
+    for (method, path) in quota_service_routes() {
+        assert!(!allowed_callers(policy, &method, &path).is_empty(), "{method} {path} is refused to everyone");
+    }
+}
+
+#[test]
+fn network_policies_let_in_only_the_gateway_prometheus_admins_and_the_quota_service() {
+    let istio = rendered("deploy/istio");
+    let redis = rendered("deploy/redis");
+    let quota = find(&istio, "Deployment", "tollgate-quota");
+    let quota_pod = &quota["spec"]["template"];
+    let plugin = istio.iter().find(|m| m.kind() == "WasmPlugin").unwrap();
+
+    let policy = find(&istio, "NetworkPolicy", "tollgate-quota");
+    assert!(selects(&policy["spec"]["podSelector"], &quota_pod["metadata"]["labels"]));
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 3, "gateway, admins, Prometheus: {ingress:?}");
+    let service_port = quota_pod["spec"]["containers"][0]["ports"][0]["containerPort"].clone();
+    for rule in ingress {
+        assert!(rule["ports"].as_array().unwrap().iter().any(|p| p["port"] == service_port), "{rule}");
+        assert_eq!(rule["from"].as_array().unwrap().len(), 1, "{rule}");
+    }
+    // The gateway: the pods the WasmPlugin runs on, in its namespace.
+    let gateway = &ingress[0]["from"][0];
+    assert_eq!(gateway["podSelector"], plugin.doc["spec"]["selector"]);
+    assert_eq!(
+        gateway["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        plugin.doc["metadata"]["namespace"]
+    );
+    // Admins: pods of the quota service's namespace labelled as admins.
+    assert_eq!(ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "tollgate-admin");
+    assert!(ingress[1]["from"][0]["namespaceSelector"].is_null());
+    // Prometheus, which may also scrape Istio's merged metrics.
+    let prometheus = &ingress[2]["from"][0];
+    assert_eq!(prometheus["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "prometheus");
+    assert!(ingress[2]["ports"].as_array().unwrap().iter().any(|p| p["port"] == 15020));
+
+    // Redis: the quota service's pods only, on Redis's port; and in the mesh its identity.
+    let statefulset = find(&redis, "StatefulSet", "tollgate-redis");
+    let policy = find(&redis, "NetworkPolicy", "tollgate-redis");
+    assert!(selects(&policy["spec"]["podSelector"], &statefulset["spec"]["template"]["metadata"]["labels"]));
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ingress[0]["from"].as_array().unwrap().len(), 1);
+    assert!(ingress[0]["from"][0]["namespaceSelector"].is_null(), "the quota service's own namespace");
+    assert!(selects(&ingress[0]["from"][0]["podSelector"], &quota_pod["metadata"]["labels"]));
+    assert_eq!(
+        ingress[0]["ports"][0]["port"],
+        statefulset["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    );
+    let authz = find(&redis, "AuthorizationPolicy", "tollgate-redis");
+    assert!(selects(&authz["spec"]["selector"], &statefulset["spec"]["template"]["metadata"]["labels"]));
+    let quota_identity = format!(
+        "cluster.local/ns/{}/sa/{}",
+        quota["metadata"]["namespace"].as_str().unwrap(),
+        quota_pod["spec"]["serviceAccountName"].as_str().unwrap()
+    );
+    assert_eq!(
+        authz["spec"]["rules"],
+        serde_json::json!([{ "from": [{ "source": { "principals": [quota_identity] } }] }])
+    );
+    assert_eq!(statefulset["metadata"]["namespace"], quota["metadata"]["namespace"]);
 }
 
 // The checker itself: each kind of mistake is caught and named.
