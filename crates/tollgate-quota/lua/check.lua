@@ -10,13 +10,13 @@
 --          counts as absent and is replaced by the next admitted request.
 --          The same key may come more than once: the decisions are made in KEYS order,
 --          each on what the ones before it wrote.
--- ARGV     one key (n = 1): cost, then four per limit (below).
---          n > 1 keys: for each key in KEYS order: cost, count, then four per limit for
---          its `count` limits.
---          cost: units every limit must have; 0 only reads: nothing is written.
---          four per limit, in request order: name, definition, x, y where
+-- ARGV     one key (n = 1): five per limit (below).
+--          n > 1 keys: for each key in KEYS order: count, then five per limit for its
+--          `count` limits.
+--          five per limit, in request order: name, definition, x, y, cost where
 --            token bucket: x = interval_us = ceil(window_us / limit), y = depth_us = interval_us * capacity
 --            fixed window: x = window_us, y = limit
+--            cost: units this limit must have; 0 only reads it (it is not written).
 --
 -- Returns, for each key in KEYS order: admitted, then per limit: admitted, remaining,
 -- reset_after_us, retry_after_us, window; admitted being 1 or 0 (-1: this key could not be
@@ -55,14 +55,12 @@ local p = 1
 
 for k = 1, nkeys do
   local key = KEYS[k]
-  local cost = tonumber(ARGV[p])
   local count
   if nkeys == 1 then
-    count = (#ARGV - 1) / 4
-    p = p + 1
+    count = #ARGV / 5
   else
-    count = tonumber(ARGV[p + 1])
-    p = p + 2
+    count = tonumber(ARGV[p])
+    p = p + 1
   end
 
   local stored
@@ -71,7 +69,7 @@ for k = 1, nkeys do
     if not failed(value) then stored = { value } end
   else
     local names = {}
-    for i = 1, count do names[i] = ARGV[p + 4 * i - 4] end
+    for i = 1, count do names[i] = ARGV[p + 5 * i - 5] end
     local values = pcall('HMGET', key, unpack(names))
     if not failed(values) then stored = values end
   end
@@ -87,14 +85,15 @@ for k = 1, nkeys do
     out[first] = -1
     for i = 1, 5 * count do out[o + i] = 0 end
     o = o + 5 * count
-    p = p + 4 * count
+    p = p + 5 * count
   else
     for i = 1, count do
       local name = ARGV[p]
       local definition = ARGV[p + 1]
       local x = tonumber(ARGV[p + 2])
       local y = tonumber(ARGV[p + 3])
-      p = p + 4
+      local cost = tonumber(ARGV[p + 4])
+      p = p + 5
       local a, b
       -- The stored value is "<definition> <a> <b>"; plain finds are cheaper than a pattern.
       local value = stored[i]

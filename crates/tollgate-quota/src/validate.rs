@@ -8,27 +8,38 @@ use crate::store::{Check, Return};
 
 pub const MAX_KEY_BYTES: usize = 256;
 
-/// Validates a `/v1/check` request the way the filter validates its config.
+/// Validates a `/v1/check` request the way the filter validates its config: one cost per
+/// limit, `costs[i]` if given, else `cost` for every limit.
 pub fn check(request: CheckRequest) -> Result<Check, ApiError> {
     metered_key(&request.key, "key")?;
     if request.cost > MAX_QUANTITY {
         return Err(ApiError::invalid("cost", format!("expected a whole number from 0 to {MAX_QUANTITY}")));
     }
     let limits = limits(&request.limits)?;
-    for (i, limit) in limits.iter().enumerate() {
-        if request.cost > limit.capacity() {
+    let per_limit = !request.costs.is_empty();
+    let costs = if per_limit {
+        one_per_limit("costs", &request.costs, limits.len())?;
+        request.costs
+    } else {
+        vec![request.cost; limits.len()]
+    };
+    let path = |i: usize| if per_limit { format!("costs[{i}]") } else { "cost".to_owned() };
+    for (i, (limit, &cost)) in limits.iter().zip(&costs).enumerate() {
+        if cost > MAX_QUANTITY {
+            return Err(ApiError::invalid(&path(i), format!("expected a whole number from 0 to {MAX_QUANTITY}")));
+        }
+        if cost > limit.capacity() {
             return Err(ApiError::invalid(
-                "cost",
+                &path(i),
                 format!(
-                    "{} exceeds the capacity {} of limits[{i}] ({:?}): such a request could never be admitted",
-                    request.cost,
+                    "{cost} exceeds the capacity {} of limits[{i}] ({:?}): such a request could never be admitted",
                     limit.capacity(),
                     limit.name
                 ),
             ));
         }
     }
-    Ok(Check { key: request.key, cost: request.cost, limits })
+    Ok(Check { key: request.key, costs, limits })
 }
 
 /// Validates a `/v1/return` request: the limits as for a check, and one window per limit
@@ -63,6 +74,15 @@ pub fn give_back(request: ReturnRequest) -> Result<Return, ApiError> {
         }
     }
     Ok(Return { key: request.key, units: request.units, limits, windows: request.windows })
+}
+
+/// `field` has one entry per limit.
+fn one_per_limit<T>(field: &str, entries: &[T], limits: usize) -> Result<(), ApiError> {
+    if entries.len() == limits {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(field, format!("expected one entry per limit ({limits}), got {}", entries.len())))
+    }
 }
 
 /// `limits[i]`, made once rather than per request.
@@ -180,6 +200,27 @@ mod tests {
         assert!(message(&format!(r#"{{"key":"f/a","cost":1,"limits":[{ok},{ok}]}}"#))
             .starts_with("limits[1].name: duplicate limit name \"a\" (also limits[0])"));
         assert!(message(&format!(r#"{{"key":"f/a","cost":6,"limits":[{ok}]}}"#)).starts_with("cost: 6 exceeds"));
+    }
+
+    #[test]
+    fn per_limit_costs_are_one_per_limit_and_name_their_entry() {
+        let limits = r#"[{"name":"rpd","limit":5,"window_secs":60},{"name":"tokens","limit":1000,"window_secs":60}]"#;
+        let c = check(request(&format!(r#"{{"key":"f/a","cost":1,"limits":{limits},"costs":[1,700]}}"#))).unwrap();
+        assert_eq!(c.costs, [1, 700]);
+        let c = check(request(&format!(r#"{{"key":"f/a","cost":2,"limits":{limits}}}"#))).unwrap();
+        assert_eq!(c.costs, [2, 2], "no costs: every limit costs `cost`");
+        // With costs, `cost` is not what the limits are charged: a cost above a capacity is no error.
+        assert!(check(request(&format!(r#"{{"key":"f/a","cost":900,"limits":{limits},"costs":[1,900]}}"#))).is_ok());
+        for (costs, expected) in [
+            ("[1]", "costs: expected one entry per limit (2), got 1"),
+            ("[1,2,3]", "costs: expected one entry per limit (2), got 3"),
+            ("[1,1001]", "costs[1]: 1001 exceeds the capacity 1000 of limits[1] (\"tokens\")"),
+            ("[6,1]", "costs[0]: 6 exceeds the capacity 5"),
+            ("[1,1000000001]", "costs[1]: expected a whole number from 0 to 1000000000"),
+        ] {
+            let m = message(&format!(r#"{{"key":"f/a","cost":1,"limits":{limits},"costs":{costs}}}"#));
+            assert!(m.starts_with(expected), "{costs}: {m:?} should start with {expected:?}");
+        }
     }
 
     #[test]

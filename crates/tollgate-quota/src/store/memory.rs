@@ -105,19 +105,23 @@ impl MemoryStore {
         let evaluations: Vec<_> = check
             .limits
             .iter()
-            .map(|limit| {
+            .zip(&check.costs)
+            .map(|(limit, &cost)| {
                 let stored = meter.and_then(|m| m.find(limit)).map(|m| m.state);
-                evaluate(limit, stored, now, check.cost)
+                evaluate(limit, stored, now, cost)
             })
             .collect();
         let admitted = evaluations.iter().all(|e| e.admitted);
-        if admitted && check.cost > 0 {
+        if admitted && check.costs.iter().any(|&cost| cost > 0) {
             state.sweep_if_due(now);
             if !state.meters.contains_key(&check.key) {
                 state.meters.insert(check.key.clone(), Meter { limits: Vec::new(), idle_at: now });
             }
             if let Some(meter) = state.meters.get_mut(&check.key) {
-                for (limit, e) in check.limits.iter().zip(&evaluations) {
+                for ((limit, e), _) in
+                    check.limits.iter().zip(&evaluations).zip(&check.costs).filter(|(_, &cost)| cost > 0)
+                {
+                    // A limit that costs nothing is only read.
                     meter.idle_at = meter.idle_at.max(e.idle_at);
                     match meter.limits.iter_mut().find(|m| m.limit.name == limit.name) {
                         Some(m) if m.limit.fingerprint == limit.fingerprint => m.state = e.state,
@@ -267,14 +271,14 @@ mod tests {
     use tollgate_core::quota::LimitSpec;
 
     fn check(key: &str, limits: &[&str]) -> Check {
-        let limits = limits
+        let limits: Vec<Limit> = limits
             .iter()
             .enumerate()
             .map(|(i, json)| {
                 serde_json::from_str::<LimitSpec>(json).unwrap().to_limit(&format!("limits[{i}]")).unwrap()
             })
             .collect();
-        Check { key: key.into(), cost: 1, limits }
+        Check { key: key.into(), costs: vec![1; limits.len()], limits }
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub use self::redis::RedisStore;
 pub struct Check {
     /// The metered key, `<tier>/key:<id>` or `<tier>/ip:<network>`.
     pub key: String,
-    pub cost: u64,
+    /// One per limit, in `limits` order: the units it must have; 0 only reads it.
+    pub costs: Vec<u64>,
     /// At least one, names unique, in request order.
     pub limits: Vec<Limit>,
 }
@@ -63,8 +64,8 @@ pub enum Created {
 /// The operations of the service on its state. Every call is one decision or one lookup;
 /// implementations are shared by all requests (`&self`) and never block the runtime.
 pub trait Store: Send + Sync + 'static {
-    /// One all-or-nothing decision: admitted only if every limit admits, and then every
-    /// limit is charged `cost`; otherwise nothing is charged.
+    /// One all-or-nothing decision: admitted only if every limit admits its cost, and then
+    /// every limit is charged its cost; otherwise nothing is charged.
     fn check(&self, check: &Check) -> impl Future<Output = Result<CheckResponse, StoreError>> + Send;
 
     /// Gives `units` back to every limit of the key, all in one step: a token bucket's

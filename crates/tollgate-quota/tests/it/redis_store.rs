@@ -139,12 +139,12 @@ async fn one_script_call_decides_many_keys_in_order() {
     let (_f, server) = fixture().await;
     let script = include_str!("../../lua/check.lua");
     let (a, b) = (meter_key(&unique_key("free")), meter_key(&unique_key("free")));
-    let one = ["one", "f:1:31622400", "31622400000000", "1"];
+    let one = ["one", "f:1:31622400", "31622400000000", "1", "1"];
     // Three keys in one call: a, b, then a again. Each decision sees what the ones before
     // it wrote: the second check of `a` finds its one unit spent.
     let mut args = vec!["EVAL", script, "3", &a, &b, &a];
     for _ in 0..3 {
-        args.extend(["1", "1"]);
+        args.push("1");
         args.extend(one);
     }
     let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
@@ -160,8 +160,9 @@ async fn one_script_call_decides_many_keys_in_order() {
     let c = meter_key(&unique_key("free"));
     let mut args = vec!["EVAL", script, "3", &c, &c, &c];
     for cost in ["2", "1", "0"] {
-        args.extend([cost, "1"]);
+        args.push("1");
         args.extend(two);
+        args.push(cost);
     }
     let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
     let admitted: Vec<i64> = reply.chunks(6).map(|chunk| chunk[0]).collect();
@@ -174,14 +175,39 @@ async fn one_script_call_decides_many_keys_in_order() {
     assert_eq!(server.cli(&["SET", &broken, "not a hash"]).trim(), "OK");
     let mut args = vec!["EVAL", script, "3", &d, &broken, &e];
     for _ in 0..3 {
-        args.extend(["1", "1"]);
+        args.push("1");
         args.extend(two);
+        args.push("1");
     }
     let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
     let admitted: Vec<i64> = reply.chunks(6).map(|chunk| chunk[0]).collect();
     assert_eq!(admitted, [1, -1, 1], "{reply:?}");
     assert_eq!(server.cli(&["GET", &broken]).trim(), "not a hash");
     assert!(server.cli(&["HGET", &e, "two"]).trim().ends_with(" 1"));
+
+    // Per-limit costs, two limits per key: each limit is charged its own cost; the second
+    // check of `g` does not fit its tokens and charges neither limit.
+    let (g, h) = (meter_key(&unique_key("free")), meter_key(&unique_key("free")));
+    let requests = ["requests", "f:10:31622400", "31622400000000", "10"];
+    let tokens = ["tokens", "f:1000:31622400", "31622400000000", "1000"];
+    let mut args = vec!["EVAL", script, "3", &g, &h, &g];
+    for tokens_cost in ["700", "300", "301"] {
+        args.push("2");
+        args.extend(requests);
+        args.push("1");
+        args.extend(tokens);
+        args.push(tokens_cost);
+    }
+    let reply: Vec<i64> = server.cli(&args).lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(reply.len(), 3 * 11, "{reply:?}");
+    let admitted: Vec<i64> = reply.chunks(11).map(|c| c[0]).collect();
+    assert_eq!(admitted, [1, 1, 0], "{reply:?}");
+    // Remaining per limit (the second number of each five): requests, tokens.
+    assert_eq!((reply[2], reply[7]), (9, 300));
+    assert_eq!((reply[11 + 2], reply[11 + 7]), (9, 700));
+    assert!(server.cli(&["HGET", &g, "requests"]).trim().ends_with(" 1"), "the refused check took no request");
+    assert!(server.cli(&["HGET", &g, "tokens"]).trim().ends_with(" 700"));
+    assert!(server.cli(&["HGET", &h, "tokens"]).trim().ends_with(" 300"));
 }
 
 #[tokio::test]

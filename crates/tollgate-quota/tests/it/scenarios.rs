@@ -91,6 +91,13 @@ pub fn check(key: &str, cost: u64, limits: &str) -> Check {
     validate::check(request).unwrap()
 }
 
+/// A validated check with one cost per limit.
+pub fn check_costs(key: &str, costs: &[u64], limits: &str) -> Check {
+    let request: CheckRequest =
+        serde_json::from_str(&format!(r#"{{"key":{key:?},"cost":0,"limits":{limits},"costs":{costs:?}}}"#)).unwrap();
+    validate::check(request).unwrap()
+}
+
 /// A validated return from JSON limits and windows, as `/v1/return` would pass it on.
 pub fn give_back(key: &str, units: u64, limits: &str, windows: &str) -> Return {
     validate::give_back(return_request(key, units, limits, windows)).unwrap()
@@ -491,6 +498,37 @@ pub async fn invalid_returns_are_refused_and_change_nothing<S: Store>(f: &Fixtur
     assert_eq!((usage_named(&usage, "day").used, usage_named(&usage, "bucket").used), (3, 3), "nothing came back");
 }
 
+pub async fn per_limit_costs_are_charged_all_or_nothing<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    // A request costs 1 to the requests a day and its tokens to the tokens a day.
+    let limits = format!(
+        r#"[{{"name":"requests","algorithm":"fixed_window","limit":10,"window_secs":{LONG}}},
+            {{"name":"tokens","algorithm":"fixed_window","limit":1000,"window_secs":{LONG}}},
+            {{"name":"token-bucket","limit":1500,"window_secs":{LONG},"burst":1000}}]"#
+    );
+    let r = decide(f, &check_costs(&key, &[1, 600, 600], &limits)).await;
+    assert!(r.admitted);
+    let remaining: Vec<u64> = r.limits.iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, [9, 400, 400], "each limit is charged its own cost");
+
+    // 500 tokens more do not fit: refused, and neither limit is charged anything.
+    let refused = decide(f, &check_costs(&key, &[1, 500, 300], &limits)).await;
+    assert!(!refused.admitted);
+    assert!(named(&refused, "requests").admitted && !named(&refused, "tokens").admitted);
+    assert!(named(&refused, "token-bucket").admitted);
+    let usage = f.store.usage(&key).await.unwrap();
+    let used: Vec<u64> = ["requests", "tokens", "token-bucket"].iter().map(|n| usage_named(&usage, n).used).collect();
+    assert_eq!(used, [1, 600, 600], "a refused check charges no limit");
+
+    // A cost of 0 only reads its limit, while the others are charged.
+    let r = decide(f, &check_costs(&key, &[1, 0, 400], &limits)).await;
+    assert!(r.admitted);
+    let remaining: Vec<u64> = r.limits.iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, [8, 400, 0]);
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!((usage_named(&usage, "tokens").used, usage_named(&usage, "token-bucket").used), (600, 1000));
+}
+
 /// Calls `$callback!($args; <every scenario name>)`: the one list of the suite.
 #[macro_export]
 macro_rules! with_every_scenario {
@@ -508,7 +546,8 @@ macro_rules! with_every_scenario {
             a_return_after_a_check_restores_what_it_took,
             a_token_bucket_is_never_fuller_than_full,
             a_return_to_a_past_window_gives_nothing,
-            invalid_returns_are_refused_and_change_nothing}
+            invalid_returns_are_refused_and_change_nothing,
+            per_limit_costs_are_charged_all_or_nothing}
     };
 }
 

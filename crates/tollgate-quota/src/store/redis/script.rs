@@ -29,11 +29,10 @@ impl Scripts {
     }
 }
 
-/// One check as `check.lua` takes it for its key: the meter, the cost, and per limit its
-/// name, definition and (x, y) arguments.
+/// One check as `check.lua` takes it for its key: the meter, and per limit its name,
+/// definition, (x, y) arguments and cost.
 pub(super) struct CheckArgs {
     key: String,
-    cost: u64,
     limits: Vec<LimitArgs>,
 }
 
@@ -42,6 +41,7 @@ struct LimitArgs {
     definition: String,
     x: u64,
     y: u64,
+    cost: u64,
 }
 
 impl CheckArgs {
@@ -49,12 +49,13 @@ impl CheckArgs {
         let limits = check
             .limits
             .iter()
-            .map(|limit| {
+            .zip(&check.costs)
+            .map(|(limit, &cost)| {
                 let (x, y) = script_arguments(limit);
-                LimitArgs { name: limit.name.clone(), definition: definition(limit), x, y }
+                LimitArgs { name: limit.name.clone(), definition: definition(limit), x, y, cost }
             })
             .collect();
-        CheckArgs { key: meter_key(&check.key), cost: check.cost, limits }
+        CheckArgs { key: meter_key(&check.key), limits }
     }
 
     /// How many numbers of `check.lua`'s reply are this check's: `admitted`, then five per limit.
@@ -124,12 +125,11 @@ where
     }
     let counted = checks.len() > 1;
     for check in checks {
-        cmd.arg(check.cost);
         if counted {
             cmd.arg(check.limits.len());
         }
         for l in &check.limits {
-            cmd.arg(&l.name).arg(&l.definition).arg(l.x).arg(l.y);
+            cmd.arg(&l.name).arg(&l.definition).arg(l.x).arg(l.y).arg(l.cost);
         }
     }
     match cmd.query_async(conn).await {
