@@ -23,7 +23,8 @@
 -- read or written, as when it is not a hash: nothing was charged to it, the other keys of
 -- the call were decided as usual, and its per-limit numbers are 0), window the fixed window's
 -- index (floor(now / window_us)) and -1 for a token bucket. All in one flat array.
--- The arithmetic is tollgate_core::limit::evaluate's, in microseconds.
+-- The arithmetic is tollgate_core::limit::evaluate's, in microseconds. After an admitted
+-- check that charged something, the key's TTL is set again (expiry.lua, in front of this).
 --
 -- Why a script: the request is admitted only if every limit admits it, and a refused
 -- request must consume nothing from any limit. Read-then-MULTI from the service could
@@ -79,6 +80,8 @@ for k = 1, nkeys do
   local all_admitted = true
   local writes = nil
   local longest_idle = 0
+  -- Fields this check leaves as they are (a cost of 0) but holds: their stored values.
+  local kept = nil
 
   if not stored then
     -- The key is not a hash: this check fails alone (-1), the others of the call go on.
@@ -159,6 +162,10 @@ for k = 1, nkeys do
           -- %d, not tostring: tostring keeps only 14 significant digits.
           writes[w + 2] = format('%s %d %d', definition, state_a, state_b)
           if idle_after > longest_idle then longest_idle = idle_after end
+        elseif value then
+          if not kept then kept = {} end
+          kept[#kept + 1] = name
+          kept[#kept + 1] = value
         end
       else
         out[o + 1] = 0
@@ -178,12 +185,18 @@ for k = 1, nkeys do
           -- Not written (Redis out of memory, say): this check fails alone.
           out[first] = -1
         else
-          -- The key lives until every limit in it is full again; limits this request did not
-          -- touch keep the expiry they set.
-          local ttl_ms = floor((longest_idle + 999) / 1000)
-          if call('PTTL', key) < ttl_ms then
-            call('PEXPIRE', key, ttl_ms)
+          -- The key lives until every limit in it is full again (expiry.lua): the ones
+          -- written, the ones read and kept, and any others the hash holds.
+          local known = {}
+          for w = 3, #writes, 2 do known[#known + 1] = writes[w] end
+          if kept then
+            for j = 1, #kept, 2 do
+              known[#known + 1] = kept[j]
+              local life = life_of(kept[j + 1], now)
+              if life > longest_idle then longest_idle = life end
+            end
           end
+          expire_meter(key, now, known, longest_idle)
         end
       end
     else

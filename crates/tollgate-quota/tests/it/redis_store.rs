@@ -137,7 +137,7 @@ async fn a_stopped_redis_is_a_transient_error_until_it_is_back() {
 #[tokio::test]
 async fn one_script_call_decides_many_keys_in_order() {
     let (_f, server) = fixture().await;
-    let script = include_str!("../../lua/check.lua");
+    let script = concat!(include_str!("../../lua/expiry.lua"), include_str!("../../lua/check.lua"));
     let (a, b) = (meter_key(&unique_key("free")), meter_key(&unique_key("free")));
     let one = ["one", "f:1:31622400", "31622400000000", "1", "1"];
     // Three keys in one call: a, b, then a again. Each decision sees what the ones before
@@ -218,4 +218,79 @@ async fn a_metered_key_that_is_not_a_hash_is_a_store_error_for_its_check_only() 
     let error = f.store.check(&check(&broken, 1, &format!("[{YEAR}]"))).await.unwrap_err();
     assert!(!error.transient && error.message.contains("not a hash"), "{error:?}");
     assert!(f.store.check(&check(&good, 1, &format!("[{YEAR}]"))).await.unwrap().admitted);
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+#[tokio::test]
+async fn a_day_limit_lives_about_a_day() {
+    let (f, server) = fixture().await;
+    // A fixed window of a day lives until its window ends (00:00 UTC): at most a day.
+    let key = unique_key("free");
+    let day = r#"[{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":86400}]"#;
+    let sent = Instant::now();
+    let r = f.store.check(&check(&key, 1, day)).await.unwrap();
+    let ttl = pttl(&server, &key);
+    let elapsed = i64::try_from(sent.elapsed().as_millis()).unwrap();
+    let ends_in = i64::try_from(r.limits[0].reset_after_ms).unwrap();
+    assert!(ttl <= ends_in && ttl >= ends_in - elapsed - 1, "PTTL {ttl} ms; the day window ends in {ends_in} ms");
+    assert!(ttl <= DAY_MS);
+
+    // A bucket of a day's tokens, emptied, lives the day it takes to refill.
+    let key = unique_key("free");
+    let tokens = r#"[{"name":"tokens","limit":1000,"window_secs":86400}]"#;
+    let sent = Instant::now();
+    assert!(f.store.check(&check(&key, 1000, tokens)).await.unwrap().admitted);
+    let ttl = pttl(&server, &key);
+    let elapsed = i64::try_from(sent.elapsed().as_millis()).unwrap();
+    assert!((DAY_MS - elapsed - 1..=DAY_MS).contains(&ttl), "PTTL {ttl} ms, {elapsed} ms after the check");
+    assert!(server.cli(&["TTL", &meter_key(&key)]).trim().parse::<i64>().unwrap() <= 86_400);
+}
+
+#[tokio::test]
+async fn a_key_never_outlives_the_longest_limit_it_holds() {
+    let (f, server) = fixture().await;
+    // A key that held a limit of 366 days (its window ends weeks from now, as a year
+    // window does), redefined as a day: the key then lives a day at most, not the rest of
+    // the year.
+    let key = unique_key("free");
+    let year = r#"[{"name":"period","algorithm":"fixed_window","limit":5,"window_secs":31622400}]"#;
+    let r = f.store.check(&check(&key, 1, year)).await.unwrap();
+    let year_ttl = pttl(&server, &key);
+    if r.limits[0].reset_after_ms > 86_400_000 + 1000 {
+        assert!(year_ttl > DAY_MS, "PTTL {year_ttl} ms: the year's window is what the key lives for first");
+    }
+    let day = r#"[{"name":"period","algorithm":"fixed_window","limit":5,"window_secs":86400}]"#;
+    assert!(f.store.check(&check(&key, 1, day)).await.unwrap().admitted);
+    let ttl = pttl(&server, &key);
+    assert!((1..=DAY_MS).contains(&ttl), "PTTL {ttl} ms after the limit became a day's");
+
+    // Limits the check does not name, still stored, keep the key alive as long as they count.
+    let key = unique_key("free");
+    let both = format!("[{YEAR},{RPS}]");
+    let r = f.store.check(&check(&key, 1, &both)).await.unwrap();
+    let year_ends_in = i64::try_from(r.limits[0].reset_after_ms).unwrap();
+    assert!(f.store.check(&check(&key, 1, &format!("[{RPS}]"))).await.unwrap().admitted);
+    let ttl = pttl(&server, &key);
+    assert!(ttl > year_ends_in - 60_000 && ttl <= year_ends_in, "PTTL {ttl} ms; the year ends in {year_ends_in} ms");
+
+    // A return that leaves every limit full deletes the key; one that leaves some counted
+    // shortens it to them.
+    let key = unique_key("free");
+    let limits = r#"[{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":86400},
+                     {"name":"ps","limit":1,"window_secs":1}]"#;
+    let r = f.store.check(&check(&key, 1, limits)).await.unwrap();
+    let window = r.limits[0].window.unwrap();
+    let give_back = crate::scenarios::give_back(
+        &key,
+        1,
+        r#"[{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":86400}]"#,
+        &format!("[{window}]"),
+    );
+    assert_eq!(f.store.give_back(&give_back).await.unwrap(), [1]);
+    let ttl = pttl(&server, &key);
+    assert!(ttl <= 1000, "PTTL {ttl} ms: only the one-second bucket still counts");
+    let all = crate::scenarios::give_back(&key, 1, limits, &format!("[{window},null]"));
+    f.store.give_back(&all).await.unwrap();
+    assert_eq!(server.cli(&["EXISTS", &meter_key(&key)]).trim(), "0", "every limit is full: no key");
 }

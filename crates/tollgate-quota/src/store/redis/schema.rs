@@ -1,8 +1,8 @@
 //! Where the Redis store keeps things: every key name it reads or writes is made here.
 //!
 //! - `tg:{<metered key>}`: hash, field = limit name, value = "<definition> <a> <b>", written
-//!   only by `lua/check.lua`; it expires when every limit in it is full again. The braces
-//!   make the metered key the Redis Cluster hash tag.
+//!   by `lua/check.lua` and `lua/return.lua`; it expires when every limit in it is full
+//!   again (`lua/expiry.lua`). The braces make the metered key the Redis Cluster hash tag.
 //! - `tg:apikey:<sha256>`: string, the key's record as JSON (what `verify` reads).
 //! - `tg:apikeys`: hash, id → the same JSON (what `list` and `revoke` read).
 

@@ -12,6 +12,13 @@ use super::corrupt;
 use super::schema::meter_key;
 use crate::store::{definition, limit_from_definition, usage_of, Check, Return, StoreError};
 
+/// The scripts that write a meter begin with `expiry.lua`, which sets its TTL.
+macro_rules! writing_script {
+    ($file:literal) => {
+        concat!(include_str!("../../../lua/expiry.lua"), include_str!(concat!("../../../lua/", $file)))
+    };
+}
+
 /// `check.lua`, `return.lua` and `usage.lua`, loaded into Redis on first use.
 pub(super) struct Scripts {
     pub(super) check: Script,
@@ -22,8 +29,8 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
-            check: Script::new(include_str!("../../../lua/check.lua")),
-            give_back: Script::new(include_str!("../../../lua/return.lua")),
+            check: Script::new(writing_script!("check.lua")),
+            give_back: Script::new(writing_script!("return.lua")),
             usage: Script::new(include_str!("../../../lua/usage.lua")),
         }
     }
