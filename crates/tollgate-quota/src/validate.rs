@@ -1,10 +1,10 @@
 //! Wire requests in, validated values out; every error names the field it is about.
 
 use tollgate_core::config::{Limit, LimitKind, MAX_LIMITS_PER_TIER, MAX_QUANTITY};
-use tollgate_core::quota::{CheckRequest, LimitSpec, ReturnRequest};
+use tollgate_core::quota::{CheckRequest, LimitSpec, ReturnRequest, SettleRequest};
 
 use crate::error::ApiError;
-use crate::store::{Check, Return};
+use crate::store::{Check, Return, Settle};
 
 pub const MAX_KEY_BYTES: usize = 256;
 
@@ -50,13 +50,50 @@ pub fn give_back(request: ReturnRequest) -> Result<Return, ApiError> {
         return Err(ApiError::invalid("units", format!("expected a whole number from 0 to {MAX_QUANTITY}")));
     }
     let limits = limits(&request.limits)?;
-    if request.windows.len() != limits.len() {
-        return Err(ApiError::invalid(
-            "windows",
-            format!("expected one entry per limit ({}), got {}", limits.len(), request.windows.len()),
-        ));
+    windows(&limits, &request.windows)?;
+    Ok(Return { key: request.key, units: request.units, limits, windows: request.windows })
+}
+
+/// Validates a `/v1/settle` request: the limits as for a check, `windows` as for a return,
+/// one `reserved` and one `used` per limit, and an `id` fit to name a marker key.
+pub fn settle(request: SettleRequest) -> Result<Settle, ApiError> {
+    metered_key(&request.key, "key")?;
+    settlement_id(&request.id, "id")?;
+    let limits = limits(&request.limits)?;
+    windows(&limits, &request.windows)?;
+    for (field, units) in [("reserved", &request.reserved), ("used", &request.used)] {
+        one_per_limit(field, units, limits.len())?;
+        if let Some(i) = units.iter().position(|u| *u > MAX_QUANTITY) {
+            return Err(ApiError::invalid(
+                &format!("{field}[{i}]"),
+                format!("expected a whole number from 0 to {MAX_QUANTITY}"),
+            ));
+        }
     }
-    for (i, (limit, window)) in limits.iter().zip(&request.windows).enumerate() {
+    Ok(Settle {
+        key: request.key,
+        id: request.id,
+        limits,
+        windows: request.windows,
+        reserved: request.reserved,
+        used: request.used,
+    })
+}
+
+/// `field` has one entry per limit.
+fn one_per_limit<T>(field: &str, entries: &[T], limits: usize) -> Result<(), ApiError> {
+    if entries.len() == limits {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(field, format!("expected one entry per limit ({limits}), got {}", entries.len())))
+    }
+}
+
+/// One window per limit: the `window` of the check answer, a number for a fixed window and
+/// null for a token bucket.
+fn windows(limits: &[Limit], windows: &[Option<u64>]) -> Result<(), ApiError> {
+    one_per_limit("windows", windows, limits.len())?;
+    for (i, (limit, window)) in limits.iter().zip(windows).enumerate() {
         match (limit.kind, window) {
             (LimitKind::FixedWindow { .. }, None) => {
                 return Err(ApiError::invalid(
@@ -73,15 +110,15 @@ pub fn give_back(request: ReturnRequest) -> Result<Return, ApiError> {
             _ => {}
         }
     }
-    Ok(Return { key: request.key, units: request.units, limits, windows: request.windows })
+    Ok(())
 }
 
-/// `field` has one entry per limit.
-fn one_per_limit<T>(field: &str, entries: &[T], limits: usize) -> Result<(), ApiError> {
-    if entries.len() == limits {
+/// A settlement's id: 16 to 64 characters of `[0-9A-Za-z_-]` (it becomes part of a Redis key).
+pub fn settlement_id(id: &str, path: &str) -> Result<(), ApiError> {
+    if (16..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         Ok(())
     } else {
-        Err(ApiError::invalid(field, format!("expected one entry per limit ({limits}), got {}", entries.len())))
+        Err(ApiError::invalid(path, "expected 16 to 64 characters of [0-9A-Za-z_-]"))
     }
 }
 
@@ -221,6 +258,49 @@ mod tests {
             let m = message(&format!(r#"{{"key":"f/a","cost":1,"limits":{limits},"costs":{costs}}}"#));
             assert!(m.starts_with(expected), "{costs}: {m:?} should start with {expected:?}");
         }
+    }
+
+    fn settle_request(fields: &str) -> SettleRequest {
+        let base = r#""key":"f/a","limits":[{"name":"day","algorithm":"fixed_window","limit":5,"window_secs":86400},
+                      {"name":"tokens","limit":1000,"window_secs":60}]"#;
+        serde_json::from_str(&format!("{{{base},{fields}}}")).unwrap()
+    }
+
+    #[test]
+    fn settlements_are_validated_field_by_field() {
+        let ok = r#""id":"0123456789abcdef","windows":[20788,null],"reserved":[1,500],"used":[1,1700]"#;
+        let s = settle(settle_request(ok)).unwrap();
+        assert_eq!(
+            (s.windows.as_slice(), s.reserved.as_slice(), s.used.as_slice()),
+            ([Some(20788), None].as_slice(), [1, 500].as_slice(), [1, 1700].as_slice())
+        );
+        assert!(settle(settle_request(&ok.replace("0123456789abcdef", &"aZ09_-".repeat(10)))).is_ok(), "60 chars");
+        for (id, valid) in [("0123456789abcde", false), (&*"a".repeat(64), true), (&*"a".repeat(65), false)] {
+            let r = settle(settle_request(&ok.replace("0123456789abcdef", id)));
+            assert_eq!(r.is_ok(), valid, "{} characters", id.len());
+        }
+        for (fields, expected) in [
+            (ok.replace("0123456789abcdef", "0123456789abcdef/x"), "id: expected 16 to 64 characters of [0-9A-Za-z_-]"),
+            (ok.replace("0123456789abcdef", "0123456789abcdef{x}"), "id: "),
+            (ok.replace("0123456789abcdef", "0123456789 abcdef"), "id: "),
+            (ok.replace("[20788,null]", "[20788]"), "windows: expected one entry per limit (2), got 1"),
+            (ok.replace("[20788,null]", "[null,null]"), "windows[0]: "),
+            (ok.replace("[20788,null]", "[20788,1]"), "windows[1]: expected null"),
+            (ok.replace("[1,500]", "[1]"), "reserved: expected one entry per limit (2), got 1"),
+            (ok.replace("[1,1700]", "[1,1700,3]"), "used: expected one entry per limit (2), got 3"),
+            (ok.replace("[1,1700]", "[1,1000000001]"), "used[1]: expected a whole number from 0 to 1000000000"),
+            (ok.replace("[1,500]", "[1000000001,500]"), "reserved[0]: "),
+        ] {
+            let e = settle(settle_request(&fields)).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400);
+            assert!(e.message.starts_with(expected), "{fields}: {:?} should start with {expected:?}", e.message);
+        }
+        let mut no_key = settle_request(ok);
+        no_key.key = "nokey".into();
+        assert!(settle(no_key).unwrap_err().message.starts_with("key: "));
+        let mut no_limits = settle_request(ok);
+        no_limits.limits.clear();
+        assert!(settle(no_limits).unwrap_err().message.starts_with("limits: expected 1 to 16"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tollgate_quota::store::{RedisStore, Store};
 use tollgate_testkit::redis::Redis;
 use tollgate_testkit::wait::Wait;
 
-use crate::scenarios::{check, unique_key, Fixture, TestTime};
+use crate::scenarios::{check, check_costs, settle, unique_id, unique_key, Fixture, TestTime};
 
 pub async fn fixture() -> (Fixture<RedisStore>, Redis) {
     let server = Redis::start();
@@ -220,6 +220,15 @@ async fn a_metered_key_that_is_not_a_hash_is_a_store_error_for_its_check_only() 
     assert!(f.store.check(&check(&good, 1, &format!("[{YEAR}]"))).await.unwrap().admitted);
 }
 
+fn settle_marker(key: &str, id: &str) -> String {
+    format!("tg:{{{key}}}:settle:{id}")
+}
+
+/// `PTTL` of a Redis key, ms.
+fn pttl_of(server: &Redis, redis_key: &str) -> i64 {
+    server.cli(&["PTTL", redis_key]).trim().parse().unwrap()
+}
+
 const DAY_MS: i64 = 86_400_000;
 
 #[tokio::test]
@@ -293,4 +302,36 @@ async fn a_key_never_outlives_the_longest_limit_it_holds() {
     let all = crate::scenarios::give_back(&key, 1, limits, &format!("[{window},null]"));
     f.store.give_back(&all).await.unwrap();
     assert_eq!(server.cli(&["EXISTS", &meter_key(&key)]).trim(), "0", "every limit is full: no key");
+}
+
+#[tokio::test]
+async fn a_settlement_leaves_a_marker_in_its_meter_slot_and_sets_the_ttl() {
+    let (f, server) = fixture().await;
+    let key = unique_key("pro");
+    let tokens = r#"[{"name":"tokens","limit":1000,"window_secs":86400}]"#;
+    let id = unique_id();
+    let sent = Instant::now();
+    assert!(f.store.check(&check_costs(&key, &[100], tokens)).await.unwrap().admitted);
+    assert!(f.store.settle(&settle(&key, &id, tokens, "[null]", &[100], &[600])).await.unwrap());
+    let (marker_ttl, ttl) = (pttl_of(&server, &settle_marker(&key, &id)), pttl(&server, &key));
+    let elapsed = i64::try_from(sent.elapsed().as_millis()).unwrap();
+    let mut keys: Vec<String> = server.cli(&["KEYS", &format!("tg:{{{key}}}*")]).lines().map(str::to_owned).collect();
+    keys.sort();
+    assert_eq!(keys, [meter_key(&key), settle_marker(&key, &id)]);
+    assert_eq!(server.cli(&["GET", &settle_marker(&key, &id)]).trim(), "1");
+    // Remembered for the limit's day, within the bound of an hour.
+    assert!((3_600_000 - elapsed - 1..=3_600_000).contains(&marker_ttl), "marker PTTL {marker_ttl} ms");
+    // 600 of a day's 1000 tokens: full again in 0.6 days.
+    let expected = DAY_MS * 6 / 10;
+    assert!((expected - elapsed - 1..=expected).contains(&ttl), "PTTL {ttl} ms, expected about {expected}");
+
+    // A short limit's settlement is remembered at least a second.
+    let key = unique_key("pro");
+    let second = r#"[{"name":"second","algorithm":"fixed_window","limit":100,"window_secs":1}]"#;
+    let r = f.store.check(&check_costs(&key, &[10], second)).await.unwrap();
+    let id = unique_id();
+    let window = r.limits[0].window.unwrap();
+    f.store.settle(&settle(&key, &id, second, &format!("[{window}]"), &[10], &[5])).await.unwrap();
+    let marker_ttl = pttl_of(&server, &settle_marker(&key, &id));
+    assert!((1..=1000).contains(&marker_ttl), "marker PTTL {marker_ttl} ms");
 }

@@ -9,8 +9,8 @@ use tollgate_core::Nanos;
 
 use super::connection::{Conn, Connection};
 use super::corrupt;
-use super::schema::meter_key;
-use crate::store::{definition, limit_from_definition, usage_of, Check, Return, StoreError};
+use super::schema::{meter_key, settle_marker_key};
+use crate::store::{definition, limit_from_definition, settle_marker_ttl, usage_of, Check, Return, Settle, StoreError};
 
 /// The scripts that write a meter begin with `expiry.lua`, which sets its TTL.
 macro_rules! writing_script {
@@ -19,10 +19,11 @@ macro_rules! writing_script {
     };
 }
 
-/// `check.lua`, `return.lua` and `usage.lua`, loaded into Redis on first use.
+/// `check.lua`, `return.lua`, `settle.lua` and `usage.lua`, loaded into Redis on first use.
 pub(super) struct Scripts {
     pub(super) check: Script,
     pub(super) give_back: Script,
+    pub(super) settle: Script,
     pub(super) usage: Script,
 }
 
@@ -31,6 +32,7 @@ impl Scripts {
         Scripts {
             check: Script::new(writing_script!("check.lua")),
             give_back: Script::new(writing_script!("return.lua")),
+            settle: Script::new(writing_script!("settle.lua")),
             usage: Script::new(include_str!("../../../lua/usage.lua")),
         }
     }
@@ -196,6 +198,27 @@ pub(super) async fn give_back(connection: &Connection, script: &Script, ret: &Re
     Ok(reply.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect())
 }
 
+/// `settle.lua` for `settle`: true if applied now, false if applied before.
+pub(super) async fn settle(connection: &Connection, script: &Script, settle: &Settle) -> Result<bool, StoreError> {
+    let mut invocation = script.prepare_invoke();
+    let marker_ttl_ms = u64::try_from(settle_marker_ttl(&settle.limits).as_millis()).unwrap_or(u64::MAX);
+    invocation.key(meter_key(&settle.key)).key(settle_marker_key(&settle.key, &settle.id)).arg(marker_ttl_ms);
+    for (i, limit) in settle.limits.iter().enumerate() {
+        let (x, y) = script_arguments(limit);
+        let window = settle.windows.get(i).copied().flatten();
+        let (reserved, used) = (settle.reserved.get(i).copied(), settle.used.get(i).copied());
+        invocation.arg(&limit.name).arg(definition(limit)).arg(x).arg(y).arg(window.unwrap_or(0));
+        invocation.arg(reserved.unwrap_or(0)).arg(used.unwrap_or(0));
+    }
+    let invocation = &invocation;
+    let reply: i64 = connection.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+    match reply {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => Err(corrupt("reply from settle.lua")),
+    }
+}
+
 /// `usage.lua` for a metered key: Redis's `TIME`, then every field of its meter hash, read
 /// here as limits and their state at that time.
 pub(super) async fn usage(connection: &Connection, script: &Script, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
@@ -243,5 +266,9 @@ mod tests {
         assert_eq!(micro_bucket(60, 600, 20), (100_000, 2_000_000));
         assert_eq!(micro_bucket(1, 3, 3), (333_334, 1_000_002));
         assert_eq!(meter_key("free/ip:203.0.113.7/32"), "tg:{free/ip:203.0.113.7/32}");
+        assert_eq!(
+            settle_marker_key("free/ip:203.0.113.7/32", "r-0123456789abcdef"),
+            "tg:{free/ip:203.0.113.7/32}:settle:r-0123456789abcdef"
+        );
     }
 }
