@@ -17,8 +17,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tollgate_core::quota::{
-    CheckRequest, CheckResponse, CreateKeyRequest, KeyInfo, ReturnRequest, ReturnResponse, UsageResponse,
-    VerifyRequest, VerifyResponse,
+    CheckRequest, CheckResponse, CreateKeyRequest, KeyInfo, ReturnRequest, ReturnResponse, SettleRequest,
+    SettleResponse, UsageResponse, VerifyRequest, VerifyResponse,
 };
 
 use crate::error::ApiError;
@@ -64,6 +64,7 @@ pub fn router<S: Store>(store: S, admin_token: Option<&str>) -> Router {
     Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/v1/return", post(give_back::<S>))
+        .route("/v1/settle", post(settle::<S>))
         .route("/v1/keys", post(create_key::<S>).get(list_keys::<S>))
         .route("/v1/keys/verify", post(verify_key::<S>))
         .route("/v1/keys/{id}", delete(revoke_key::<S>))
@@ -144,6 +145,16 @@ async fn give_back<S: Store>(
     let returned = app.store(Op::Return, app.inner.store.give_back(&ret)).await?;
     app.inner.metrics.give_back(validate::tier_of(&ret.key), returned.iter().sum());
     Ok(Json(ReturnResponse { returned }))
+}
+
+async fn settle<S: Store>(
+    State(app): State<App<S>>,
+    ApiJson(request): ApiJson<SettleRequest>,
+) -> Result<Json<SettleResponse>, ApiError> {
+    let settle = validate::settle(request)?;
+    let applied = app.store(Op::Settle, app.inner.store.settle(&settle)).await?;
+    app.inner.metrics.settle(validate::tier_of(&settle.key), applied);
+    Ok(Json(SettleResponse { applied }))
 }
 
 async fn create_key<S: Store>(

@@ -23,6 +23,19 @@ async fn every_scenario_holds_on_a_three_master_cluster() {
     let holding = cluster.nodes.iter().filter(|n| n.cli(&["DBSIZE"]).trim() != "0").count();
     assert!(holding >= 2, "keys on {holding} of 3 masters");
 
+    // A settlement's marker lives on the master of its meter (one slot per call).
+    let key = unique_key("pro");
+    let limits = r#"[{"name":"tokens","limit":1000,"window_secs":86400}]"#;
+    assert!(f.store.check(&scenarios::check_costs(&key, &[100], limits)).await.unwrap().admitted);
+    let id = scenarios::unique_id();
+    assert!(f.store.settle(&scenarios::settle(&key, &id, limits, "[null]", &[100], &[300])).await.unwrap());
+    let (meter, marker) = (format!("tg:{{{key}}}"), format!("tg:{{{key}}}:settle:{id}"));
+    let holder = cluster.nodes.iter().position(|n| n.cli(&["EXISTS", &meter]).trim() == "1");
+    assert!(holder.is_some(), "no master holds {meter}");
+    let holders: Vec<usize> =
+        (0..cluster.nodes.len()).filter(|&i| cluster.nodes[i].cli(&["EXISTS", &marker]).trim() == "1").collect();
+    assert_eq!(holders, holder.into_iter().collect::<Vec<_>>(), "the marker is where its meter is");
+
     // NOSCRIPT on every master is survived.
     for node in &cluster.nodes {
         assert_eq!(node.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");

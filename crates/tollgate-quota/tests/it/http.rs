@@ -172,6 +172,78 @@ async fn a_return_gives_back_units_a_check_took() {
 }
 
 #[tokio::test]
+async fn a_settlement_charges_what_was_used_once() {
+    let app = memory_app();
+    let key = "pro/key:acme";
+    let tokens = json!({ "name": "tokens", "algorithm": "fixed_window", "limit": 1000, "window_secs": 31_622_400 });
+    let limits = json!([day(5), tokens]);
+    let check = json!({ "key": key, "cost": 1, "limits": limits, "costs": [1, 400] });
+    let taken = post(&app, "/v1/check", check).await.json();
+    assert_eq!(taken["admitted"], true, "{taken}");
+    assert_eq!(taken["limits"][1]["remaining"], 600, "the tokens limit is charged its own cost");
+    let windows = json!([taken["limits"][0]["window"], taken["limits"][1]["window"]]);
+
+    let body = json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows,
+                       "reserved": [1, 400], "used": [1, 150] });
+    let r = post(&app, "/v1/settle", body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), json!({ "applied": true }));
+    let again = post(&app, "/v1/settle", body).await;
+    assert_eq!((again.status, again.json()), (StatusCode::OK, json!({ "applied": false })));
+    let read = json!({ "key": key, "cost": 0, "limits": limits });
+    assert_eq!(post(&app, "/v1/check", read).await.json()["limits"][1]["remaining"], 850, "refunded once");
+
+    for (body, expected) in [
+        (
+            json!({ "key": key, "id": "short", "limits": limits, "windows": windows, "reserved": [1, 1], "used": [1, 1] }),
+            "id: expected 16 to 64 characters",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows,
+                    "reserved": [1], "used": [1, 1] }),
+            "reserved: expected one entry per limit (2), got 1",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows,
+                    "reserved": [1, 1], "used": [1, -1] }),
+            "used[1]: invalid value",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": [null, null],
+                    "reserved": [1, 1], "used": [1, 1] }),
+            "windows[0]: ",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows }),
+            "body: missing field",
+        ),
+        (
+            json!({ "key": key, "cost": 1, "limits": limits, "costs": [1, 2, 3] }),
+            "costs: expected one entry per limit (2), got 3",
+        ),
+        (json!({ "key": key, "cost": 1, "limits": limits, "costs": [1, 1001] }), "costs[1]: 1001 exceeds"),
+    ] {
+        let uri = if body.get("id").is_some() { "/v1/settle" } else { "/v1/check" };
+        let r = post(&app, uri, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        let (code, message) = r.error();
+        assert_eq!(code, "invalid_request");
+        assert!(message.starts_with(expected), "{body}: {message:?} should start with {expected:?}");
+    }
+    let metrics = send(&app, "GET", "/metrics", None, "").await.text;
+    for expected in [
+        r#"tollgate_quota_settlements_total{tier="pro",outcome="applied"} 1"#,
+        r#"tollgate_quota_settlements_total{tier="pro",outcome="replayed"} 1"#,
+        r#"tollgate_quota_store_latency_seconds_count{op="settle"} 2"#,
+        r#"tollgate_quota_requests_total{endpoint="/v1/settle",status="200"} 2"#,
+        r#"tollgate_quota_requests_total{endpoint="/v1/settle",status="400"} 5"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing from\n{metrics}");
+    }
+    assert_eq!(send(&app, "GET", "/v1/settle", None, "").await.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_json_400_and_a_huge_body_a_json_413() {
     let app = memory_app();
     for body in ["{\"key\": ", "not json", "", "nul", r#"{"key":"a/b","cost":1,"limits":[]} x"#] {
@@ -326,6 +398,7 @@ async fn every_route_is_counted_under_its_own_endpoint_label() {
     let routes = [
         ("POST", "/v1/check", "/v1/check"),
         ("POST", "/v1/return", "/v1/return"),
+        ("POST", "/v1/settle", "/v1/settle"),
         ("GET", "/v1/keys", "/v1/keys"),
         ("POST", "/v1/keys/verify", "/v1/keys/verify"),
         ("DELETE", "/v1/keys/k1", "/v1/keys/{id}"),

@@ -16,7 +16,7 @@ use tollgate_core::quota::{CheckResponse, UsageLimit};
 use self::batch::Batcher;
 use self::connection::Connection;
 use self::script::{CheckArgs, Scripts};
-use super::{Check, Created, KeyRecord, Return, Store, StoreError, StoreLocation};
+use super::{Check, Created, KeyRecord, Return, Settle, Store, StoreError, StoreLocation};
 
 pub struct RedisStore {
     connection: Connection,
@@ -50,6 +50,10 @@ impl Store for RedisStore {
 
     async fn give_back(&self, ret: &Return) -> Result<Vec<u64>, StoreError> {
         script::give_back(&self.connection, &self.scripts.give_back, ret).await
+    }
+
+    async fn settle(&self, settle: &Settle) -> Result<bool, StoreError> {
+        script::settle(&self.connection, &self.scripts.settle, settle).await
     }
 
     async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
