@@ -344,3 +344,24 @@ impl Envoy {
         stats::find(&stats::parse(&text), name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_service_without_a_token_field_gets_the_test_token() {
+        let with = |json: &str| serde_json::from_str::<serde_json::Value>(&with_service_token(json)).ok();
+        let added = with(r#"{"quota_service":{"cluster":"q"}}"#)
+            .and_then(|v| v["quota_service"]["token"].as_str().map(str::to_owned));
+        assert_eq!(added.as_deref(), Some(DEV_SERVICE_TOKEN));
+        for kept in [
+            r#"{"quota_service":{"cluster":"q","token":null}}"#,
+            r#"{"quota_service":{"cluster":"q","token":"other-token-0123456789"}}"#,
+            r#"{"tiers":{}}"#,
+            "not json",
+        ] {
+            assert_eq!(with_service_token(kept), kept);
+        }
+    }
+}
