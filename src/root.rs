@@ -1,7 +1,7 @@
 //! The root context of one worker: it reads the configuration, and performs the worker's
 //! tick and the callouts that outlive a request (refills ahead of need, lease returns).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::rc::Rc;
@@ -111,7 +111,14 @@ impl RootContext for TollgateRoot {
         let worker = RefCell::new(Worker::for_config(&config));
         let metrics = Metrics::define(&config);
         let refills = RefCell::new(Vec::new());
-        self.state = Some(Rc::new(State { config, metrics, worker, refills, queue: queue.flatten() }));
+        self.state = Some(Rc::new(State {
+            config,
+            metrics,
+            worker,
+            refills,
+            queue: queue.flatten(),
+            token_refused: Cell::new(false),
+        }));
         true
     }
 

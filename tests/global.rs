@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tollgate_testkit::envoy::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
 use tollgate_testkit::http::Reply;
-use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaOptions, QuotaService};
+use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaOptions, QuotaService, DEV_SERVICE_TOKEN};
 use tollgate_testkit::redis::Redis;
 use tollgate_testkit::wait::Wait;
 
@@ -254,6 +254,8 @@ fn callouts_carry_the_service_token_and_a_refused_one_is_a_failure() {
     assert_eq!(refused.status, 503, "failure_mode closed: {}", refused.body);
     assert_eq!(envoy.counter("tollgate.quota.failures"), Some(1));
     assert!(wrong.metrics().contains(r#"tollgate_quota_requests_total{endpoint="/v1/check",status="401"} 1"#));
+    assert_eq!(envoy.log().matches("the quota service answered 401").count(), 1, "{}", envoy.log());
+    assert!(!envoy.log().contains("another-service-token") && !envoy.log().contains(DEV_SERVICE_TOKEN));
 }
 
 #[test]
