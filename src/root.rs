@@ -2,7 +2,7 @@
 //! tick and the callouts that outlive a request (refills ahead of need, settlements,
 //! lease returns).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::rc::Rc;
@@ -153,7 +153,14 @@ impl RootContext for TollgateRoot {
         let worker = RefCell::new(Worker::for_config(&config));
         let metrics = Metrics::define(&config);
         let handed = RefCell::new(Vec::new());
-        self.state = Some(Rc::new(State { config, metrics, worker, handed, queue: queue.flatten() }));
+        self.state = Some(Rc::new(State {
+            config,
+            metrics,
+            worker,
+            handed,
+            queue: queue.flatten(),
+            token_refused: Cell::new(false),
+        }));
         true
     }
 

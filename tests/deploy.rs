@@ -337,6 +337,31 @@ fn wasmplugin_reaches_the_quota_service_by_its_istio_cluster_name() {
     assert!(spec["url"].as_str().is_some_and(|u| u.starts_with("oci://")), "url: {}", spec["url"]);
 }
 
+#[test]
+fn the_quota_service_takes_the_service_token_the_wasmplugin_sends_and_its_tiers() {
+    let manifests = deploy_manifests();
+    let plugin = manifests.iter().find(|m| m.kind() == "WasmPlugin").expect("a WasmPlugin");
+    let config = &plugin.doc["spec"]["pluginConfig"];
+    assert!(config["quota_service"]["token"].as_str().is_some_and(|t| t.len() >= 16), "no quota_service.token");
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment" && m.doc["metadata"]["name"] == "tollgate-quota")
+        .expect("Deployment tollgate-quota");
+    let env = deployment.doc["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    let token = env.iter().find(|e| e["name"] == "TOLLGATE_QUOTA_SERVICE_TOKEN").expect("TOLLGATE_QUOTA_SERVICE_TOKEN");
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], "service-token");
+    let settings = manifests
+        .iter()
+        .find(|m| m.kind() == "ConfigMap" && m.doc["metadata"]["name"] == "tollgate-quota")
+        .expect("ConfigMap tollgate-quota");
+    let mut listed: Vec<&str> =
+        settings.doc["data"]["TOLLGATE_QUOTA_TIERS"].as_str().expect("TOLLGATE_QUOTA_TIERS").split(',').collect();
+    let mut configured: Vec<&str> = config["tiers"].as_object().expect("tiers").keys().map(String::as_str).collect();
+    listed.sort_unstable();
+    configured.sort_unstable();
+    assert_eq!(listed, configured, "TOLLGATE_QUOTA_TIERS must name the WasmPlugin's tiers");
+}
+
 /// The ```json blocks of README.md that are plugin configurations (they have "tiers").
 fn readme_plugin_configs() -> Vec<(usize, String)> {
     let readme = read(&root("README.md"));

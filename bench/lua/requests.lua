@@ -4,8 +4,10 @@
 --   bearer <n> <path>          Authorization: Bearer tg_bench_<i>, i cycling over 0..n-1
 --   apikey <n> <path>          x-api-key: tg_bench_<i>
 --   xff <n> <path>             X-Forwarded-For: 10.a.b.c, one of n client addresses
---   check <n> <path> <limits>  POST <path> with the quota service's check body for key
---                              bench/key:tg_bench_<i>; <limits> is its "limits" JSON array
+--   check <n> <path> <limits> <token>
+--                              POST <path> with the quota service's check body for key
+--                              bench/key:tg_bench_<i>; <limits> is its "limits" JSON array,
+--                              <token> the service token (Authorization: Bearer <token>)
 --
 -- Every request is formatted once in init(), so request() costs the same for 1 and for
 -- 10,000 variants and the load tool stays out of the comparison.
@@ -33,6 +35,7 @@ function init(args)
       headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)
     elseif mode == "check" then
       headers["Content-Type"] = "application/json"
+      headers["Authorization"] = "Bearer " .. args[5]
       body = string.format('{"key":"bench/key:%s","cost":1,"limits":%s}', token(i), args[4])
     else
       error("unknown mode " .. mode)

@@ -15,6 +15,7 @@ use crate::procs::{http_raw, scratch, Proc};
 use crate::scenario::{check_limits, check_script_args, token, Filter, QuotaStore, Scenario, CHECK_PATH, MANY, PATH};
 use crate::services::{redis_cli, Quota, Redis};
 use crate::stats::Spread;
+use tollgate_testkit::quota_service::DEV_SERVICE_TOKEN;
 
 /// Envoy runs on this core with its one worker; the load tool (and, for the global path,
 /// the quota service and Redis) on the other.
@@ -240,13 +241,20 @@ impl Bench {
         let limits = check_limits().to_string();
         let body = format!(r#"{{"key":"bench/key:probe","cost":1,"limits":{limits}}}"#);
         let reply =
-            http_raw(quota.port, &format!("POST {CHECK_PATH} HTTP/1.1\r\nContent-Type: application/json"), &body);
+            http_raw(
+                quota.port,
+                &format!(
+                    "POST {CHECK_PATH} HTTP/1.1\r\nContent-Type: application/json\r\nAuthorization: Bearer {DEV_SERVICE_TOKEN}"
+                ),
+                &body,
+            );
         match reply {
             Some(r) if r.status == 200 && r.body.contains(r#""admitted":true"#) => {}
             Some(r) => panic!("quota service probe: {} {}", r.status, r.body),
             None => panic!("quota service probe: no answer"),
         }
-        let args = vec!["check".to_owned(), MANY.to_string(), CHECK_PATH.to_owned(), limits];
+        let args =
+            vec!["check".to_owned(), MANY.to_string(), CHECK_PATH.to_owned(), limits, DEV_SERVICE_TOKEN.to_owned()];
         let clients = self.settings.quota_clients;
         self.wrk().run(quota.port, CHECK_PATH, clients, Duration::from_secs(self.settings.warmup_secs), &args);
         let procs: Vec<&Proc> = [&quota.proc].into_iter().chain(quota.redis.as_ref().map(|r| &r.proc)).collect();

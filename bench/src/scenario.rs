@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tollgate_testkit::quota_service::DEV_SERVICE_TOKEN;
 
 /// The route every Envoy run is driven on (a `POST` route of `envoy.yaml`, answered by
 /// `direct_response`, limited by tollgate with cost 1).
@@ -280,7 +281,8 @@ pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
                 limit["lease_block"] = json!(0);
             }
         }
-        config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 1000, "verify_keys": false });
+        config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 1000, "verify_keys": false,
+                                          "token": DEV_SERVICE_TOKEN });
     }
     Some(config)
 }

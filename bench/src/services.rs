@@ -18,7 +18,7 @@ impl Redis {
     pub fn start(root: &Path, cpu: u32) -> Redis {
         let port = free_port();
         let dir = scratch(root, "redis");
-        let args = redis::args(port, &dir, false);
+        let args = redis::args(port, &dir, false, false);
         let proc = Proc::spawn_pinned(cpu, Path::new("redis-server"), &args, &dir.join("redis.log"), &dir);
         proc.expect_ready(Duration::from_secs(30), || redis::ping(port));
         Redis { proc, port }
@@ -54,7 +54,7 @@ impl Quota {
         let dir = scratch(root, "quota");
         let log: PathBuf = dir.join(format!("quota-{}.log", store.name().to_lowercase()));
         let store_arg = redis.as_ref().map_or_else(|| "memory".to_owned(), Redis::url);
-        let args = quota_service::args(port, &store_arg, None);
+        let args = quota_service::args(port, &store_arg, None, Some(quota_service::DEV_SERVICE_TOKEN));
         let proc = Proc::spawn_pinned(quota_cpu, bin, &args, &log, &dir);
         proc.expect_ready(Duration::from_secs(30), || quota_service::healthy(port));
         Quota { proc, port, redis }

@@ -167,6 +167,7 @@ pub struct Metrics {
     settlements: Family<SettleLabels, Counter>,
     store_errors: Family<OpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
+    store_restarts: Counter,
     /// `store_latency` of each `Op`, in `Op::ALL` order.
     latency_of: [Histogram; Op::ALL.len()],
     /// Tiers labelled by name so far (at most `MAX_TIER_LABELS`).
@@ -212,6 +213,13 @@ impl Metrics {
         );
         registry.register("tollgate_quota_store_errors", "Store operations that failed", store_errors.clone());
         registry.register("tollgate_quota_requests", "HTTP requests answered, by route and status", requests.clone());
+        let store_restarts = Counter::default();
+        registry.register(
+            "tollgate_quota_store_restarts",
+            "Restarts or failovers of the store noticed (its Redis run_id changed): counts since its last \
+             persistence point were lost",
+            store_restarts.clone(),
+        );
         // Error counters exist from the start at 0, so that rates and alerts work before the first error.
         for op in Op::ALL {
             let _ = store_errors.get_or_create(&OpLabels { op });
@@ -225,6 +233,7 @@ impl Metrics {
             settlements,
             store_errors,
             requests,
+            store_restarts,
             latency_of,
             tiers: RwLock::default(),
         }
@@ -266,6 +275,11 @@ impl Metrics {
         if failed {
             self.store_errors.get_or_create(&OpLabels { op }).inc();
         }
+    }
+
+    /// The store restarted or failed over.
+    pub fn store_restart(&self) {
+        self.store_restarts.inc();
     }
 
     /// A request answered on `endpoint` (see [`endpoint`]).
@@ -348,6 +362,7 @@ mod tests {
             r#"tollgate_quota_settlements_total{tier="free",outcome="applied"} 1"#,
             r#"tollgate_quota_settlements_total{tier="free",outcome="replayed"} 2"#,
             r#"tollgate_quota_store_errors_total{op="settle"} 0"#,
+            "tollgate_quota_store_restarts_total 0",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

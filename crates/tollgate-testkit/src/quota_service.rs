@@ -19,7 +19,20 @@ use crate::{scratch, workspace_root};
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variables the service reads its flags from; cleared for every start,
 /// so that only what a test gives counts.
-pub const ENV_VARS: [&str; 3] = ["TOLLGATE_QUOTA_STORE", "TOLLGATE_QUOTA_LISTEN", "TOLLGATE_QUOTA_ADMIN_TOKEN"];
+pub const ENV_VARS: [&str; 8] = [
+    "TOLLGATE_QUOTA_STORE",
+    "TOLLGATE_QUOTA_LISTEN",
+    "TOLLGATE_QUOTA_ADMIN_TOKEN",
+    "TOLLGATE_QUOTA_SERVICE_TOKEN",
+    "TOLLGATE_QUOTA_SERVICE_TOKEN_FILE",
+    "TOLLGATE_QUOTA_INSECURE_NO_AUTH",
+    "TOLLGATE_QUOTA_TIERS",
+    "TOLLGATE_QUOTA_PLUGIN_CONFIG",
+];
+
+/// The service token of development and tests: `envoy.yaml`'s `quota_service.token`, which
+/// `make run` and [`QuotaService`] start the service with.
+pub const DEV_SERVICE_TOKEN: &str = "tollgate-dev-service-token";
 
 /// The debug build of the service: `$TOLLGATE_QUOTA_BIN`, else `target/debug/tollgate-quota`
 /// (`cargo build -p tollgate-quota`, which `make test` runs).
@@ -32,11 +45,15 @@ pub fn debug_bin() -> PathBuf {
 }
 
 /// The service's arguments: listen on 127.0.0.1:`port`, keep counts in `store` (`memory`
-/// or a Redis URL), and the admin API's token if any.
-pub fn args(port: u16, store: &str, admin_token: Option<&str>) -> Vec<String> {
+/// or a Redis URL), the admin API's token and the service token, if any (without a
+/// service token it must come from the environment, or `--insecure-no-auth`).
+pub fn args(port: u16, store: &str, admin_token: Option<&str>, service_token: Option<&str>) -> Vec<String> {
     let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--store".to_owned(), store.to_owned()];
     if let Some(token) = admin_token {
         args.extend(["--admin-token".to_owned(), token.to_owned()]);
+    }
+    if let Some(token) = service_token {
+        args.extend(["--service-token".to_owned(), token.to_owned()]);
     }
     args
 }
@@ -54,6 +71,10 @@ pub struct QuotaOptions {
     pub store: String,
     /// `--admin-token`, if any.
     pub admin_token: Option<String>,
+    /// `--service-token`, if any.
+    pub service_token: Option<String>,
+    /// More arguments (`--tiers free,pro`, ...).
+    pub extra_args: Vec<String>,
     /// Environment variables to set (after [`ENV_VARS`] are cleared).
     pub env: Vec<(String, String)>,
     /// Its directory (for its log); `None`: a fresh one under `target/it`.
@@ -63,12 +84,15 @@ pub struct QuotaOptions {
 }
 
 impl QuotaOptions {
-    /// The debug build with `store` and the admin token `test-admin-token`.
+    /// The debug build with `store`, the admin token `test-admin-token` and the service
+    /// token [`DEV_SERVICE_TOKEN`].
     pub fn new(store: &str) -> QuotaOptions {
         QuotaOptions {
             bin: debug_bin(),
             store: store.to_owned(),
             admin_token: Some("test-admin-token".to_owned()),
+            service_token: Some(DEV_SERVICE_TOKEN.to_owned()),
+            extra_args: Vec::new(),
             env: Vec::new(),
             dir: None,
             cpu: None,
@@ -112,7 +136,9 @@ impl QuotaService {
 
     fn spawn(&mut self) {
         let mut command = process::command(&self.options.bin, self.options.cpu);
-        command.args(args(self.port, &self.options.store, self.options.admin_token.as_deref()));
+        let options = &self.options;
+        command.args(args(self.port, &options.store, options.admin_token.as_deref(), options.service_token.as_deref()));
+        command.args(&options.extra_args);
         for var in ENV_VARS {
             command.env_remove(var);
         }

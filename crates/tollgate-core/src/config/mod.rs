@@ -15,6 +15,7 @@ pub use limits::{
 };
 use raw::RawConfig;
 pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
+pub use validate::SERVICE_TOKEN_CHARS;
 
 use crate::cost::{Api, Price, Unit};
 
@@ -63,6 +64,8 @@ pub struct QuotaService {
     /// The Envoy cluster callouts go to (in Istio: `outbound|PORT||HOST`).
     pub cluster: String,
     pub authority: String,
+    /// `authorization` of every callout, if `quota_service.token` is set.
+    pub authorization: Option<Authorization>,
     pub timeout_ms: u64,
     pub verify_keys: bool,
     pub key_cache_ttl_ms: u64,
@@ -73,6 +76,28 @@ pub struct QuotaService {
     pub breaker_cooldown_ms: u64,
     /// A lease unused for this long is given back to the service (`POST /v1/return`).
     pub lease_idle_return_ms: u64,
+}
+
+/// `Bearer <service token>`: the value of the callouts' `authorization` header. Its Debug
+/// does not show the token, so that no log line carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authorization(String);
+
+impl Authorization {
+    pub fn bearer(token: &str) -> Authorization {
+        Authorization(format!("Bearer {token}"))
+    }
+
+    /// The header value.
+    pub fn value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer <redacted>")
+    }
 }
 
 #[derive(Debug)]

@@ -47,12 +47,16 @@ pub struct RawPrice {
     pub output_per_1k: u64,
 }
 
-#[derive(Debug, Deserialize)]
+// Debug is written out below: it must not print the token.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuotaService {
     pub cluster: String,
     #[serde(default)]
     pub authority: Option<String>,
+    /// The service token sent as `authorization: Bearer <token>` on every callout.
+    #[serde(default)]
+    pub token: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     #[serde(default = "yes")]
@@ -69,6 +73,17 @@ pub struct RawQuotaService {
     pub breaker: RawBreaker,
     #[serde(default = "default_lease_idle_return_ms")]
     pub lease_idle_return_ms: u64,
+}
+
+impl std::fmt::Debug for RawQuotaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawQuotaService")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_lease_idle_return_ms() -> u64 {

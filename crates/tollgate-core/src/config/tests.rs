@@ -52,6 +52,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "half the limit's capacity (50)",
     ),
     (
+        "short_service_token",
+        include_str!("../../fixtures/bad/short_service_token.json"),
+        "quota_service.token",
+        "16 to 1024 visible ASCII characters",
+    ),
+    (
+        "service_token_with_space",
+        include_str!("../../fixtures/bad/service_token_with_space.json"),
+        "quota_service.token",
+        "(no spaces)",
+    ),
+    (
         "burst_on_fixed_window",
         include_str!("../../fixtures/bad/burst_on_fixed_window.json"),
         "tiers.free.limits[0].burst",
@@ -318,4 +330,25 @@ fn a_changed_definition_changes_the_fingerprint() {
     let a2 = Config::from_json(MINIMAL.as_bytes()).unwrap();
     assert_ne!(a.tiers[0].limits[0].fingerprint, b.tiers[0].limits[0].fingerprint);
     assert_eq!(a.tiers[0].limits[0].fingerprint, a2.tiers[0].limits[0].fingerprint);
+}
+
+#[test]
+fn the_service_token_becomes_a_bearer_header_that_debug_does_not_show() {
+    let token = "s3cret-service-token-0123456789";
+    let json = format!(
+        r#"{{ "tiers": {{ "free": {{ "limits": [ {{ "name": "day", "limit": 100, "window": "1d", "scope": "global" }} ] }} }},
+             "routes": [ {{ "path_prefix": "/" }} ], "quota_service": {{ "cluster": "q", "token": "{token}" }} }}"#
+    );
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    let quota = config.quota.as_ref().unwrap();
+    assert_eq!(quota.authorization.as_ref().map(|a| a.value()), Some(format!("Bearer {token}").as_str()));
+    assert!(!format!("{config:?}").contains(token));
+    let raw: super::raw::RawConfig = serde_json::from_str(&json).unwrap();
+    assert!(!format!("{raw:?}").contains(token));
+    let bad = json.replace(token, "short-but-secret");
+    let bad = bad.replace("short-but-secret", "sh0rt secret");
+    let e = Config::from_json(bad.as_bytes()).unwrap_err().to_string();
+    assert!(e.starts_with("quota_service.token: ") && !e.contains("sh0rt"), "{e}");
+    let without = json.replace(&format!(r#", "token": "{token}""#), "");
+    assert!(Config::from_json(without.as_bytes()).unwrap().quota.unwrap().authorization.is_none());
 }

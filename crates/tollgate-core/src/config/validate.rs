@@ -94,6 +94,7 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return err(format!("{P}.authority"), "expected a host name (no spaces or control characters)");
     }
+    let authorization = raw.token.as_deref().map(validate_service_token).transpose()?;
     if !(1..=60_000).contains(&raw.timeout_ms) {
         return err(format!("{P}.timeout_ms"), "expected milliseconds from 1 to 60000");
     }
@@ -121,6 +122,7 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     Ok(QuotaService {
         cluster: raw.cluster.clone(),
         authority,
+        authorization,
         timeout_ms: raw.timeout_ms,
         verify_keys: raw.verify_keys,
         key_cache_ttl_ms: raw.key_cache_ttl_ms,
@@ -131,6 +133,26 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
         breaker_cooldown_ms: raw.breaker.cooldown_ms,
         lease_idle_return_ms: raw.lease_idle_return_ms,
     })
+}
+
+/// Shortest and longest service token: long enough to be drawn at random, short enough
+/// for one header.
+pub const SERVICE_TOKEN_CHARS: std::ops::RangeInclusive<usize> = 16..=1024;
+
+/// A service token: 16 to 1024 visible ASCII characters. The error never repeats it.
+fn validate_service_token(token: &str) -> Result<Authorization, ConfigError> {
+    if !SERVICE_TOKEN_CHARS.contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return err(
+            "quota_service.token",
+            format!(
+                "expected {} to {} visible ASCII characters (no spaces), the token the quota service \
+                 was started with (--service-token)",
+                SERVICE_TOKEN_CHARS.start(),
+                SERVICE_TOKEN_CHARS.end()
+            ),
+        );
+    }
+    Ok(Authorization::bearer(token))
 }
 
 fn validate_tier(name: &str, raw: &RawTier) -> Result<Tier, ConfigError> {

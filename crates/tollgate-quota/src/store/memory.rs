@@ -362,6 +362,10 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn instance_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

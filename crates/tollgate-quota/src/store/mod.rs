@@ -116,6 +116,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// What identifies the running store: it changes when the store restarts or fails
+    /// over (Redis: the `run_id` of `INFO server`, of every primary of a cluster). `None`
+    /// for a store that lives and dies with this process (memory).
+    fn instance_id(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
 /// A store that failed. `transient` errors (connection lost, timeout, cluster

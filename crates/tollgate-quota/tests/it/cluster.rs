@@ -45,3 +45,30 @@ async fn every_scenario_holds_on_a_three_master_cluster() {
     }
     f.store.ping().await.unwrap();
 }
+
+/// On a cluster the store's identity is every master's `run_id`: a restarted master changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_changes_the_clusters_identity() {
+    let mut cluster = RedisCluster::start();
+    let store = RedisStore::open(&cluster.location().parse().unwrap()).unwrap();
+    let before = store.instance_id().await.unwrap().unwrap();
+    let ids: Vec<&str> = before.split(',').collect();
+    assert_eq!(ids.len(), 3, "{before}");
+    assert!(ids.iter().all(|id| id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())), "{before}");
+    assert_eq!(store.instance_id().await.unwrap().unwrap(), before, "stable while nothing restarts");
+
+    cluster.nodes[1].restart();
+    let mut after = None;
+    for _ in 0..200 {
+        if let Ok(Some(id)) = store.instance_id().await {
+            if id != before {
+                after = Some(id);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let after = after.expect("the identity to change after a master restarted");
+    let kept = after.split(',').filter(|id| ids.contains(id)).count();
+    assert_eq!(kept, 2, "two masters kept their run_id: {before} -> {after}");
+}

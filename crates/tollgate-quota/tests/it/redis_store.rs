@@ -79,7 +79,9 @@ async fn a_metered_key_is_one_hash_under_its_hash_tag_and_tokens_are_never_store
     assert!(value_of("year").starts_with("f:5:31622400 "), "{fields}");
     assert!(value_of("rps").starts_with("t:10:1:10 "), "{fields}");
 
-    let created = keys::store_key(f.store.as_ref(), keys::new_key("premium", "acme").unwrap()).await.unwrap();
+    let created = keys::store_key(f.store.as_ref(), keys::new_key("premium", "acme", &keys::KnownTiers::Any).unwrap())
+        .await
+        .unwrap();
     let sha256 = keys::sha256_hex(created.token.as_bytes());
     let mut all_keys: Vec<String> = server.cli(&["KEYS", "*"]).lines().map(str::to_owned).collect();
     all_keys.sort();

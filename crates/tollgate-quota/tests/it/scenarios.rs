@@ -305,7 +305,8 @@ pub async fn concurrent_checks_over_many_keys_stay_exact<S: Store>(f: &Fixture<S
 
 pub async fn api_keys_are_created_verified_listed_and_revoked<S: Store>(f: &Fixture<S>) {
     let store = f.store.as_ref();
-    let created = keys::store_key(store, keys::new_key("premium", "Acme Corp").unwrap()).await.unwrap();
+    let created =
+        keys::store_key(store, keys::new_key("premium", "Acme Corp", &keys::KnownTiers::Any).unwrap()).await.unwrap();
     let sha256 = keys::sha256_hex(created.token.as_bytes());
     let found = store.find_key(&sha256).await.unwrap().expect("the new key verifies");
     assert_eq!(
