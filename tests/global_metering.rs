@@ -139,7 +139,17 @@ fn a_leased_token_budget_settles_against_the_balance_and_returns_the_rest() {
     let sent = |name: &str| envoys.iter().map(|e| e.counter(name).unwrap_or(0)).sum::<u64>();
     Wait::new("every admitted request to be settled").until(|| sent("tollgate.settle.settled") >= admitted);
     // Balances left idle go back to the service: in the end it counts what was used.
-    Wait::new("the service to count exactly what was used").until(|| used_at_service(&service) == used);
+    let counted = || {
+        let n = used_at_service(&service);
+        eprintln!(
+            "service {n}, used {used}, returns {:?} failures {:?} returned {:?}",
+            sent("tollgate.quota.lease.returns"),
+            sent("tollgate.quota.lease.return_failures"),
+            sent("tollgate.quota.lease.units_returned")
+        );
+        n == used
+    };
+    Wait::new("the service to count exactly what was used").until(counted);
     assert_eq!(sent("tollgate.settle.failures"), 0);
 }
 

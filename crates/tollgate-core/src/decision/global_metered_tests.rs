@@ -353,3 +353,32 @@ fn a_local_fallback_bucket_of_tokens_is_settled_too() {
     let ratelimit = d.response_headers.get("ratelimit").unwrap();
     assert!(ratelimit.contains(r#""tokens-per-day";r=989;"#), "10 + 1 used: {ratelimit}");
 }
+
+#[test]
+fn a_refund_after_its_lease_went_back_is_returned_by_the_settling_worker() {
+    let (c, s, mut service) = (tokens_only(200), FakeSharedData::default(), Service::default());
+    let (mut first, mut second) = (Worker::new(10), Worker::new(10));
+    let mut d = run(&c, &s, &mut first, &mut service, &chat(99));
+    let refilled = d.lease.take().unwrap();
+    // A refill was refused (not a whole block left): the record stays, even when empty.
+    let quota = c.quota.as_ref().unwrap();
+    let records = crate::lease::Records {
+        store: &s,
+        retries: 8,
+        marker_ttl_ns: crate::lease::marker_ttl_ns(quota),
+        now: EVENING,
+    };
+    records.release_marker(&refilled.lease, 0, Nanos(EVENING.0 + 86_400 * SEC)).unwrap();
+    first.remember(refilled);
+    // The lease sits idle: the worker that refilled it returns its balance (100).
+    let idle = Nanos(EVENING.0 + 11 * SEC);
+    let returns = tick(&c, &s, &mut first, idle).returns;
+    assert_eq!(returns.iter().map(|r| r.units).collect::<Vec<_>>(), vec![100]);
+    // The request ends afterwards, settled on another worker: 60 go back into the record...
+    let late = Nanos(idle.0 + SEC);
+    assert!(settle(&c, &s, &mut second, d.reservation.as_ref().unwrap(), used(39), late).call.is_none());
+    assert!(tick(&c, &s, &mut first, Nanos(late.0 + 11 * SEC)).returns.is_empty(), "the first forgot it");
+    // ...and the worker that put them there returns them once idle.
+    let returns = tick(&c, &s, &mut second, Nanos(late.0 + 11 * SEC)).returns;
+    assert_eq!(returns.iter().map(|r| r.units).collect::<Vec<_>>(), vec![60]);
+}
