@@ -382,3 +382,35 @@ fn a_refund_after_its_lease_went_back_is_returned_by_the_settling_worker() {
     let returns = tick(&c, &s, &mut second, Nanos(late.0 + 11 * SEC)).returns;
     assert_eq!(returns.iter().map(|r| r.units).collect::<Vec<_>>(), vec![60]);
 }
+
+#[test]
+fn a_worker_block_given_back_after_its_lease_went_back_is_returned_too() {
+    let c = Config::from_json(
+        br#"{ "identity": { "anonymous": { "tier": "free" } }, "quota_service": { "cluster": "quota" },
+              "tiers": { "free": { "limits": [ { "name": "per-day", "limit": 1000, "window": "1d",
+                "algorithm": "fixed_window", "scope": "global", "lease_block": 200 } ] } },
+              "routes": [ { "path": "/v1/chat/completions" } ] }"#,
+    )
+    .unwrap();
+    let (s, mut service) = (FakeSharedData::default(), Service::default());
+    let (mut refiller, mut other) = (Worker::for_config(&c), Worker::for_config(&c));
+    let mut d = run(&c, &s, &mut refiller, &mut service, "{}");
+    let refilled = d.lease.take().unwrap();
+    let quota = c.quota.as_ref().unwrap();
+    let records = crate::lease::Records {
+        store: &s,
+        retries: 8,
+        marker_ttl_ns: crate::lease::marker_ttl_ns(quota),
+        now: EVENING,
+    };
+    records.release_marker(&refilled.lease, 0, Nanos(EVENING.0 + 86_400 * SEC)).unwrap();
+    refiller.remember(refilled);
+    // The other worker takes its request and a block of 20 out of the lease.
+    let d = run(&c, &s, &mut other, &mut service, "{}");
+    assert!(d.blocks.taken, "{:?}", d.blocks);
+    let idle = Nanos(EVENING.0 + 11 * SEC);
+    let back = |t: crate::worker::Tick| t.returns.iter().map(|r| r.units).collect::<Vec<_>>();
+    assert_eq!(back(tick(&c, &s, &mut refiller, idle)), vec![200 - 1 - 1 - 20]);
+    // The block goes back into the emptied record; its worker returns it.
+    assert_eq!(back(tick(&c, &s, &mut other, idle)), vec![20]);
+}
