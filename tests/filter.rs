@@ -148,7 +148,10 @@ fn an_unknown_token_is_401_and_malformed_credentials_are_400() {
     let duplicated = envoy.raw(&format!(
         "POST {IMAGES} HTTP/1.1\nHost: x\nAuthorization: {PREMIUM}\nAuthorization: {PREMIUM}\nContent-Length: 0\n"
     ));
+    // Envoy hands the filter one Authorization header, the two values joined with ",".
     assert_eq!(duplicated.status, 400);
+    let message = duplicated.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("more than one credential was sent"), "{message}");
     let binary = envoy.raw_exact(
         format!("POST {IMAGES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x7f\x01\r\nConnection: close\r\n\r\n")
             .as_bytes(),
