@@ -25,6 +25,7 @@ run: wasm ## Run the quota service (:8081; REDIS_URL=redis://... for Redis) and 
 test: wasm ## Run all tests: native (with Envoy), core under wasm, then lint
 	cargo build -p tollgate-quota
 	@$(with_envoy) TOLLGATE_PYTHON="$$(scripts/openai-sdk.sh)" && export TOLLGATE_PYTHON && \
+	  TOLLGATE_NODE_MODULES="$$(scripts/openai-sdk-node.sh)" && export TOLLGATE_NODE_MODULES && \
 	  echo "envoy: $$ENVOY_BIN" && cargo test --workspace
 	scripts/wasm-test.sh
 	$(MAKE) lint

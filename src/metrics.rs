@@ -198,6 +198,7 @@ impl Metrics {
     /// ahead of need.
     pub fn record_quota(&self, quota: &QuotaReport) {
         bump(self.short_circuited, u32::from(quota.short_circuited));
+        bump(self.callout_failures, quota.unreadable_answers);
         bump(self.breaker_opened, u32::from(quota.breaker_opened));
         bump(self.breaker_closed, u32::from(quota.breaker_closed));
         if let Some(gauge) = self.breaker_open {

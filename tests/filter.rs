@@ -52,8 +52,17 @@ fn free_tier_admits_exactly_five_images_then_429_with_headers_and_advice() {
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(limited.header("content-type"), Some("application/json"));
     let error = &limited.json()["error"];
-    assert_eq!(error["code"], "rate_limit_exceeded");
-    assert_eq!(error["type"], "rate_limit_error");
+    // Hours to wait (unless the test runs in the last minute of the day): SDKs are told
+    // not to retry.
+    if retry_after > 60 {
+        assert_eq!((limited.header("x-should-retry"), limited.header("retry-after-ms")), (Some("false"), None));
+        assert_eq!(
+            (error["code"].as_str(), error["type"].as_str()),
+            (Some("insufficient_quota"), Some("insufficient_quota"))
+        );
+    } else {
+        assert_eq!((limited.header("x-should-retry"), error["code"].as_str()), (None, Some("rate_limit_exceeded")));
+    }
     assert_eq!(error["tier"], "free");
     assert_eq!(error["limit"], "images-per-day");
     assert_eq!(error["quota"], 5);
@@ -92,7 +101,15 @@ fn basic_tier_allows_a_burst_of_twenty_then_refills_at_100_per_minute() {
     assert_eq!(burst.iter().filter(|s| **s == 200).count(), 20);
     assert!(burst[20..].iter().all(|s| *s == 429));
     let emptied = Instant::now();
-    assert_eq!(post(&envoy, CHAT, &[("authorization", BASIC)]).header("retry-after"), Some("1"));
+    let short = post(&envoy, CHAT, &[("authorization", BASIC)]);
+    assert_eq!(short.header("retry-after"), Some("1"));
+    // Under a second to wait: SDKs retry, after the exact wait in milliseconds.
+    let retry_after_ms: u64 = short.header("retry-after-ms").unwrap().parse().unwrap();
+    assert!((1..=600).contains(&retry_after_ms), "one token every 600 ms: {retry_after_ms}");
+    assert_eq!(
+        (short.header("x-should-retry"), short.json()["error"]["code"].as_str()),
+        (None, Some("rate_limit_exceeded"))
+    );
 
     // One token every 600 ms: at least 2 after 1.3 s, and no more than time allows. The
     // request is repeated as tokens come back (each admitted one spends its token).
@@ -131,7 +148,10 @@ fn an_unknown_token_is_401_and_malformed_credentials_are_400() {
     let duplicated = envoy.raw(&format!(
         "POST {IMAGES} HTTP/1.1\nHost: x\nAuthorization: {PREMIUM}\nAuthorization: {PREMIUM}\nContent-Length: 0\n"
     ));
+    // Envoy hands the filter one Authorization header, the two values joined with ",".
     assert_eq!(duplicated.status, 400);
+    let message = duplicated.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("more than one credential was sent"), "{message}");
     let binary = envoy.raw_exact(
         format!("POST {IMAGES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x7f\x01\r\nConnection: close\r\n\r\n")
             .as_bytes(),

@@ -259,6 +259,22 @@ fn callouts_carry_the_service_token_and_a_refused_one_is_a_failure() {
 }
 
 #[test]
+fn a_service_answering_200_with_a_garbled_body_is_a_counted_failure() {
+    let broken = BrokenQuota::start(Misbehaviour::Garbled200);
+    let envoy = envoy_for(broken.port);
+    let open = post(&envoy, Some(PREMIUM));
+    assert_eq!((open.status, open.header("x-tollgate-degraded").is_some()), (200, true));
+    let closed = post(&envoy, Some(&format!("Bearer {PRO_TOKEN}")));
+    assert_eq!(closed.status, 503);
+    assert_eq!(envoy.counter("tollgate.quota.callouts"), Some(2));
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(2), "a 200 that cannot be read is a failure");
+    // The third failure opens the breaker (failures: 3).
+    post(&envoy, Some(PREMIUM));
+    assert_eq!(envoy.counter("tollgate.quota.breaker_opened"), Some(1));
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(3));
+}
+
+#[test]
 fn a_redis_restart_and_a_script_flush_are_survived() {
     let mut redis = Redis::start();
     let service = QuotaService::start(&redis.url());

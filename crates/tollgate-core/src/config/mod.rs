@@ -235,6 +235,10 @@ pub struct HeaderOptions {
     pub problem_json: bool,
     /// OpenAI's `x-ratelimit-*-requests` and `-tokens`, on metered routes.
     pub openai: bool,
+    /// The longest wait a 429 asks clients to retry after (`rate_limit_exceeded`,
+    /// `retry-after-ms`); a longer one tells them not to (`x-should-retry: false`,
+    /// `insufficient_quota`): SDKs would otherwise sleep through it or retry in vain.
+    pub max_retry_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -296,12 +296,24 @@ pub struct RawHeaders {
     pub problem_json: bool,
     #[serde(default = "yes")]
     pub openai: bool,
+    #[serde(default = "default_max_retry_wait_ms")]
+    pub max_retry_wait_ms: u64,
 }
 
 impl Default for RawHeaders {
     fn default() -> Self {
-        RawHeaders { ietf: true, x_ratelimit: true, problem_json: false, openai: true }
+        RawHeaders {
+            ietf: true,
+            x_ratelimit: true,
+            problem_json: false,
+            openai: true,
+            max_retry_wait_ms: default_max_retry_wait_ms(),
+        }
     }
+}
+
+fn default_max_retry_wait_ms() -> u64 {
+    60_000
 }
 
 fn yes() -> bool {

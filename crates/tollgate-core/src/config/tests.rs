@@ -182,6 +182,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "from 1 to",
     ),
     (
+        "retry_wait_too_long",
+        include_str!("../../fixtures/bad/retry_wait_too_long.json"),
+        "headers.max_retry_wait_ms",
+        "expected milliseconds from 0 to 3600000",
+    ),
+    (
         "wrong_type",
         include_str!("../../fixtures/bad/wrong_type.json"),
         "tiers.free.limits[0].limit",
@@ -249,6 +255,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.identity.anonymous_tier, None);
     assert_eq!((c.identity.ipv4_prefix, c.identity.ipv6_prefix), (32, 64));
     assert!(c.headers.ietf && c.headers.x_ratelimit && !c.headers.problem_json);
+    assert_eq!(c.headers.max_retry_wait_ms, 60_000);
     assert_eq!(c.store.slots, 25_000);
     assert_eq!(c.store.on_contention, ContentionPolicy::Allow);
     assert_eq!(c.routes[0].cost, 1);

@@ -55,6 +55,9 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         let prices = validate_prices(raw.prices.as_ref())?;
+        if raw.headers.max_retry_wait_ms > MAX_RETRY_WAIT_MS {
+            return err("headers.max_retry_wait_ms", format!("expected milliseconds from 0 to {MAX_RETRY_WAIT_MS}"));
+        }
         if prices.models.is_empty() && prices.default.is_none() {
             for tier in &tiers {
                 if let Some(i) = tier.limits.iter().position(|l| l.unit == Unit::Cost) {
@@ -77,6 +80,7 @@ impl TryFrom<RawConfig> for Config {
                 x_ratelimit: raw.headers.x_ratelimit,
                 problem_json: raw.headers.problem_json,
                 openai: raw.headers.openai,
+                max_retry_wait_ms: raw.headers.max_retry_wait_ms,
             },
             store,
             quota,
@@ -84,6 +88,9 @@ impl TryFrom<RawConfig> for Config {
         })
     }
 }
+
+/// An hour: a client told to retry holds its request (and often a user) that long.
+const MAX_RETRY_WAIT_MS: u64 = 3_600_000;
 
 fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigError> {
     const P: &str = "quota_service";

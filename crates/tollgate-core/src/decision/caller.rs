@@ -100,7 +100,11 @@ pub(super) fn verified<S: SharedStore + ?Sized>(
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
     let verified = match answer {
-        Answer::Response { status: 200, body } => serde_json::from_slice::<VerifyResponse>(body).ok(),
+        Answer::Response { status: 200, body } => {
+            let verified = serde_json::from_slice::<VerifyResponse>(body).ok();
+            report.unreadable_answers += u32::from(verified.is_none());
+            verified
+        }
         _ => None,
     };
     record_breaker(cx, quota, verified.is_some(), &mut report);

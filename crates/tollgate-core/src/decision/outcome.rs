@@ -66,6 +66,9 @@ pub struct QuotaReport {
     pub from_lease: bool,
     /// Units a refill of this request leased (0: no refill granted).
     pub leased_units: u64,
+    /// Answers with status 200 whose body could not be read: failures that the host,
+    /// counting by status, took for successes.
+    pub unreadable_answers: u32,
 }
 
 /// What a decision did with worker blocks (see [`crate::worker_block`]), for stats.
