@@ -54,6 +54,7 @@ bench: ## Benchmarks: every configuration under load, rewrites BENCHMARKS.md (~2
 	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench -p tollgate-hostcall-probe -p tollgate-hostcall-floor --lib
 	cargo xtask trim-exports $(WASM)
 	cargo build --release -p tollgate-quota
+	cargo build --release -p tollgate-testkit --bin tollgate-standin
 	cargo build -p tollgate-bench --bins
 	cargo bench -p tollgate-core --bench hot_path --no-run
 	@$(with_envoy) target/debug/tollgate-bench
