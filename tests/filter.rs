@@ -318,10 +318,10 @@ fn shared_data_stays_bounded_under_a_flood_of_identities() {
         let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
         assert_eq!(post(&envoy, IMAGES, &[("x-forwarded-for", &ip.to_string())]).status, 200);
     }
-    // 8 tracked keys = 2 slots of 4: at most 2 shared-data keys were ever created.
+    // 8 tracked keys = 8 slots of 4: at most 8 shared-data keys were ever created.
     let created = envoy.counter("tollgate.store.slots_created").unwrap();
-    assert!((1..=2).contains(&created), "{created} slots created");
-    assert!(envoy.counter("tollgate.store.evictions_live").unwrap() >= 290);
+    assert!((1..=8).contains(&created), "{created} slots created");
+    assert!(envoy.counter("tollgate.store.evictions_live").unwrap() >= 300 - 32);
 }
 
 #[test]

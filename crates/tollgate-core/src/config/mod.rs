@@ -26,6 +26,11 @@ pub const MAX_TRACKED_KEYS: u64 = 10_000_000;
 /// Entries per shared-data slot: a slot is a small set-associative bucket of callers
 /// ([`crate::store`]).
 pub const SLOT_WAYS: usize = 4;
+/// Slots per tracked caller: callers hash to slots unevenly, and a slot that gets more
+/// live callers than it has ways displaces some. With one slot per caller (four ways of
+/// headroom) fewer than 1 % of `max_tracked_keys` live callers are displaced; with a
+/// quarter (no headroom), about 20 % were (docs/ARCHITECTURE.md, "Slots").
+pub const SLOTS_PER_TRACKED_KEY: u64 = 1;
 
 #[derive(Debug)]
 pub struct Config {
@@ -214,7 +219,10 @@ pub struct HeaderOptions {
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
-    /// Number of shared-data keys; memory is bounded by `slots × SLOT_WAYS` identities.
+    /// Callers tracked at once: live callers past it may displace one another.
+    pub max_tracked_keys: u64,
+    /// Number of shared-data keys: one per tracked caller ([`SLOTS_PER_TRACKED_KEY`]),
+    /// of `SLOT_WAYS` entries each.
     pub slots: u32,
     pub cas_retries: u32,
     pub on_contention: ContentionPolicy,

@@ -237,7 +237,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.identity.anonymous_tier, None);
     assert_eq!((c.identity.ipv4_prefix, c.identity.ipv6_prefix), (32, 64));
     assert!(c.headers.ietf && c.headers.x_ratelimit && !c.headers.problem_json);
-    assert_eq!(c.store.slots, 25_000);
+    assert_eq!(c.store.slots, 100_000);
     assert_eq!(c.store.on_contention, ContentionPolicy::Allow);
     assert_eq!(c.routes[0].cost, 1);
     let rpm = &c.tiers[0].limits[0];

@@ -466,8 +466,9 @@ fn validate_store(raw: &RawStore) -> Result<StoreOptions, ConfigError> {
     if raw.cas_retries == 0 || raw.cas_retries > 1000 {
         return err("store.cas_retries", "expected a whole number from 1 to 1000");
     }
-    let slots = raw.max_tracked_keys.div_ceil(SLOT_WAYS as u64);
+    let slots = raw.max_tracked_keys.saturating_mul(SLOTS_PER_TRACKED_KEY);
     Ok(StoreOptions {
+        max_tracked_keys: raw.max_tracked_keys,
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
         cas_retries: raw.cas_retries,
         on_contention: raw.on_contention,
