@@ -107,6 +107,7 @@ impl RootContext for TollgateRoot {
             let name = format!("tollgate/refill/{:016x}", RandomState::new().hash_one(0u8));
             hostcalls::register_shared_queue(&name).ok()
         });
+        crate::logs::configure(&config);
         let worker = RefCell::new(Worker::for_config(&config));
         let metrics = Metrics::define(&config);
         let refills = RefCell::new(Vec::new());

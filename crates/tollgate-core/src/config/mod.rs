@@ -46,6 +46,33 @@ pub struct Config {
     pub quota: Option<QuotaService>,
     /// Model prices, for limits of cost.
     pub prices: Prices,
+    pub logs: LogOptions,
+}
+
+/// Log lines of refusals.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Refusal lines a worker writes per second at most; the rest are counted and
+    /// summed up in one line (0: none).
+    pub max_refusal_lines_per_second: u32,
+    /// The key of anonymous callers' names in log lines (`None`: random per worker).
+    pub caller_name_key: Option<Secret>,
+}
+
+/// A secret from the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Model prices per 1,000 tokens.
@@ -73,7 +100,10 @@ pub struct QuotaService {
     pub key_cache_ttl_ms: u64,
     pub negative_cache_ttl_ms: u64,
     pub key_cache_size: usize,
+    /// Callouts in flight per worker, of every kind.
     pub max_pending_callouts: u32,
+    /// Of those, key verifications; a request past it gets a 503 without a callout.
+    pub max_pending_verifications: u32,
     pub breaker_failures: u32,
     pub breaker_cooldown_ms: u64,
     /// A lease unused for this long is given back to the service (`POST /v1/return`).
@@ -89,6 +119,10 @@ pub struct Identity {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub max_credential_length: usize,
+    /// Requests with a failing credential answered per client network (the anonymous
+    /// tier's) before a 429, counted in shared data before any key verification;
+    /// `None`: off.
+    pub failed_credentials: Option<Limit>,
 }
 
 #[derive(Debug)]
