@@ -79,7 +79,10 @@ impl Context for TollgateHttp {
 impl Drop for TollgateHttp {
     fn drop(&mut self) {
         if let Some((pending, _)) = self.waiting.take() {
-            self.state.worker.borrow_mut().end_callout();
+            let mut worker = self.state.worker.borrow_mut();
+            worker.end_callout();
+            pending.release(&mut worker);
+            drop(worker);
             decision::abandon(&self.state.config, &HostSharedData, pending, host::now());
         }
         self.settle();
@@ -214,6 +217,7 @@ impl TollgateHttp {
                 None
             };
         request.client_address = address.as_deref();
+        request.client_address_of = Some(host::source_address);
         let step = {
             let mut worker = state.worker.borrow_mut();
             decision::begin(config, &HostSharedData, &mut worker, &request, host::now())

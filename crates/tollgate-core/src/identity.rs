@@ -21,6 +21,9 @@ pub struct RequestInfo<'a> {
     /// The downstream address as the proxy resolved it (`source.address`, e.g.
     /// `203.0.113.7:0` or `[2001:db8::1]:443`); never taken from `X-Forwarded-For` here.
     pub client_address: Option<&'a str>,
+    /// Where the host looks the client address up when `client_address` is not given and
+    /// the decision needs it after all: a failing credential is counted per network.
+    pub client_address_of: Option<fn() -> Option<String>>,
     /// An `authorization` or API-key value that is not UTF-8 was sent (it is malformed).
     pub unreadable_credential: bool,
     /// The whole request body, on a metered route only ([`crate::decision::meter_of`]);
@@ -198,6 +201,7 @@ mod tests {
             ipv4_prefix: 32,
             ipv6_prefix: 64,
             max_credential_length: 64,
+            failed_credentials: None,
         }
     }
 

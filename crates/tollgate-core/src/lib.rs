@@ -40,6 +40,7 @@ pub mod identity;
 pub mod keycache;
 pub mod lease;
 pub mod limit;
+pub mod logging;
 pub mod quota;
 pub mod reply;
 pub mod store;

@@ -27,6 +27,11 @@ pub const MAX_TRACKED_KEYS: u64 = 10_000_000;
 /// Entries per shared-data slot: a slot is a small set-associative bucket of callers
 /// ([`crate::store`]).
 pub const SLOT_WAYS: usize = 4;
+/// Slots per tracked caller: callers hash to slots unevenly, and a slot that gets more
+/// live callers than it has ways displaces some. With one slot per caller (four ways of
+/// headroom) fewer than 1 % of `max_tracked_keys` live callers are displaced; with a
+/// quarter (no headroom), about 20 % were (docs/ARCHITECTURE.md, "Slots").
+pub const SLOTS_PER_TRACKED_KEY: u64 = 1;
 
 #[derive(Debug)]
 pub struct Config {
@@ -42,6 +47,33 @@ pub struct Config {
     pub quota: Option<QuotaService>,
     /// Model prices, for limits of cost.
     pub prices: Prices,
+    pub logs: LogOptions,
+}
+
+/// Log lines of refusals.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Refusal lines a worker writes per second at most; the rest are counted and
+    /// summed up in one line (0: none).
+    pub max_refusal_lines_per_second: u32,
+    /// The key of anonymous callers' names in log lines (`None`: random per worker).
+    pub caller_name_key: Option<Secret>,
+}
+
+/// A secret from the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Model prices per 1,000 tokens.
@@ -71,7 +103,10 @@ pub struct QuotaService {
     pub key_cache_ttl_ms: u64,
     pub negative_cache_ttl_ms: u64,
     pub key_cache_size: usize,
+    /// Callouts in flight per worker, of every kind.
     pub max_pending_callouts: u32,
+    /// Of those, key verifications; a request past it gets a 503 without a callout.
+    pub max_pending_verifications: u32,
     pub breaker_failures: u32,
     pub breaker_cooldown_ms: u64,
     /// A lease unused for this long is given back to the service (`POST /v1/return`).
@@ -109,6 +144,10 @@ pub struct Identity {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub max_credential_length: usize,
+    /// Requests with a failing credential answered per client network (the anonymous
+    /// tier's) before a 429, counted in shared data before any key verification;
+    /// `None`: off.
+    pub failed_credentials: Option<Limit>,
 }
 
 #[derive(Debug)]
@@ -243,7 +282,10 @@ pub struct HeaderOptions {
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
-    /// Number of shared-data keys; memory is bounded by `slots × SLOT_WAYS` identities.
+    /// Callers tracked at once: live callers past it may displace one another.
+    pub max_tracked_keys: u64,
+    /// Number of shared-data keys: one per tracked caller ([`SLOTS_PER_TRACKED_KEY`]),
+    /// of `SLOT_WAYS` entries each.
     pub slots: u32,
     pub cas_retries: u32,
     pub on_contention: ContentionPolicy,

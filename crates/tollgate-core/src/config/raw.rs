@@ -27,6 +27,30 @@ pub struct RawConfig {
     pub quota_service: Option<RawQuotaService>,
     #[serde(default)]
     pub prices: Option<RawPrices>,
+    #[serde(default)]
+    pub logs: RawLogs,
+}
+
+/// Log lines of refusals: how many per second a worker writes, and the key of the names
+/// anonymous callers get in them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogs {
+    #[serde(default = "default_max_refusal_lines_per_second")]
+    pub max_refusal_lines_per_second: u32,
+    /// A secret (16 to 256 characters); without it each worker draws one at random.
+    #[serde(default)]
+    pub caller_name_key: Option<String>,
+}
+
+impl Default for RawLogs {
+    fn default() -> Self {
+        RawLogs { max_refusal_lines_per_second: default_max_refusal_lines_per_second(), caller_name_key: None }
+    }
+}
+
+fn default_max_refusal_lines_per_second() -> u32 {
+    10
 }
 
 /// Model prices for limits of `"unit": "cost"`, per 1,000 tokens.
@@ -69,6 +93,9 @@ pub struct RawQuotaService {
     pub key_cache_size: usize,
     #[serde(default = "default_max_pending")]
     pub max_pending_callouts: u32,
+    /// Of those, key verifications (default: 100, or `max_pending_callouts` if lower).
+    #[serde(default)]
+    pub max_pending_verifications: Option<u32>,
     #[serde(default)]
     pub breaker: RawBreaker,
     #[serde(default = "default_lease_idle_return_ms")]
@@ -150,6 +177,21 @@ pub struct RawIdentity {
     pub ipv6_prefix: u8,
     #[serde(default = "default_max_credential_length")]
     pub max_credential_length: usize,
+    /// Requests with a credential that fails (malformed, unknown, revoked) answered per
+    /// client network before a 429; `null` turns the limit off.
+    #[serde(default = "default_failed_credentials")]
+    pub failed_credentials: Option<RawFailedCredentials>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailedCredentials {
+    pub limit: u64,
+    pub window: String,
+}
+
+fn default_failed_credentials() -> Option<RawFailedCredentials> {
+    Some(RawFailedCredentials { limit: 20, window: "1m".to_owned() })
 }
 
 impl Default for RawIdentity {
@@ -160,6 +202,7 @@ impl Default for RawIdentity {
             ipv4_prefix: default_ipv4_prefix(),
             ipv6_prefix: default_ipv6_prefix(),
             max_credential_length: default_max_credential_length(),
+            failed_credentials: default_failed_credentials(),
         }
     }
 }

@@ -256,7 +256,11 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!((c.identity.ipv4_prefix, c.identity.ipv6_prefix), (32, 64));
     assert!(c.headers.ietf && c.headers.x_ratelimit && !c.headers.problem_json);
     assert_eq!(c.headers.max_retry_wait_ms, 60_000);
-    assert_eq!(c.store.slots, 25_000);
+    assert_eq!(c.store.slots, 100_000);
+    let failed = c.identity.failed_credentials.as_ref().unwrap();
+    assert_eq!((failed.quota, failed.window.secs, failed.burst()), (20, 60, None));
+    assert_eq!(c.logs.max_refusal_lines_per_second, 10);
+    assert!(c.logs.caller_name_key.is_none());
     assert_eq!(c.store.on_contention, ContentionPolicy::Allow);
     assert_eq!(c.routes[0].cost, 1);
     let rpm = &c.tiers[0].limits[0];
