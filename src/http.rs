@@ -154,8 +154,12 @@ impl HttpContext for TollgateHttp {
             let header = |name: &str| hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
             let status = header(":status").and_then(|s| s.parse::<u16>().ok());
             reserved.succeeded = Some(status.is_some_and(|s| (200..300).contains(&s)));
-            reserved.reading = Some(Reading::for_content_type(header("content-type").as_deref()));
-            if end_of_stream {
+            // Images settle on the status: their response body is never read.
+            let reads_usage = reserved.reservation.reads_usage(&self.state.config);
+            if reads_usage {
+                reserved.reading = Some(Reading::for_content_type(header("content-type").as_deref()));
+            }
+            if end_of_stream || !reads_usage {
                 self.settle();
             }
         }

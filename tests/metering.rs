@@ -75,6 +75,19 @@ fn five_images_a_day_are_counted_from_n() {
 }
 
 #[test]
+fn a_failed_image_generation_is_refunded_on_its_status() {
+    let envoy = envoy();
+    let failed = post(&envoy, IMAGES, &[("x-standin-status", "500")], r#"{"prompt":"a cat","n":4}"#);
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    Wait::new("the failed request to be settled").until(|| settlements(&envoy) >= 1);
+    assert_eq!(envoy.counter("tollgate.units.free.images.charged"), Some(0));
+    let next = post(&envoy, IMAGES, &[], r#"{"prompt":"a cat","n":5}"#);
+    assert_eq!(next.status, 200, "all 5 images are there again: {}", next.body);
+    Wait::new("the request to be settled").until(|| settlements(&envoy) >= 2);
+    assert_eq!(envoy.counter("tollgate.units.free.images.charged"), Some(5));
+}
+
+#[test]
 fn bad_and_oversized_bodies_get_json_errors() {
     let envoy = envoy();
     let malformed = post(&envoy, IMAGES, &[], r#"{"prompt": "a cat", "n": "#);

@@ -215,9 +215,9 @@ mod tests;
 #[cfg(test)]
 mod block_tests;
 #[cfg(test)]
-mod global_metered_tests;
-#[cfg(test)]
 mod failed_tests;
+#[cfg(test)]
+mod global_metered_tests;
 #[cfg(test)]
 mod global_tests;
 #[cfg(test)]

@@ -72,6 +72,21 @@ impl Reservation {
     pub fn tier(&self) -> usize {
         self.tier
     }
+
+    /// Whether settling needs the usage the response reports: a limit of tokens or cost
+    /// settles to it; images settle on the status alone (kept on a 2xx, else refunded).
+    pub fn reads_usage(&self, config: &Config) -> bool {
+        let Some(tier) = config.tiers.get(self.tier) else {
+            return false;
+        };
+        let global = self.global.iter().flat_map(|g| g.limits.iter().map(|&(index, _)| index));
+        self.limits
+            .iter()
+            .map(|&(index, _)| index)
+            .chain(global)
+            .filter_map(|index| tier.limits.get(index))
+            .any(|l| !matches!(l.unit, Unit::Requests | Unit::Images))
+    }
 }
 
 /// How a response ended, as far as settling goes.
