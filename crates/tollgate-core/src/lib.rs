@@ -37,6 +37,7 @@ pub mod hash;
 pub mod headermap;
 pub mod headers;
 pub mod identity;
+mod json_path;
 pub mod keycache;
 pub mod lease;
 pub mod limit;
