@@ -319,3 +319,31 @@ fn a_changed_definition_changes_the_fingerprint() {
     assert_ne!(a.tiers[0].limits[0].fingerprint, b.tiers[0].limits[0].fingerprint);
     assert_eq!(a.tiers[0].limits[0].fingerprint, a2.tiers[0].limits[0].fingerprint);
 }
+
+#[test]
+fn fields_read_as_serde_would() {
+    let with = |field: &str| MINIMAL.replacen('{', &format!("{{ {field},"), 1);
+    let c = Config::from_json(with("\"identity\": { \"api_key_header\": null }").as_bytes()).unwrap();
+    assert_eq!(c.identity.api_key_header, None, "null turns API keys off; absent is x-api-key");
+    let e = Config::from_json(with("\"mode\": \"shadow\", \"mode\": \"enforce\"").as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("", "duplicate field `mode`"));
+    let e = Config::from_json(with("\"store\": { \"cas_retries\": 1e3 }").as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("store.cas_retries", "invalid type: floating point `1000.0`, expected u32")
+    );
+    let e = Config::from_json(with("\"identity\": { \"ipv4_prefix\": 300 }").as_bytes()).unwrap_err();
+    assert_eq!(e.message, "invalid value: integer `300`, expected u8");
+    let e = Config::from_json(with("\"headers\": null").as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("headers", "invalid type: null, expected an object"));
+    let e = Config::from_json(with("\"keys\": [ { \"id\": \"a\", \"tier\": \"free\" } ]").as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("keys[0]", "missing field `sha256`"));
+}
+
+#[test]
+fn a_syntax_error_names_where_it_is() {
+    let json = MINIMAL.replacen("\"1m\"", "1m", 1);
+    let e = Config::from_json(json.as_bytes()).unwrap_err();
+    assert_eq!(e.path, "tiers.free.limits[0].window", "{e}");
+    assert!(e.message.contains("line"), "serde_json's position is kept: {e}");
+}
