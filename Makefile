@@ -25,6 +25,7 @@ run: wasm ## Run the quota service (:8081; REDIS_URL=redis://... for Redis) and 
 test: wasm ## Run all tests: native (with Envoy), core under wasm, then lint
 	cargo build -p tollgate-quota
 	@$(with_envoy) TOLLGATE_PYTHON="$$(scripts/openai-sdk.sh)" && export TOLLGATE_PYTHON && \
+	  TOLLGATE_NODE_MODULES="$$(scripts/openai-sdk-node.sh)" && export TOLLGATE_NODE_MODULES && \
 	  echo "envoy: $$ENVOY_BIN" && cargo test --workspace
 	scripts/wasm-test.sh
 	$(MAKE) lint
@@ -53,6 +54,7 @@ bench: ## Benchmarks: every configuration under load, rewrites BENCHMARKS.md (~2
 	cargo build --release --target wasm32-wasip1 -p tollgate -p tollgate-bench -p tollgate-hostcall-probe -p tollgate-hostcall-floor --lib
 	cargo xtask trim-exports $(WASM)
 	cargo build --release -p tollgate-quota
+	cargo build --release -p tollgate-testkit --bin tollgate-standin
 	cargo build -p tollgate-bench --bins
 	cargo bench -p tollgate-core --bench hot_path --no-run
 	@$(with_envoy) target/debug/tollgate-bench

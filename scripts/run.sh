@@ -8,8 +8,12 @@ envoy=$(scripts/envoy-bin.sh)
 cargo build -q -p tollgate-quota -p tollgate-testkit --bin tollgate-quota --bin tollgate-standin
 store=${REDIS_URL:-memory}
 admin=${TOLLGATE_QUOTA_ADMIN_TOKEN:-demo-admin-token}
+# The filter sends envoy.yaml's quota_service.token; keys can be made for its tiers only.
+service=tollgate-dev-service-token
+tiers=free,premium,basic,pro,enterprise
 
-target/debug/tollgate-quota --listen 127.0.0.1:8081 --store "$store" --admin-token "$admin" &
+target/debug/tollgate-quota --listen 127.0.0.1:8081 --store "$store" --admin-token "$admin" \
+  --service-token "$service" --tiers "$tiers" &
 quota=$!
 # The stand-in AI upstream behind /v1/chat/completions (envoy.yaml, cluster ai_upstream).
 target/debug/tollgate-standin 8082 &

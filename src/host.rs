@@ -49,14 +49,18 @@ pub fn source_address() -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// `POST path` with a JSON `body` to the quota service's cluster; the callout's token.
+/// `POST path` with a JSON `body` to the quota service's cluster, with the service token
+/// if one is configured; the callout's token.
 pub fn post_to_quota(quota: &QuotaService, path: &str, body: &str) -> Result<u32, Status> {
-    let headers = vec![
+    let mut headers = vec![
         (":method", "POST"),
         (":path", path),
         (":authority", quota.authority.as_str()),
         ("content-type", "application/json"),
     ];
+    if let Some(authorization) = &quota.authorization {
+        headers.push(("authorization", authorization.value()));
+    }
     let timeout = Duration::from_millis(quota.timeout_ms);
     hostcalls::dispatch_http_call(&quota.cluster, headers, Some(body.as_bytes()), vec![], timeout)
 }

@@ -79,7 +79,10 @@ impl Context for TollgateHttp {
 impl Drop for TollgateHttp {
     fn drop(&mut self) {
         if let Some((pending, _)) = self.waiting.take() {
-            self.state.worker.borrow_mut().end_callout();
+            let mut worker = self.state.worker.borrow_mut();
+            worker.end_callout();
+            pending.release(&mut worker);
+            drop(worker);
             decision::abandon(&self.state.config, &HostSharedData, pending, host::now());
         }
         self.settle();
@@ -123,18 +126,24 @@ impl HttpContext for TollgateHttp {
         if !end_of_stream {
             return Action::Pause;
         }
-        let Some((headers, _, api)) = self.awaiting_body.take() else {
+        self.body_complete(body_size)
+    }
+
+    /// A body followed by trailers never ends its last data frame with `end_of_stream`:
+    /// the body is whole when the trailers come.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(&(_, limit, _)) = self.awaiting_body.as_ref() else {
             return Action::Continue;
         };
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
-        // A chat that streams without asking for its usage asks for it upstream, so that
-        // it can be settled; the client still gets the stream it asked for.
-        if let Some(asking) = with_usage(api, &body) {
-            if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &asking).is_ok() {
-                self.stripper = Some(Stripper::default());
-            }
+        let size = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit.saturating_add(1))
+            .ok()
+            .flatten()
+            .map_or(0, |b| b.len());
+        if size > limit {
+            self.awaiting_body = None;
+            return self.conclude(decision::body_too_large(&self.state.config, limit));
         }
-        self.decide(&headers, Some(&body))
+        self.body_complete(size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -178,6 +187,22 @@ impl HttpContext for TollgateHttp {
 }
 
 impl TollgateHttp {
+    /// The whole body of a metered request (`body_size` bytes) is in: decide it.
+    fn body_complete(&mut self, body_size: usize) -> Action {
+        let Some((headers, _, api)) = self.awaiting_body.take() else {
+            return Action::Continue;
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        // A chat that streams without asking for its usage asks for it upstream, so that
+        // it can be settled; the client still gets the stream it asked for.
+        if let Some(asking) = with_usage(api, &body) {
+            if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &asking).is_ok() {
+                self.stripper = Some(Stripper::default());
+            }
+        }
+        self.decide(&headers, Some(&body))
+    }
+
     /// Decides the request of this header map (and, on a metered route, body).
     fn decide(&mut self, headers: &[u8], body: Option<&[u8]>) -> Action {
         let state = Rc::clone(&self.state);
@@ -192,6 +217,7 @@ impl TollgateHttp {
                 None
             };
         request.client_address = address.as_deref();
+        request.client_address_of = Some(host::source_address);
         let step = {
             let mut worker = state.worker.borrow_mut();
             decision::begin(config, &HostSharedData, &mut worker, &request, host::now())

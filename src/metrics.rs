@@ -26,10 +26,11 @@ const TIER_OUTCOMES: [Outcome; 7] = [
 ];
 
 /// Outcomes of requests stopped before a tier was known (or on no limited route).
-const UNTIERED_OUTCOMES: [Outcome; 6] = [
+const UNTIERED_OUTCOMES: [Outcome; 7] = [
     Outcome::Unlimited,
     Outcome::Unauthenticated,
     Outcome::Malformed,
+    Outcome::CredentialsLimited,
     Outcome::BadRequest,
     Outcome::ShadowRejected,
     Outcome::QuotaUnavailable,
@@ -54,6 +55,7 @@ pub struct Metrics {
     callout_timeouts: Option<u32>,
     callout_latency: Option<u32>,
     short_circuited: Option<u32>,
+    verifications_full: Option<u32>,
     breaker_opened: Option<u32>,
     breaker_closed: Option<u32>,
     breaker_open: Option<u32>,
@@ -135,6 +137,7 @@ impl Metrics {
             callout_timeouts: q("tollgate.quota.timeouts", MetricType::Counter),
             callout_latency: q("tollgate.quota.latency_ms", MetricType::Histogram),
             short_circuited: q("tollgate.quota.short_circuited", MetricType::Counter),
+            verifications_full: q("tollgate.quota.verifications_full", MetricType::Counter),
             breaker_opened: q("tollgate.quota.breaker_opened", MetricType::Counter),
             breaker_closed: q("tollgate.quota.breaker_closed", MetricType::Counter),
             breaker_open: q("tollgate.quota.breaker_open", MetricType::Gauge),
@@ -198,6 +201,8 @@ impl Metrics {
     /// ahead of need.
     pub fn record_quota(&self, quota: &QuotaReport) {
         bump(self.short_circuited, u32::from(quota.short_circuited));
+        bump(self.callout_failures, quota.unreadable_answers);
+        bump(self.verifications_full, u32::from(quota.verifications_full));
         bump(self.breaker_opened, u32::from(quota.breaker_opened));
         bump(self.breaker_closed, u32::from(quota.breaker_closed));
         if let Some(gauge) = self.breaker_open {

@@ -2,7 +2,7 @@
 //! tick and the callouts that outlive a request (refills ahead of need, settlements,
 //! lease returns).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::rc::Rc;
@@ -12,7 +12,6 @@ use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
-use tollgate_core::config::SLOT_WAYS;
 use tollgate_core::decision::{self, Callout, Pending, SETTLE_PATH};
 use tollgate_core::lease;
 use tollgate_core::worker::{self, Worker};
@@ -134,12 +133,12 @@ impl RootContext for TollgateRoot {
             }
         };
         info!(
-            "configured: mode={:?} tiers={} keys={} routes={} tracked keys<={} quota service={}",
+            "configured: mode={:?} tiers={} keys={} routes={} tracked keys={} quota service={}",
             config.mode,
             config.tiers.len(),
             config.keys.len(),
             config.routes.len(),
-            u64::from(config.store.slots) * SLOT_WAYS as u64,
+            config.store.max_tracked_keys,
             config.quota.as_ref().map_or("none", |q| q.cluster.as_str()),
         );
         if let Some(ms) = worker::tick_ms(&config) {
@@ -150,10 +149,18 @@ impl RootContext for TollgateRoot {
             let name = format!("tollgate/refill/{:016x}", RandomState::new().hash_one(0u8));
             hostcalls::register_shared_queue(&name).ok()
         });
+        crate::logs::configure(&config);
         let worker = RefCell::new(Worker::for_config(&config));
         let metrics = Metrics::define(&config);
         let handed = RefCell::new(Vec::new());
-        self.state = Some(Rc::new(State { config, metrics, worker, handed, queue: queue.flatten() }));
+        self.state = Some(Rc::new(State {
+            config,
+            metrics,
+            worker,
+            handed,
+            queue: queue.flatten(),
+            token_refused: Cell::new(false),
+        }));
         true
     }
 

@@ -1,7 +1,7 @@
 //! What the root context and every HTTP context of one worker share: the configuration,
 //! the stats, and the core's [`Worker`] state; plus the host side of callouts.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use log::warn;
 use proxy_wasm::hostcalls;
@@ -23,6 +23,8 @@ pub struct State {
     /// This worker's shared queue: a request rings it to have the root context send what
     /// it handed over at once (else the next tick does).
     pub queue: Option<u32>,
+    /// The quota service refused this worker's service token once: logged, not again.
+    pub token_refused: Cell<bool>,
 }
 
 /// A callout handed over to the root context.
@@ -86,6 +88,12 @@ impl State {
         let status = host::callout_status(num_headers);
         let timeout_ms = self.config.quota.as_ref().map_or(0, |q| q.timeout_ms);
         self.metrics.record_callout(status, elapsed_ms, timeout_ms);
+        if status == Some(401) && !self.token_refused.replace(true) {
+            warn!(
+                "the quota service answered 401: it wants the token it was started with (--service-token) in \
+                 quota_service.token; until then each callout fails and failure_mode applies"
+            );
+        }
         let body = match status {
             Some(_) => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten(),
             None => None,

@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! What ships to users' clusters: every manifest under `deploy/` parses and uses only real
 //! fields of its kind (the field lists in `deploy/schema/`), every plugin configuration in
-//! `deploy/` and in README.md passes the filter's own validation, and `make oci`
+//! `deploy/` and in README.md passes the filter's own validation, the kustomizations render
+//! (`kubectl kustomize`) into what they promise (the gateway patch keeps the gateway's own
+//! proxy config, Redis keeps its counts, the policies let in whom they say), and `make oci`
 //! (`scripts/oci.sh`) writes an OCI image layout in the form Istio pulls.
 
 use std::collections::BTreeMap;
@@ -288,7 +290,19 @@ fn every_manifest_parses_and_uses_only_real_fields() {
     let schema = Schema::load();
     let manifests = deploy_manifests();
     let kinds: Vec<&str> = manifests.iter().map(Manifest::kind).collect();
-    for expected in ["Namespace", "ConfigMap", "Service", "Deployment", "WasmPlugin", "Kustomization"] {
+    let expected_kinds = [
+        "Namespace",
+        "ConfigMap",
+        "Service",
+        "ServiceAccount",
+        "Deployment",
+        "StatefulSet",
+        "WasmPlugin",
+        "AuthorizationPolicy",
+        "NetworkPolicy",
+        "Kustomization",
+    ];
+    for expected in expected_kinds {
         assert!(kinds.contains(&expected), "no {expected} under deploy/ (found {kinds:?})");
     }
     let problems = problems(&schema, &manifests);
@@ -321,6 +335,31 @@ fn wasmplugin_reaches_the_quota_service_by_its_istio_cluster_name() {
     assert_eq!(spec["phase"], "AUTHN");
     assert_eq!(spec["match"][0]["mode"], "CLIENT");
     assert!(spec["url"].as_str().is_some_and(|u| u.starts_with("oci://")), "url: {}", spec["url"]);
+}
+
+#[test]
+fn the_quota_service_takes_the_service_token_the_wasmplugin_sends_and_its_tiers() {
+    let manifests = deploy_manifests();
+    let plugin = manifests.iter().find(|m| m.kind() == "WasmPlugin").expect("a WasmPlugin");
+    let config = &plugin.doc["spec"]["pluginConfig"];
+    assert!(config["quota_service"]["token"].as_str().is_some_and(|t| t.len() >= 16), "no quota_service.token");
+    let deployment = manifests
+        .iter()
+        .find(|m| m.kind() == "Deployment" && m.doc["metadata"]["name"] == "tollgate-quota")
+        .expect("Deployment tollgate-quota");
+    let env = deployment.doc["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    let token = env.iter().find(|e| e["name"] == "TOLLGATE_QUOTA_SERVICE_TOKEN").expect("TOLLGATE_QUOTA_SERVICE_TOKEN");
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], "service-token");
+    let settings = manifests
+        .iter()
+        .find(|m| m.kind() == "ConfigMap" && m.doc["metadata"]["name"] == "tollgate-quota")
+        .expect("ConfigMap tollgate-quota");
+    let mut listed: Vec<&str> =
+        settings.doc["data"]["TOLLGATE_QUOTA_TIERS"].as_str().expect("TOLLGATE_QUOTA_TIERS").split(',').collect();
+    let mut configured: Vec<&str> = config["tiers"].as_object().expect("tiers").keys().map(String::as_str).collect();
+    listed.sort_unstable();
+    configured.sort_unstable();
+    assert_eq!(listed, configured, "TOLLGATE_QUOTA_TIERS must name the WasmPlugin's tiers");
 }
 
 /// The ```json blocks of README.md that are plugin configurations (they have "tiers").
@@ -360,6 +399,389 @@ fn every_plugin_config_in_the_readme_passes_validation() {
         })
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// The kustomizations, rendered as `kubectl apply -k` would.
+
+/// `kubectl kustomize <dir>`: the documents it renders.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let output = Command::new("kubectl").arg("kustomize").arg(dir).output().unwrap_or_else(|e| {
+        panic!("cannot run kubectl ({e}): these tests render the kustomizations with `kubectl kustomize` (.ci/run installs kubectl)")
+    });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    yaml_documents(&String::from_utf8(output.stdout).unwrap()).unwrap()
+}
+
+fn rendered(dir: &str) -> Vec<Manifest> {
+    let file = format!("kubectl kustomize {dir}");
+    kustomize(&root(dir))
+        .into_iter()
+        .enumerate()
+        .map(|(index, doc)| Manifest { file: file.clone(), index, doc })
+        .collect()
+}
+
+fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Value {
+    &manifests
+        .iter()
+        .find(|m| m.kind() == kind && m.doc["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {}", manifests.first().map_or("", |m| m.file.as_str())))
+        .doc
+}
+
+/// Whether a `matchLabels` selector selects an object with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let wanted = selector["matchLabels"].as_object().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(key, value)| &labels[key] == value)
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array().into_iter().flatten().filter_map(|item| item["name"].as_str()).collect()
+}
+
+#[test]
+fn every_kustomization_renders_into_manifests_with_real_fields() {
+    let schema = Schema::load();
+    for dir in ["deploy/istio", "deploy/redis"] {
+        let manifests = rendered(dir);
+        assert!(!manifests.is_empty(), "{dir} renders nothing");
+        let problems = problems(&schema, &manifests);
+        assert!(problems.is_empty(), "{dir} renders manifests with problems:\n{}", problems.join("\n"));
+    }
+}
+
+/// The gateway as Istio installs it, with an operator's proxy config, patched as README.md
+/// says (`kubectl patch --patch-file`: the same strategic merge as a kustomize patch).
+#[test]
+fn gateway_patch_keeps_the_gateways_proxy_config_and_adds_the_bootstrap() {
+    let overlay = root(&format!("target/it/gateway-overlay-{}", std::process::id()));
+    fs::create_dir_all(&overlay).unwrap();
+    let gateway_path = root("tests/fixtures/istio-ingressgateway.yaml");
+    for (from, to) in [
+        (gateway_path.clone(), "gateway.yaml"),
+        (root("deploy/istio/observe/gateway-bootstrap.yaml"), "gateway-bootstrap.yaml"),
+        (root("deploy/istio/observe/gateway-patch.yaml"), "gateway-patch.yaml"),
+    ] {
+        fs::copy(&from, overlay.join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [gateway.yaml, gateway-bootstrap.yaml]\npatches:\n  - path: gateway-patch.yaml\n",
+    )
+    .unwrap();
+    let docs = kustomize(&overlay);
+    fs::remove_dir_all(&overlay).unwrap();
+    let before = yaml_documents(&read(&gateway_path)).unwrap().remove(0);
+    let gateway = docs.iter().find(|d| d["kind"] == "Deployment").expect("the gateway Deployment");
+    let bootstrap_map = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("the bootstrap ConfigMap");
+
+    // The proxy config: the operator's, untouched (a patch would replace the whole string).
+    let annotations = &gateway["spec"]["template"]["metadata"]["annotations"];
+    let proxy_config: Value =
+        serde_yaml::from_str(annotations["proxy.istio.io/config"].as_str().expect("proxy.istio.io/config")).unwrap();
+    assert_eq!(proxy_config["gatewayTopology"]["numTrustedProxies"], 2, "proxy.istio.io/config: {proxy_config}");
+    assert_eq!(annotations, &before["spec"]["template"]["metadata"]["annotations"], "the pod's annotations changed");
+
+    // The container keeps its env and mounts and gains the override; the pod keeps its volumes.
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    let before_container = &before["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "istio-proxy");
+    for (field, added) in [("env", "ISTIO_BOOTSTRAP_OVERRIDE"), ("volumeMounts", "tollgate-bootstrap")] {
+        let mut expected = names(&before_container[field]);
+        expected.push(added);
+        expected.sort_unstable();
+        let mut got = names(&container[field]);
+        got.sort_unstable();
+        assert_eq!(got, expected, "istio-proxy {field}");
+    }
+    let mut volumes = names(&before["spec"]["template"]["spec"]["volumes"]);
+    volumes.push("tollgate-bootstrap");
+    volumes.sort_unstable();
+    let mut got = names(&gateway["spec"]["template"]["spec"]["volumes"]);
+    got.sort_unstable();
+    assert_eq!(got, volumes, "the pod's volumes");
+
+    // The override names the mounted file of the ConfigMap, and that file adds tollgate's
+    // stats to the gateway's inclusion list (Envoy appends repeated fields of --config-yaml).
+    let env = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "ISTIO_BOOTSTRAP_OVERRIDE").unwrap();
+    let mount =
+        container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "tollgate-bootstrap").unwrap();
+    let volume = gateway["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tollgate-bootstrap")
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], bootstrap_map["metadata"]["name"]);
+    let file = env["value"].as_str().unwrap().strip_prefix(&format!("{}/", mount["mountPath"].as_str().unwrap()));
+    let file = file.unwrap_or_else(|| {
+        panic!("ISTIO_BOOTSTRAP_OVERRIDE {} is not under the mount {}", env["value"], mount["mountPath"])
+    });
+    let fragment: Value =
+        serde_json::from_str(bootstrap_map["data"][file].as_str().expect("the bootstrap file")).unwrap();
+    let patterns = &fragment["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"];
+    assert!(
+        patterns.as_array().is_some_and(|p| p.contains(&serde_json::json!({ "prefix": "wasmcustom.tollgate" }))),
+        "the bootstrap fragment does not include tollgate's stats: {fragment}"
+    );
+    assert!(fragment["stats_config"]["stats_tags"].as_array().is_some_and(|t| !t.is_empty()), "{fragment}");
+}
+
+/// `redis.conf` directives: the last value of each (as Redis reads them).
+fn redis_directives(conf: &str) -> BTreeMap<String, String> {
+    conf.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once(' '))
+        .map(|(key, value)| (key.to_lowercase(), value.trim().to_owned()))
+        .collect()
+}
+
+const REDIS_DURABILITY: [(&str, &str); 3] =
+    [("appendonly", "yes"), ("appendfsync", "everysec"), ("maxmemory-policy", "noeviction")];
+
+#[test]
+fn redis_keeps_counts_through_a_crash_and_never_evicts_them() {
+    let manifests = rendered("deploy/redis");
+    let statefulset = find(&manifests, "StatefulSet", "tollgate-redis");
+    let pod = &statefulset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // redis-server is started with the file the ConfigMap mounts.
+    let config_volume =
+        pod["volumes"].as_array().unwrap().iter().find(|v| v["configMap"].is_object()).expect("a ConfigMap volume");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == config_volume["name"])
+        .expect("the ConfigMap mounted");
+    let conf_arg = container["args"][0].as_str().expect("redis-server's first argument: its config file");
+    let key =
+        conf_arg.strip_prefix(&format!("{}/", mount["mountPath"].as_str().unwrap())).expect("a file of the mount");
+    assert_eq!(container["command"], serde_json::json!(["redis-server"]));
+    let config_map = find(&manifests, "ConfigMap", config_volume["configMap"]["name"].as_str().unwrap());
+    let conf = config_map["data"][key].as_str().unwrap_or_else(|| panic!("ConfigMap has no {key}"));
+    let directives = redis_directives(conf);
+    for (name, value) in REDIS_DURABILITY {
+        assert_eq!(directives.get(name).map(String::as_str), Some(value), "{name} in redis.conf:\n{conf}");
+    }
+    assert!(directives.contains_key("maxmemory"), "noeviction needs a maxmemory below the memory limit:\n{conf}");
+    // The append-only file lives on the claimed volume.
+    let data =
+        container["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == directives["dir"].as_str());
+    let data = data.unwrap_or_else(|| panic!("dir {} is not a mounted volume", directives["dir"]));
+    assert_eq!(statefulset["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], data["name"]);
+
+    // A real redis-server takes the file and runs with those settings (its files in a
+    // scratch directory instead of the volume).
+    let dir = tollgate_testkit::scratch::fresh_temp("redis-conf");
+    let conf_path = dir.join("redis.conf");
+    let dir_line = format!("dir {}", directives["dir"]);
+    assert!(conf.contains(&dir_line));
+    fs::write(&conf_path, conf.replace(&dir_line, &format!("dir {}", dir.display()))).unwrap();
+    let (process, port) = (0..5)
+        .find_map(|attempt| {
+            let port = tollgate_testkit::ports::free_port();
+            let mut command = Command::new("redis-server");
+            command.arg(&conf_path).args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no"]);
+            let log = dir.join(format!("redis-{attempt}.log"));
+            let process = tollgate_testkit::process::Process::start(
+                "redis-server",
+                command,
+                &log,
+                "apt-get install redis-server",
+            );
+            let started =
+                process.wait_ready(tollgate_testkit::redis::START_DEADLINE, || tollgate_testkit::redis::ping(port));
+            started.is_ok().then_some((process, port))
+        })
+        .unwrap_or_else(|| {
+            panic!("redis-server did not start with the shipped redis.conf (logs in {})", dir.display())
+        });
+    for (name, value) in REDIS_DURABILITY {
+        let answer = tollgate_testkit::redis::cli(port, &["CONFIG", "GET", name]).unwrap();
+        assert_eq!(answer.lines().collect::<Vec<_>>(), [name, value], "CONFIG GET {name}");
+    }
+    let info = tollgate_testkit::redis::cli(port, &["INFO", "persistence"]).unwrap();
+    assert!(info.contains("aof_enabled:1"), "{info}");
+    drop(process);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether an AuthorizationPolicy path (exact, `prefix*`, `*suffix` or `*`) matches `path`.
+fn istio_path_matches(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        true
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        path.starts_with(prefix)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        path.ends_with(suffix)
+    } else {
+        pattern == path
+    }
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// Who an ALLOW policy lets call `method path`: the principals of each rule that matches
+/// it, `*` for a rule open to anyone.
+fn allowed_callers(policy: &Value, method: &str, path: &str) -> Vec<String> {
+    assert_eq!(policy["spec"]["action"], "ALLOW");
+    let mut callers = Vec::new();
+    for rule in policy["spec"]["rules"].as_array().unwrap() {
+        let matches = rule["to"].as_array().unwrap().iter().any(|to| {
+            let op = &to["operation"];
+            let methods = strings(&op["methods"]);
+            (methods.is_empty() || methods.contains(&method))
+                && strings(&op["paths"]).iter().any(|p| istio_path_matches(p, path))
+                && !strings(&op["notPaths"]).iter().any(|p| istio_path_matches(p, path))
+        });
+        if !matches {
+            continue;
+        }
+        match rule["from"].as_array() {
+            None => callers.push("*".to_owned()),
+            Some(from) => {
+                assert!(from.iter().all(|f| f["source"].as_object().unwrap().keys().eq(["principals"])), "{rule}");
+                callers.extend(from.iter().flat_map(|f| strings(&f["source"]["principals"])).map(str::to_owned));
+            }
+        }
+    }
+    callers.sort();
+    callers
+}
+
+/// The quota service's routes, from its router: (method, path with a sample segment for
+/// each parameter).
+fn quota_service_routes() -> Vec<(String, String)> {
+    let app = read(&root("crates/tollgate-quota/src/app.rs"));
+    let mut routes = Vec::new();
+    for line in app.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line[".route(\"".len()..].split('"').next().unwrap();
+        let sample: Vec<String> = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "sample".to_owned() } else { seg.to_owned() })
+            .collect();
+        for method in ["get", "post", "delete", "put", "patch"] {
+            if line.contains(&format!("{method}(")) {
+                routes.push((method.to_uppercase(), sample.join("/")));
+            }
+        }
+    }
+    assert!(routes.len() >= 9, "found only {routes:?} in crates/tollgate-quota/src/app.rs: update this test");
+    routes
+}
+
+#[test]
+fn quota_service_answers_each_endpoint_only_to_its_callers() {
+    let manifests = rendered("deploy/istio");
+    let policy = find(&manifests, "AuthorizationPolicy", "tollgate-quota");
+    let deployment = find(&manifests, "Deployment", "tollgate-quota");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&policy["spec"]["selector"], pod_labels), "the policy does not select the quota service's pods");
+
+    let gateway = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+    let admin = "cluster.local/ns/tollgate/sa/tollgate-admin";
+    let expected = [
+        ("POST", "/v1/check", gateway),
+        ("POST", "/v1/return", gateway),
+        ("POST", "/v1/settle", gateway),
+        ("POST", "/v1/keys/verify", gateway),
+        ("POST", "/v1/keys", admin),
+        ("GET", "/v1/keys", admin),
+        ("DELETE", "/v1/keys/key_0123456789abcdef", admin),
+        ("GET", "/v1/usage/free%2Fip%3A127.0.0.1%2F32", admin),
+        ("GET", "/healthz", "*"),
+        ("GET", "/readyz", "*"),
+        ("GET", "/metrics", "*"),
+        // Nobody: other methods and paths.
+        ("GET", "/v1/check", ""),
+        ("PUT", "/v1/keys/verify", ""),
+        ("POST", "/v1/other", ""),
+    ];
+    for (method, path, who) in expected {
+        let want: Vec<String> = if who.is_empty() { vec![] } else { vec![who.to_owned()] };
+        assert_eq!(allowed_callers(policy, method, path), want, "{method} {path}");
+    }
+    // The admin identity is a ServiceAccount the manifests create.
+    let account = find(&manifests, "ServiceAccount", "tollgate-admin");
+    assert_eq!(
+        admin,
+        format!("cluster.local/ns/{}/sa/tollgate-admin", account["metadata"]["namespace"].as_str().unwrap())
+    );
+    // Every route of the service is open to someone: a new endpoint needs its line in
+    // deploy/istio/policies.yaml.
+    for (method, path) in quota_service_routes() {
+        assert!(!allowed_callers(policy, &method, &path).is_empty(), "{method} {path} is refused to everyone");
+    }
+}
+
+#[test]
+fn network_policies_let_in_only_the_gateway_prometheus_admins_and_the_quota_service() {
+    let istio = rendered("deploy/istio");
+    let redis = rendered("deploy/redis");
+    let quota = find(&istio, "Deployment", "tollgate-quota");
+    let quota_pod = &quota["spec"]["template"];
+    let plugin = istio.iter().find(|m| m.kind() == "WasmPlugin").unwrap();
+
+    let policy = find(&istio, "NetworkPolicy", "tollgate-quota");
+    assert!(selects(&policy["spec"]["podSelector"], &quota_pod["metadata"]["labels"]));
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 3, "gateway, admins, Prometheus: {ingress:?}");
+    let service_port = quota_pod["spec"]["containers"][0]["ports"][0]["containerPort"].clone();
+    for rule in ingress {
+        assert!(rule["ports"].as_array().unwrap().iter().any(|p| p["port"] == service_port), "{rule}");
+        assert_eq!(rule["from"].as_array().unwrap().len(), 1, "{rule}");
+    }
+    // The gateway: the pods the WasmPlugin runs on, in its namespace.
+    let gateway = &ingress[0]["from"][0];
+    assert_eq!(gateway["podSelector"], plugin.doc["spec"]["selector"]);
+    assert_eq!(
+        gateway["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        plugin.doc["metadata"]["namespace"]
+    );
+    // Admins: pods of the quota service's namespace labelled as admins.
+    assert_eq!(ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "tollgate-admin");
+    assert!(ingress[1]["from"][0]["namespaceSelector"].is_null());
+    // Prometheus, which may also scrape Istio's merged metrics.
+    let prometheus = &ingress[2]["from"][0];
+    assert_eq!(prometheus["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "prometheus");
+    assert!(ingress[2]["ports"].as_array().unwrap().iter().any(|p| p["port"] == 15020));
+
+    // Redis: the quota service's pods only, on Redis's port; and in the mesh its identity.
+    let statefulset = find(&redis, "StatefulSet", "tollgate-redis");
+    let policy = find(&redis, "NetworkPolicy", "tollgate-redis");
+    assert!(selects(&policy["spec"]["podSelector"], &statefulset["spec"]["template"]["metadata"]["labels"]));
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ingress[0]["from"].as_array().unwrap().len(), 1);
+    assert!(ingress[0]["from"][0]["namespaceSelector"].is_null(), "the quota service's own namespace");
+    assert!(selects(&ingress[0]["from"][0]["podSelector"], &quota_pod["metadata"]["labels"]));
+    assert_eq!(
+        ingress[0]["ports"][0]["port"],
+        statefulset["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    );
+    let authz = find(&redis, "AuthorizationPolicy", "tollgate-redis");
+    assert!(selects(&authz["spec"]["selector"], &statefulset["spec"]["template"]["metadata"]["labels"]));
+    let quota_identity = format!(
+        "cluster.local/ns/{}/sa/{}",
+        quota["metadata"]["namespace"].as_str().unwrap(),
+        quota_pod["spec"]["serviceAccountName"].as_str().unwrap()
+    );
+    assert_eq!(
+        authz["spec"]["rules"],
+        serde_json::json!([{ "from": [{ "source": { "principals": [quota_identity] } }] }])
+    );
+    assert_eq!(statefulset["metadata"]["namespace"], quota["metadata"]["namespace"]);
 }
 
 // The checker itself: each kind of mistake is caught and named.

@@ -24,10 +24,11 @@ const STREAM_CALLBACKS: [&str; 11] = [
 ];
 
 /// The ones tollgate implements (or needs for its contexts' lifetime).
-const IMPLEMENTED: [&str; 7] = [
+const IMPLEMENTED: [&str; 8] = [
     "proxy_on_context_create",
     "proxy_on_request_headers",
     "proxy_on_request_body",
+    "proxy_on_request_trailers",
     "proxy_on_response_headers",
     "proxy_on_response_body",
     "proxy_on_http_call_response",

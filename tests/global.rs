@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tollgate_testkit::envoy::{default_plugin_config, sha256_hex, Envoy, EnvoyOptions};
 use tollgate_testkit::http::Reply;
-use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaService};
+use tollgate_testkit::quota_service::{BrokenQuota, Misbehaviour, QuotaOptions, QuotaService, DEV_SERVICE_TOKEN};
 use tollgate_testkit::redis::Redis;
 use tollgate_testkit::wait::Wait;
 
@@ -140,13 +140,14 @@ fn a_key_created_through_the_admin_api_works_at_once_and_revocation_takes_effect
     };
     assert_eq!(after.status, 401, "{}", after.body);
     assert_eq!(after.json()["error"]["code"], "invalid_api_key");
-    // A flood of the same bad token is answered from the negative cache.
+    // A flood of the same bad token is answered from the negative cache, 401, until the
+    // network's failed credentials (20 a minute) are used up, then 429.
     let callouts = envoy.counter("tollgate.quota.callouts").unwrap();
-    for _ in 0..20 {
-        assert_eq!(post(&envoy, Some(&bearer)).status, 401);
-    }
+    let statuses: Vec<u16> = (0..25).map(|_| post(&envoy, Some(&bearer)).status).collect();
+    assert!(statuses.iter().all(|s| [401, 429].contains(s)), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     let more = envoy.counter("tollgate.quota.callouts").unwrap() - callouts;
-    assert!(more <= 2, "{more} callouts for 20 requests with one revoked token (2 workers, 5 s negative TTL)");
+    assert!(more <= 2, "{more} callouts for 25 requests with one revoked token (2 workers, 5 s negative TTL)");
 }
 
 #[test]
@@ -233,6 +234,45 @@ fn a_service_answering_500_is_a_failure_with_its_failure_mode() {
     assert_eq!((open.status, open.header("x-tollgate-degraded").is_some()), (200, true));
     assert_eq!(envoy.counter("tollgate.quota.failures"), Some(2));
     assert_eq!(envoy.counter("tollgate.quota.timeouts"), Some(0));
+}
+
+/// The filter sends `quota_service.token` (the testkit puts the service's in the config):
+/// with it the pro key's closed global limit admits; a service started with another token
+/// answers 401, which the filter takes as a failure of the service.
+#[test]
+fn callouts_carry_the_service_token_and_a_refused_one_is_a_failure() {
+    let right = QuotaService::start("memory");
+    let envoy = envoy_for(right.port);
+    assert_eq!(post(&envoy, Some(&format!("Bearer {PRO_TOKEN}"))).status, 200);
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(0));
+
+    let wrong = QuotaService::start_with(QuotaOptions {
+        service_token: Some("another-service-token-0123456789".to_owned()),
+        ..QuotaOptions::new("memory")
+    });
+    let envoy = envoy_for(wrong.port);
+    let refused = post(&envoy, Some(&format!("Bearer {PRO_TOKEN}")));
+    assert_eq!(refused.status, 503, "failure_mode closed: {}", refused.body);
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(1));
+    assert!(wrong.metrics().contains(r#"tollgate_quota_requests_total{endpoint="/v1/check",status="401"} 1"#));
+    assert_eq!(envoy.log().matches("the quota service answered 401").count(), 1, "{}", envoy.log());
+    assert!(!envoy.log().contains("another-service-token") && !envoy.log().contains(DEV_SERVICE_TOKEN));
+}
+
+#[test]
+fn a_service_answering_200_with_a_garbled_body_is_a_counted_failure() {
+    let broken = BrokenQuota::start(Misbehaviour::Garbled200);
+    let envoy = envoy_for(broken.port);
+    let open = post(&envoy, Some(PREMIUM));
+    assert_eq!((open.status, open.header("x-tollgate-degraded").is_some()), (200, true));
+    let closed = post(&envoy, Some(&format!("Bearer {PRO_TOKEN}")));
+    assert_eq!(closed.status, 503);
+    assert_eq!(envoy.counter("tollgate.quota.callouts"), Some(2));
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(2), "a 200 that cannot be read is a failure");
+    // The third failure opens the breaker (failures: 3).
+    post(&envoy, Some(PREMIUM));
+    assert_eq!(envoy.counter("tollgate.quota.breaker_opened"), Some(1));
+    assert_eq!(envoy.counter("tollgate.quota.failures"), Some(3));
 }
 
 #[test]

@@ -86,6 +86,11 @@ fn fifty_streams_at_once(envoys: &[Envoy; 2], gate: &str) -> (u64, u64) {
     });
     let refused = refused.into_inner().unwrap();
     assert!(refused.iter().all(|m| m.contains("tokens")), "{refused:?}");
+    println!(
+        "{gate}: {} admitted of 50, using {} tokens",
+        admitted.load(Ordering::Relaxed),
+        used.load(Ordering::Relaxed)
+    );
     (admitted.into_inner(), used.into_inner())
 }
 
@@ -134,6 +139,45 @@ fn a_leased_token_budget_settles_against_the_balance_and_returns_the_rest() {
     let sent = |name: &str| envoys.iter().map(|e| e.counter(name).unwrap_or(0)).sum::<u64>();
     Wait::new("every admitted request to be settled").until(|| sent("tollgate.settle.settled") >= admitted);
     // Balances left idle go back to the service: in the end it counts what was used.
-    Wait::new("the service to count exactly what was used").until(|| used_at_service(&service) == used);
+    let counted = || {
+        let n = used_at_service(&service);
+        eprintln!(
+            "service {n}, used {used}, returns {:?} failures {:?} returned {:?}",
+            sent("tollgate.quota.lease.returns"),
+            sent("tollgate.quota.lease.return_failures"),
+            sent("tollgate.quota.lease.units_returned")
+        );
+        n == used
+    };
+    Wait::new("the service to count exactly what was used").until(counted);
     assert_eq!(sent("tollgate.settle.failures"), 0);
+}
+
+#[test]
+fn a_settlement_the_service_missed_is_sent_again_and_applied_once() {
+    let redis = Redis::start();
+    let mut service = QuotaService::start(&redis.url());
+    let envoy = Envoy::start(EnvoyOptions {
+        plugin_config: Some(plugin_config(0).to_string()),
+        quota_port: Some(service.port),
+        ..EnvoyOptions::default()
+    });
+    let reply = thread::scope(|s| {
+        let request = s.spawn(|| {
+            let headers = [("x-standin-gate", "retry"), ("x-standin-output-tokens", "20")];
+            envoy.request_with_body("POST", CHAT, &headers, &chat_body())
+        });
+        Wait::new("the request to be admitted").until(|| decided(std::slice::from_ref(&envoy)) >= 1);
+        assert_eq!(used_at_service(&service), RESERVED);
+        // The service goes away before the stream ends: the settlement finds no one.
+        service.kill();
+        open_gate("retry");
+        request.join().unwrap()
+    });
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    Wait::new("a callout to fail").until(|| envoy.counter("tollgate.quota.failures").unwrap_or(0) >= 1);
+    service.restart();
+    Wait::new("the settlement to be applied").until(|| used_at_service(&service) == INPUT + 20);
+    assert_eq!(envoy.counter("tollgate.settle.calls"), Some(1));
+    assert_eq!(envoy.counter("tollgate.settle.failures").unwrap_or(0), 0);
 }

@@ -225,3 +225,25 @@ fn a_stream_without_usage_is_asked_for_it_and_the_client_gets_the_stream_it_aske
     assert!(!stream.body.contains("\"usage\":{"), "{}", stream.body);
     assert_eq!(events.last(), Some(&"data: [DONE]"));
 }
+
+#[test]
+fn a_body_followed_by_trailers_is_metered_when_the_trailers_come() {
+    let envoy = Envoy::start(EnvoyOptions {
+        plugin_config: Some(plugin_config().to_string()),
+        images_upstream: true,
+        http1_trailers: true,
+        ..EnvoyOptions::default()
+    });
+    let body = r#"{"prompt":"a cat","n":2}"#;
+    let request = |body: &str| {
+        format!(
+            "POST {IMAGES} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\
+             trailer: x-checksum\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\nx-checksum: 1\r\n\r\n",
+            body.len()
+        )
+    };
+    // Without the trailers callback the body would wait for an end that never comes.
+    let reply = envoy.raw_exact(request(body).as_bytes());
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(remaining(&reply, "images-per-day"), 3);
+}

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml::{Mapping, Value};
-use tollgate_testkit::envoy::{at, http_filters, is_ready, is_wasm, plugin_config_of, set_ports, spawn, Launch, HCM};
+use tollgate_testkit::envoy::{
+    at, http_filters, is_ready, is_wasm, plugin_config_of, set_ports, spawn, Launch, HCM, UPSTREAM_PORT,
+};
 use tollgate_testkit::stats;
 
 use crate::procs::{free_port, Proc};
-use crate::scenario::{plugin_config, Filter, Scenario, HUGE};
+use crate::scenario::{plugin_config, Filter, Scenario, HUGE, PATH};
 
 /// `envoy.yaml`, parsed once.
 pub struct Template {
@@ -32,7 +34,15 @@ impl Template {
     pub fn render(&self, scenario: &Scenario, ports: &Ports, wasm: &Wasm) -> String {
         let mut cfg = self.config.clone();
         set_ports(&mut cfg, ports.listener, ports.admin, ports.quota);
+        *at(&mut cfg, UPSTREAM_PORT) = Value::from(ports.upstream);
         *at(&mut cfg, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(scenario.xff_hops);
+        if scenario.upstream {
+            // A metered route must reach an upstream: a direct_response answers before the
+            // body is read. The chat route already goes to the stand-in.
+            let images = at(&mut cfg, &format!("{HCM}.route_config.virtual_hosts.0.routes.0"));
+            assert_eq!(images["match"]["prefix"], PATH, "envoy.yaml: the first route is images");
+            *images = yaml(&format!("{{ match: {{ prefix: {PATH} }}, route: {{ cluster: ai_upstream }} }}"));
+        }
 
         let filters = http_filters(&mut cfg);
         let position = filters.iter().position(is_wasm).expect("envoy.yaml has a wasm filter");
@@ -54,10 +64,18 @@ impl Template {
                 *at(config, "vm_config.code.local.filename") = Value::from(path_str(file));
                 *at(config, "configuration.value") = Value::from("");
             }
-            Filter::TollgateLocal { .. } | Filter::TollgateAnonymous | Filter::TollgateGlobal { .. } => {
+            Filter::TollgateLocal { .. }
+            | Filter::TollgateAnonymous
+            | Filter::TollgateGlobal { .. }
+            | Filter::TollgateMetering { .. }
+            | Filter::TollgatePremeter => {
                 let plugin = plugin_config(&self.plugin, scenario.filter).expect("a tollgate configuration");
+                let file = match scenario.filter {
+                    Filter::TollgatePremeter => wasm.premeter.as_ref().expect("BENCH_PREMETER_WASM is set"),
+                    _ => &wasm.tollgate,
+                };
                 let config = at(&mut filters[position], "typed_config.config");
-                *at(config, "vm_config.code.local.filename") = Value::from(path_str(&wasm.tollgate));
+                *at(config, "vm_config.code.local.filename") = Value::from(path_str(file));
                 *at(config, "configuration.value") = Value::from(plugin.to_string());
             }
         }
@@ -70,6 +88,8 @@ pub struct Wasm {
     pub tollgate: PathBuf,
     pub noop: PathBuf,
     pub hostcalls: PathBuf,
+    /// tollgate built before metering, to compare with (`BENCH_PREMETER_WASM`).
+    pub premeter: Option<PathBuf>,
 }
 
 pub struct Ports {
@@ -77,11 +97,18 @@ pub struct Ports {
     pub admin: u16,
     /// Where the `tollgate_quota` cluster points (nobody listens unless the run needs it).
     pub quota: u16,
+    /// Where the `ai_upstream` cluster points (the stand-in, when the run has one).
+    pub upstream: u16,
 }
 
 impl Ports {
-    pub fn fresh(quota: Option<u16>) -> Ports {
-        Ports { listener: free_port(), admin: free_port(), quota: quota.unwrap_or_else(free_port) }
+    pub fn fresh(quota: Option<u16>, upstream: Option<u16>) -> Ports {
+        Ports {
+            listener: free_port(),
+            admin: free_port(),
+            quota: quota.unwrap_or_else(free_port),
+            upstream: upstream.unwrap_or_else(free_port),
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `tollgate-bench`: the harness behind `make bench`.
 //!
 //! Starts every configuration in turn (Envoy without a filter, Envoy's native local rate
-//! limit, a no-op wasm filter, tollgate's local, anonymous and global paths, the quota
-//! service alone and Redis alone), drives the same load against each with wrk, and writes
+//! limit, a no-op wasm filter, tollgate's local, anonymous and global paths, metered routes
+//! before the stand-in AI upstream, the quota service alone and Redis alone), drives the
+//! same load against each with wrk, and writes
 //! `BENCHMARKS.md`. `tollgate-bench report [<results.json> [<report.md>]]` rewrites a
 //! report from saved results (by default `target/bench/results.json` → `BENCHMARKS.md`)
 //! without measuring again.
@@ -12,6 +13,8 @@
 //! `BENCH_IDLE_SECS`, `BENCH_ONLY=<id>,<id>` (those configurations only, plus the
 //! baseline; `quota` for the quota-service section, `micro` for criterion, `profile` for
 //! the perf profiles, `hostcalls` for the host-call probe; reported to `target/bench`).
+//! `BENCH_PREMETER_WASM=<file>`: tollgate built before metering (`tollgate-local-1-premeter`,
+//! side by side with `tollgate-local-1`); without it that configuration is left out.
 
 #![forbid(unsafe_code)]
 
@@ -38,7 +41,7 @@ use crate::envoy::{Template, Wasm};
 use crate::info::Machine;
 use crate::micro::Micro;
 use crate::run::{Bench, Profile, Run, Settings, ENVOY_CPU, LOAD_CPU};
-use crate::scenario::{baseline, scenarios, QuotaStore};
+use crate::scenario::{baselines, metering_scenarios, scenarios, Filter, QuotaStore};
 
 /// Everything a report is written from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +67,9 @@ pub struct Results {
     pub profiles: Vec<Profile>,
     /// `.wasm` file name and size in bytes.
     pub sizes: Vec<(String, u64)>,
+    /// The file name of the filter built before metering (`BENCH_PREMETER_WASM`), if run.
+    #[serde(default)]
+    pub premeter: Option<String>,
     /// What single host calls cost inside Envoy (`bench/probe`).
     #[serde(default)]
     pub hostcalls: Vec<hostcalls::HostCall>,
@@ -72,8 +78,13 @@ pub struct Results {
 /// Goals that compare two tollgate configurations are also measured with the two taking
 /// turns directly (configuration, reference), as each does with the no-filter Envoy: the
 /// ratio of two ratios taken at different moments carries the drift of both.
-pub const SIDE_BY_SIDE: [(&str, &str); 2] =
-    [("tollgate-local-10k", "tollgate-local-1"), ("global-default-redis", "tollgate-local-1")];
+pub const SIDE_BY_SIDE: [(&str, &str); 5] = [
+    ("tollgate-local-10k", "tollgate-local-1"),
+    ("global-default-redis", "tollgate-local-1"),
+    ("tollgate-local-1", "tollgate-local-1-premeter"),
+    ("image-1k-metered", "image-1k-local"),
+    ("chat-stream-metered", "chat-stream-unmetered"),
+];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -99,7 +110,7 @@ fn command(settings: &Settings, only: &Option<Vec<String>>) -> String {
     if settings.quick {
         vars.push("BENCH_QUICK=1".to_owned());
     }
-    for name in ["BENCH_ROUNDS", "BENCH_SECS", "BENCH_WARMUP_SECS", "BENCH_IDLE_SECS"] {
+    for name in ["BENCH_ROUNDS", "BENCH_SECS", "BENCH_WARMUP_SECS", "BENCH_IDLE_SECS", "BENCH_PREMETER_WASM"] {
         if let Ok(v) = env::var(name) {
             vars.push(format!("{name}={v}"));
         }
@@ -149,8 +160,26 @@ fn main() {
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let wanted = |id: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == id));
     let envoy_bin = PathBuf::from(env::var("ENVOY_BIN").expect("set ENVOY_BIN (make bench does)"));
+    let premeter = env::var("BENCH_PREMETER_WASM")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| required(PathBuf::from(v), "BENCH_PREMETER_WASM names a .wasm built before metering"));
+    let configs: Vec<_> = scenarios()
+        .into_iter()
+        .chain(metering_scenarios())
+        .filter(|s| wanted(s.id) && (s.filter != Filter::TollgatePremeter || premeter.is_some()))
+        .collect();
+    let quota_bin = root.join("target/release/tollgate-quota");
+    if wanted("quota") || configs.iter().any(|s| matches!(s.filter, Filter::TollgateGlobal { .. })) {
+        required(quota_bin.clone(), "cargo build --release -p tollgate-quota");
+    }
+    let standin_bin = root.join("target/release/tollgate-standin");
+    if configs.iter().any(|s| s.upstream) {
+        required(standin_bin.clone(), "cargo build --release -p tollgate-testkit --bin tollgate-standin");
+    }
     let bench = Bench {
-        quota_bin: required(root.join("target/release/tollgate-quota"), "cargo build --release -p tollgate-quota"),
+        quota_bin,
+        standin_bin,
         template: Template::load(&root),
         wasm: Wasm {
             tollgate: required(root.join("target/wasm32-wasip1/release/tollgate.wasm"), "make wasm"),
@@ -162,6 +191,7 @@ fn main() {
                 root.join("target/wasm32-wasip1/release/hostcall_floor.wasm"),
                 "cargo build --release --target wasm32-wasip1 -p tollgate-hostcall-floor",
             ),
+            premeter: premeter.clone(),
         },
         script: required(root.join("bench/lua/requests.lua"), "part of the repository"),
         envoy_bin,
@@ -178,8 +208,7 @@ fn main() {
     );
     let counters_before = info::cpu_counters();
 
-    let base = baseline();
-    let configs: Vec<_> = scenarios().into_iter().filter(|s| wanted(s.id)).collect();
+    let bases = baselines();
     let mut runs = Vec::new();
     let mut quota_runs = Vec::new();
     let mut side_by_side = Vec::new();
@@ -189,7 +218,8 @@ fn main() {
             if round.is_multiple_of(2) { configs.iter().collect() } else { configs.iter().rev().collect() };
         for (i, scenario) in order.into_iter().enumerate() {
             let progress = format!("round {}/{} {:>2}/{}", round + 1, settings.rounds, i + 1, configs.len());
-            let (reference, run) = bench.pair(&base, scenario, round);
+            let base = bases.iter().find(|b| b.id == scenario.base).expect("every configuration has its baseline");
+            let (reference, run) = bench.pair(base, scenario, round);
             eprintln!(
                 "bench: {progress} {:<22} {:>8.0} req/s  {:.2}× no filter ({:.0} req/s)  {}",
                 scenario.id,
@@ -245,7 +275,7 @@ fn main() {
     if wanted("profile") {
         let profiled =
             ["wasm-noop", "tollgate-local-1", "tollgate-local-10k", "global-default-redis", "global-strict-redis"];
-        for scenario in std::iter::once(&base).chain(configs.iter().filter(|s| profiled.contains(&s.id))) {
+        for scenario in bases.iter().take(1).chain(configs.iter().filter(|s| profiled.contains(&s.id))) {
             match bench.profile(scenario) {
                 Some(profile) => {
                     eprintln!("bench: profiled {:<22} {:.1} µs CPU/request", profile.id, profile.envoy_cpu_us);
@@ -284,8 +314,9 @@ fn main() {
     } else {
         Vec::new()
     };
-    let sizes = [&bench.wasm.tollgate, &bench.wasm.noop]
-        .iter()
+    let sizes = [Some(&bench.wasm.tollgate), Some(&bench.wasm.noop), bench.wasm.premeter.as_ref()]
+        .into_iter()
+        .flatten()
         .map(|p| {
             let name = p.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             (name, fs::metadata(p).map_or(0, |m| m.len()))
@@ -307,6 +338,7 @@ fn main() {
         profiles,
         sizes,
         hostcalls,
+        premeter: premeter.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
     };
     let partial = only.is_some();
     let results_path =

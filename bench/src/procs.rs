@@ -20,7 +20,12 @@ impl Proc {
     /// Runs `bin args` under `taskset -c <cpu>`; taskset execs the program, so the pid is
     /// the program's own. Output goes to `log`.
     pub fn spawn_pinned(cpu: u32, bin: &Path, args: &[String], log: &Path, dir: &Path) -> Proc {
-        let mut command = process::command(bin, Some(cpu));
+        Proc::spawn_on(Some(cpu), bin, args, log, dir)
+    }
+
+    /// As [`Proc::spawn_pinned`], or on any core the scheduler picks (`cpu` `None`).
+    pub fn spawn_on(cpu: Option<u32>, bin: &Path, args: &[String], log: &Path, dir: &Path) -> Proc {
+        let mut command = process::command(bin, cpu);
         command.args(args).current_dir(dir);
         let name = bin.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         Proc(Process::start(&name, command, log, ""))

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::envoy::{Envoy, Ports, Template, Wasm};
 use crate::load::{redis_benchmark, Wrk, WrkResult};
 use crate::procs::{http_raw, scratch, Proc};
-use crate::scenario::{check_limits, check_script_args, token, Filter, QuotaStore, Scenario, CHECK_PATH, MANY, PATH};
-use crate::services::{redis_cli, Quota, Redis};
+use crate::scenario::{check_limits, check_script_args, token, Filter, QuotaStore, Scenario, CHECK_PATH, MANY};
+use crate::services::{redis_cli, Quota, Redis, Standin};
 use crate::stats::Spread;
+use tollgate_testkit::quota_service::DEV_SERVICE_TOKEN;
 
 /// Envoy runs on this core with its one worker; the load tool (and, for the global path,
 /// the quota service and Redis) on the other.
@@ -77,6 +78,8 @@ pub struct Bench {
     pub root: PathBuf,
     pub envoy_bin: PathBuf,
     pub quota_bin: PathBuf,
+    /// `tollgate-standin`, the stand-in AI upstream of the metering runs.
+    pub standin_bin: PathBuf,
     pub template: Template,
     pub wasm: Wasm,
     pub script: PathBuf,
@@ -113,18 +116,19 @@ impl Bench {
             }
             _ => None,
         };
-        let ports = Ports::fresh(quota.as_ref().map(|q| q.port));
+        let standin = scenario.upstream.then(|| Standin::start(&self.root, &self.standin_bin));
+        let ports = Ports::fresh(quota.as_ref().map(|q| q.port), standin.as_ref().map(|s| s.port));
         let dir = scratch(&self.root, dir);
         let config = dir.join(format!("{}.yaml", scenario.id));
         let log = dir.join(format!("{}.log", scenario.id));
         fs::write(&config, self.template.render(scenario, &ports, &self.wasm)).expect("write the Envoy config");
         let envoy = Envoy::start(&self.envoy_bin, &config, &log, ports, ENVOY_CPU, &self.root);
         probe(scenario, envoy.ports.listener);
-        Live { envoy, quota, args: scenario.load.args(PATH) }
+        Live { envoy, quota, _standin: standin, path: scenario.load.path, args: scenario.load.args() }
     }
 
     fn load(&self, live: &Live, connections: u32, secs: u64) -> WrkResult {
-        self.wrk().run(live.envoy.ports.listener, PATH, connections, Duration::from_secs(secs), &live.args)
+        self.wrk().run(live.envoy.ports.listener, live.path, connections, Duration::from_secs(secs), &live.args)
     }
 
     /// One round of `scenario` against the baseline. Both Envoys run at once on Envoy's
@@ -167,6 +171,15 @@ impl Bench {
         for name in ["tollgate.store.evictions_live", "tollgate.store.cas_conflicts"] {
             if find(name) > 0 {
                 run.observations.push(format!("{name} = {} (whole run, warm-up included)", find(name)));
+            }
+        }
+        if let Filter::TollgateMetering { meter: Some(_), unit, .. } = scenario.filter {
+            // A metered run must have read the bodies: its units charged.
+            let charged = find(&format!("tollgate.units.bench.{unit}.charged"));
+            if charged == 0 {
+                run.notes.push(format!("no {unit} charged: the bodies were not metered"));
+            } else if round == 0 {
+                run.observations.push(format!("{charged} {unit} charged (whole run, warm-up included)"));
             }
         }
         if matches!(scenario.filter, Filter::TollgateGlobal { .. }) {
@@ -240,13 +253,20 @@ impl Bench {
         let limits = check_limits().to_string();
         let body = format!(r#"{{"key":"bench/key:probe","cost":1,"limits":{limits}}}"#);
         let reply =
-            http_raw(quota.port, &format!("POST {CHECK_PATH} HTTP/1.1\r\nContent-Type: application/json"), &body);
+            http_raw(
+                quota.port,
+                &format!(
+                    "POST {CHECK_PATH} HTTP/1.1\r\nContent-Type: application/json\r\nAuthorization: Bearer {DEV_SERVICE_TOKEN}"
+                ),
+                &body,
+            );
         match reply {
             Some(r) if r.status == 200 && r.body.contains(r#""admitted":true"#) => {}
             Some(r) => panic!("quota service probe: {} {}", r.status, r.body),
             None => panic!("quota service probe: no answer"),
         }
-        let args = vec!["check".to_owned(), MANY.to_string(), CHECK_PATH.to_owned(), limits];
+        let args =
+            vec!["check".to_owned(), MANY.to_string(), CHECK_PATH.to_owned(), limits, DEV_SERVICE_TOKEN.to_owned()];
         let clients = self.settings.quota_clients;
         self.wrk().run(quota.port, CHECK_PATH, clients, Duration::from_secs(self.settings.warmup_secs), &args);
         let procs: Vec<&Proc> = [&quota.proc].into_iter().chain(quota.redis.as_ref().map(|r| &r.proc)).collect();
@@ -300,6 +320,9 @@ struct Live {
     envoy: Envoy,
     /// The quota service (and Redis) behind a global configuration.
     quota: Option<Quota>,
+    /// The stand-in AI upstream, if the route goes to one (stopped with the run).
+    _standin: Option<Standin>,
+    path: &'static str,
     /// wrk script arguments: which requests to send.
     args: Vec<String>,
 }
@@ -439,13 +462,19 @@ fn per_request_us(before: Duration, after: Duration, requests: u64) -> f64 {
 /// that it ran (its rate-limit header), or the configuration is not what it claims.
 fn probe(scenario: &Scenario, port: u16) {
     let first = token(0);
-    let header = match scenario.load.mode {
+    let load = scenario.load;
+    let mut header = match load.mode {
         "bearer" => format!("Authorization: Bearer {first}"),
         "apikey" => format!("x-api-key: {first}"),
         "xff" => "X-Forwarded-For: 10.0.0.0".to_owned(),
+        "body" => format!("Authorization: Bearer {first}\r\nContent-Type: application/json"),
         other => panic!("no probe for mode {other}"),
     };
-    let reply = http_raw(port, &format!("POST {PATH} HTTP/1.1\r\n{header}"), "")
+    if let Some((name, value)) = load.header() {
+        header.push_str(&format!("\r\n{name}: {value}"));
+    }
+    let body = load.body().unwrap_or_default();
+    let reply = http_raw(port, &format!("POST {} HTTP/1.1\r\n{header}", load.path), &body)
         .unwrap_or_else(|| panic!("{}: no answer to the probe request", scenario.id));
     assert_eq!(reply.status, 200, "{}: probe answered {}: {}", scenario.id, reply.status, reply.body);
     if let Some(name) = scenario.proof_header {

@@ -3,10 +3,18 @@
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tollgate_testkit::quota_service::DEV_SERVICE_TOKEN;
 
-/// The route every Envoy run is driven on (a `POST` route of `envoy.yaml`, answered by
-/// `direct_response`, limited by tollgate with cost 1).
+/// The route most Envoy runs are driven on (a `POST` route of `envoy.yaml`, answered by
+/// `direct_response`, limited by tollgate with cost 1); the metering runs send it to the
+/// stand-in AI upstream instead.
 pub const PATH: &str = "/v1/images/generations";
+/// The chat route of `envoy.yaml` (to the stand-in AI upstream), for the streamed runs.
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// Size of the image request body of the metering runs, in bytes.
+pub const IMAGE_BODY_BYTES: usize = 1024;
+/// Delta events of the streamed chat of the metering runs (`x-standin-chunks`).
+pub const STREAM_CHUNKS: usize = 200;
 /// The quota service's decision endpoint.
 pub const CHECK_PATH: &str = "/v1/check";
 /// Callers of the "10k keys" configurations.
@@ -33,6 +41,12 @@ pub enum Filter {
     TollgateAnonymous,
     /// tollgate with global limits against the quota service.
     TollgateGlobal { store: QuotaStore, strict: bool },
+    /// tollgate local, 1 key, with limits of `unit`; the route at `path` has `meter`
+    /// (`None`: the route is not metered, its body never read).
+    TollgateMetering { path: &'static str, meter: Option<&'static str>, unit: &'static str },
+    /// tollgate local, 1 key, the filter built before metering (`BENCH_PREMETER_WASM`),
+    /// with the routes' `meter` fields taken out (that filter does not know them).
+    TollgatePremeter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,16 +64,53 @@ impl QuotaStore {
     }
 }
 
-/// Which requests wrk sends (`bench/lua/requests.lua`): the mode and how many variants.
+/// Which requests wrk sends (`bench/lua/requests.lua`): the mode, how many variants and
+/// the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
     pub mode: &'static str,
     pub variants: usize,
+    pub path: &'static str,
 }
 
 impl Load {
-    pub fn args(self, path: &str) -> Vec<String> {
-        vec![self.mode.to_owned(), self.variants.to_string(), path.to_owned()]
+    pub fn args(self) -> Vec<String> {
+        let mut args = vec![self.mode.to_owned(), self.variants.to_string(), self.path.to_owned()];
+        args.extend(self.body());
+        args.extend(self.header().map(|(name, value)| format!("{name}: {value}")));
+        args
+    }
+
+    /// The JSON body of every request (mode `body`), by path: an image request of
+    /// [`IMAGE_BODY_BYTES`], or a streamed chat that asks for its usage.
+    pub fn body(self) -> Option<String> {
+        if self.mode != "body" {
+            return None;
+        }
+        if self.path == CHAT_PATH {
+            return Some(
+                json!({
+                    "model": "gpt-4o-mini",
+                    "messages": [ { "role": "user", "content": "Write two hundred words." } ],
+                    "max_tokens": 400,
+                    "stream": true,
+                    "stream_options": { "include_usage": true },
+                })
+                .to_string(),
+            );
+        }
+        let body = |prompt: &str| {
+            json!({ "model": "dall-e-3", "prompt": prompt, "n": 1, "size": "1024x1024", "quality": "standard" })
+                .to_string()
+        };
+        let words = "a lighthouse on a cliff at dawn, oil painting; ";
+        let padding = IMAGE_BODY_BYTES.saturating_sub(body("").len());
+        Some(body(words.repeat(padding / words.len() + 1).get(..padding).unwrap_or_default()))
+    }
+
+    /// A header every request carries besides the key (mode `body`): the stream's length.
+    pub fn header(self) -> Option<(&'static str, String)> {
+        (self.mode == "body" && self.path == CHAT_PATH).then(|| ("x-standin-chunks", STREAM_CHUNKS.to_string()))
     }
 }
 
@@ -78,9 +129,16 @@ pub struct Scenario {
     pub proof_header: Option<&'static str>,
     /// The native configuration this one is compared with ("× native").
     pub native_peer: Option<&'static str>,
+    /// The route goes to the stand-in AI upstream (`tollgate-standin`) instead of Envoy's
+    /// `direct_response`.
+    pub upstream: bool,
+    /// The no-filter configuration this one takes turns with ([`baselines`]).
+    pub base: &'static str,
 }
 
-const BEARER_1: Load = Load { mode: "bearer", variants: 1 };
+const BEARER_1: Load = Load { mode: "bearer", variants: 1, path: PATH };
+const IMAGE_1K: Load = Load { mode: "body", variants: 1, path: PATH };
+const CHAT_STREAM: Load = Load { mode: "body", variants: 1, path: CHAT_PATH };
 
 /// The ceiling every other configuration is interleaved with.
 pub fn baseline() -> Scenario {
@@ -93,7 +151,20 @@ pub fn baseline() -> Scenario {
         xff_hops: 0,
         proof_header: None,
         native_peer: None,
+        upstream: false,
+        base: "no-filter",
     }
+}
+
+/// The no-filter Envoys: the ceiling, and the same Envoy without a filter sending the
+/// metering runs' requests to the stand-in upstream.
+pub fn baselines() -> Vec<Scenario> {
+    let upstream = |id, title, load| Scenario { id, title, load, upstream: true, base: id, ..baseline() };
+    vec![
+        baseline(),
+        upstream("no-filter-image-1k", "Envoy, no HTTP filter, 1 KB image requests to the stand-in", IMAGE_1K),
+        upstream("no-filter-chat-stream", "Envoy, no HTTP filter, chat streamed by the stand-in", CHAT_STREAM),
+    ]
 }
 
 /// Every configuration but the baseline, in table order.
@@ -107,6 +178,8 @@ pub fn scenarios() -> Vec<Scenario> {
         xff_hops: 0,
         proof_header: Some("x-ratelimit-limit"),
         native_peer: None,
+        upstream: false,
+        base: "no-filter",
     };
     let tollgate = |id, group, title, filter, load, native_peer| Scenario {
         id,
@@ -117,6 +190,8 @@ pub fn scenarios() -> Vec<Scenario> {
         xff_hops: 0,
         proof_header: Some("ratelimit-policy"),
         native_peer: Some(native_peer),
+        upstream: false,
+        base: "no-filter",
     };
     let global = |id, title, store, strict| {
         tollgate(id, 6, title, Filter::TollgateGlobal { store, strict }, BEARER_1, "native-per-key-1")
@@ -127,13 +202,13 @@ pub fn scenarios() -> Vec<Scenario> {
             "native-per-key-1",
             "native local_ratelimit, bucket per key, 1 key",
             Filter::NativePerKey,
-            Load { mode: "apikey", variants: 1 },
+            Load { mode: "apikey", variants: 1, path: PATH },
         ),
         native(
             "native-per-key-10k",
             "native local_ratelimit, bucket per key, 10k keys",
             Filter::NativePerKey,
-            Load { mode: "apikey", variants: MANY },
+            Load { mode: "apikey", variants: MANY, path: PATH },
         ),
         Scenario {
             id: "wasm-noop",
@@ -144,6 +219,8 @@ pub fn scenarios() -> Vec<Scenario> {
             xff_hops: 0,
             proof_header: None,
             native_peer: Some("native-one-bucket"),
+            upstream: false,
+            base: "no-filter",
         },
         Scenario {
             id: "wasm-hostcalls",
@@ -154,6 +231,8 @@ pub fn scenarios() -> Vec<Scenario> {
             xff_hops: 0,
             proof_header: Some("ratelimit-policy"),
             native_peer: Some("native-per-key-1"),
+            upstream: false,
+            base: "no-filter",
         },
         tollgate(
             "tollgate-local-1",
@@ -168,7 +247,7 @@ pub fn scenarios() -> Vec<Scenario> {
             4,
             "tollgate local, 10k keys",
             Filter::TollgateLocal { keys: MANY },
-            Load { mode: "bearer", variants: MANY },
+            Load { mode: "bearer", variants: MANY, path: PATH },
             "native-per-key-10k",
         ),
         Scenario {
@@ -178,7 +257,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 5,
                 "tollgate anonymous, 10k client IPs",
                 Filter::TollgateAnonymous,
-                Load { mode: "xff", variants: MANY },
+                Load { mode: "xff", variants: MANY, path: PATH },
                 "native-per-key-10k",
             )
         },
@@ -186,6 +265,71 @@ pub fn scenarios() -> Vec<Scenario> {
         global("global-strict-redis", "tollgate global strict, Redis", QuotaStore::Redis, true),
         global("global-default-memory", "tollgate global default, memory store", QuotaStore::Memory, false),
         global("global-default-redis", "tollgate global default, Redis", QuotaStore::Redis, false),
+        tollgate(
+            "tollgate-local-1-premeter",
+            4,
+            "tollgate local, 1 key, the filter before metering",
+            Filter::TollgatePremeter,
+            BEARER_1,
+            "native-per-key-1",
+        ),
+    ]
+}
+
+/// The metering runs, each against the no-filter Envoy of its route and body: a route
+/// whose body is read (and a stream read for its usage) next to the same route unmetered.
+pub fn metering_scenarios() -> Vec<Scenario> {
+    let metering = |id, title, path, meter, unit, load, base| Scenario {
+        id,
+        group: 7,
+        title,
+        filter: Filter::TollgateMetering { path, meter, unit },
+        load,
+        xff_hops: 0,
+        proof_header: Some("ratelimit-policy"),
+        native_peer: None,
+        upstream: true,
+        base,
+    };
+    let image = "no-filter-image-1k";
+    let chat = "no-filter-chat-stream";
+    vec![
+        metering(
+            "image-1k-local",
+            "image route, 1 KB body, not metered (limits of requests)",
+            PATH,
+            None,
+            "requests",
+            IMAGE_1K,
+            image,
+        ),
+        metering(
+            "image-1k-metered",
+            "image route, 1 KB body, metered (`openai_images`, limits of images)",
+            PATH,
+            Some("openai_images"),
+            "images",
+            IMAGE_1K,
+            image,
+        ),
+        metering(
+            "chat-stream-unmetered",
+            "chat streamed in 200 events, not metered (limits of requests)",
+            CHAT_PATH,
+            None,
+            "requests",
+            CHAT_STREAM,
+            chat,
+        ),
+        metering(
+            "chat-stream-metered",
+            "chat streamed in 200 events, metered (`openai_chat`, limits of tokens)",
+            CHAT_PATH,
+            Some("openai_chat"),
+            "tokens",
+            CHAT_STREAM,
+            chat,
+        ),
     ]
 }
 
@@ -236,7 +380,7 @@ pub fn check_script_args() -> Vec<String> {
 pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
     let (keys, scope) = match filter {
         Filter::TollgateLocal { keys } => (keys, "local"),
-        Filter::TollgateAnonymous => (1, "local"),
+        Filter::TollgateAnonymous | Filter::TollgateMetering { .. } | Filter::TollgatePremeter => (1, "local"),
         Filter::TollgateGlobal { .. } => (1, "global"),
         _ => return None,
     };
@@ -253,6 +397,11 @@ pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
         for limit in limits.as_array_mut().into_iter().flatten() {
             if let Some(limit) = limit.as_object_mut() {
                 limit.remove("scope");
+                if let Filter::TollgateMetering { unit, .. } = filter {
+                    if unit != "requests" {
+                        limit.insert("unit".to_owned(), json!(unit));
+                    }
+                }
             }
         }
     }
@@ -261,6 +410,18 @@ pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
     for route in routes.as_array_mut().into_iter().flatten() {
         if let Some(route) = route.as_object_mut() {
             route.remove("limits");
+            match filter {
+                Filter::TollgatePremeter => {
+                    route.remove("meter");
+                }
+                Filter::TollgateMetering { path, meter, .. } if route.get("path_prefix") == Some(&json!(path)) => {
+                    match meter {
+                        Some(meter) => route.insert("meter".to_owned(), json!(meter)),
+                        None => route.remove("meter"),
+                    };
+                }
+                _ => {}
+            }
         }
     }
     let mut config = json!({
@@ -280,7 +441,8 @@ pub fn plugin_config(base: &Value, filter: Filter) -> Option<Value> {
                 limit["lease_block"] = json!(0);
             }
         }
-        config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 1000, "verify_keys": false });
+        config["quota_service"] = json!({ "cluster": "tollgate_quota", "timeout_ms": 1000, "verify_keys": false,
+                                          "token": DEV_SERVICE_TOKEN });
     }
     Some(config)
 }
@@ -305,8 +467,10 @@ mod tests {
             Filter::TollgateAnonymous,
             Filter::TollgateGlobal { store: QuotaStore::Memory, strict: true },
             Filter::TollgateGlobal { store: QuotaStore::Memory, strict: false },
+            Filter::TollgatePremeter,
         ];
-        for filter in filters {
+        let metering = metering_scenarios().into_iter().map(|s| s.filter);
+        for filter in filters.into_iter().chain(metering) {
             let config = plugin_config(&base, filter).unwrap();
             if let Err(e) = tollgate_core::Config::from_json(config.to_string().as_bytes()) {
                 panic!("the benchmark's plugin config is refused: {e}");
@@ -325,5 +489,52 @@ mod tests {
             assert!(limit.get("lease_block").is_none());
             assert!(limit["limit"].as_u64().unwrap() / 100 >= 1000);
         }
+    }
+}
+
+#[cfg(test)]
+mod metering_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn route<'a>(config: &'a Value, path: &str) -> &'a Value {
+        config["routes"].as_array().unwrap().iter().find(|r| r["path_prefix"] == json!(path)).unwrap()
+    }
+
+    #[test]
+    fn metered_and_unmetered_runs_differ_only_in_the_meter_and_the_unit() {
+        let base = tollgate_testkit::envoy::default_plugin_config();
+        let configs: Vec<Value> =
+            metering_scenarios().iter().map(|s| plugin_config(&base, s.filter).unwrap()).collect();
+        let [image, image_metered, chat, chat_metered] = &configs[..] else { panic!("four metering runs") };
+        assert!(route(image, PATH).get("meter").is_none());
+        assert_eq!(route(image_metered, PATH)["meter"], json!("openai_images"));
+        assert!(route(chat, CHAT_PATH).get("meter").is_none());
+        assert_eq!(route(chat_metered, CHAT_PATH)["meter"], json!("openai_chat"));
+        for (config, unit) in
+            [(image, None), (image_metered, Some("images")), (chat, None), (chat_metered, Some("tokens"))]
+        {
+            for limit in config["tiers"]["bench"]["limits"].as_array().unwrap() {
+                assert_eq!(limit.get("unit").and_then(Value::as_str), unit);
+            }
+        }
+    }
+
+    #[test]
+    fn the_filter_before_metering_gets_no_meter() {
+        let base = tollgate_testkit::envoy::default_plugin_config();
+        let config = plugin_config(&base, Filter::TollgatePremeter).unwrap();
+        assert!(config["routes"].as_array().unwrap().iter().all(|r| r.get("meter").is_none()));
+    }
+
+    #[test]
+    fn the_image_body_is_1_kb_and_the_stream_asks_for_its_usage() {
+        let image = IMAGE_1K.body().unwrap();
+        assert_eq!(image.len(), IMAGE_BODY_BYTES);
+        assert_eq!(serde_json::from_str::<Value>(&image).unwrap()["n"], json!(1));
+        let chat: Value = serde_json::from_str(&CHAT_STREAM.body().unwrap()).unwrap();
+        assert_eq!(chat["stream_options"]["include_usage"], json!(true));
+        assert_eq!(CHAT_STREAM.header(), Some(("x-standin-chunks", "200".to_owned())));
+        assert_eq!(BEARER_1.body(), None);
     }
 }

@@ -26,8 +26,7 @@ use wasmparser::{ElementItems, ExternalKind, Operator, Parser, Payload, TypeRef}
 /// Callbacks the filter leaves at the SDK's defaults. A callback the filter implements
 /// must never be listed here: the host would stop calling it (`tests/exports.rs` checks
 /// the built module keeps what it needs).
-pub const UNUSED_CALLBACKS: [&str; 14] = [
-    "proxy_on_request_trailers",
+pub const UNUSED_CALLBACKS: [&str; 13] = [
     "proxy_on_response_trailers",
     "proxy_on_log",
     "proxy_on_done",

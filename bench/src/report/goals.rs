@@ -172,6 +172,9 @@ pub(super) fn write(md: &mut String, view: &View<'_>) {
             "at 50 clients the service is saturated (as above): the p99 is mostly queueing".to_owned(),
         );
     }
+    for [goal, measured, verdict_text, cost] in super::metering::goal_rows(view, |m, g| verdict(m, g, false, " µs")) {
+        row(&goal, measured, verdict_text, cost);
+    }
     if let Some((_, bytes)) = view.results.sizes.iter().find(|(n, _)| n == "tollgate.wasm") {
         let kib = *bytes as f64 / 1024.0;
         row("tollgate.wasm ≤ 512 KiB", format!("{kib:.1} KiB"), verdict(kib, 512.0, false, " KiB"), String::new());

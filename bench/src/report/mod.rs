@@ -9,6 +9,7 @@ mod global_path;
 mod goals;
 mod host_calls;
 mod latency;
+mod metering;
 mod micro_benchmarks;
 mod opening;
 mod profile;
@@ -35,6 +36,7 @@ pub fn render(results: &Results) -> String {
     throughput::write(&mut md, &view);
     latency::write(&mut md, &view);
     global_path::write(&mut md, &view);
+    metering::write(&mut md, &view);
     quota_service::write(&mut md, &view);
     profile::write(&mut md, &view);
     where_time_goes::write(&mut md, &view);

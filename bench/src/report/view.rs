@@ -65,6 +65,30 @@ impl<'a> View<'a> {
         )
     }
 
+    /// Per round: Envoy's CPU time per request of `id` minus `reference`'s, the two taking
+    /// turns under load ([`crate::SIDE_BY_SIDE`]).
+    pub(super) fn side_by_side_cpu(&self, id: &str, reference: &str) -> Option<Spread> {
+        let name = format!("{id}/{reference}");
+        Spread::of(
+            self.results
+                .side_by_side
+                .iter()
+                .filter(|r| r.id == name)
+                .filter_map(|r| Some(r.envoy_cpu_us? - r.baseline.as_ref()?.envoy_cpu_us?)),
+        )
+    }
+
+    /// Per round: the added CPU of `id` minus that of `peer` (each over the no-filter Envoy
+    /// it took turns with in that round).
+    pub(super) fn cpu_over_per_round(&self, id: &str, peer: &str) -> Option<Spread> {
+        let added = |r: &Run| Some(r.envoy_cpu_us? - r.baseline.as_ref()?.envoy_cpu_us?);
+        let peers = self.runs(peer);
+        Spread::of(self.runs(id).into_iter().filter_map(|r| {
+            let p = peers.iter().find(|p| p.round == r.round)?;
+            Some(added(r)? - added(p)?)
+        }))
+    }
+
     /// Per run: latency at one connection minus that of the no-filter Envoy of its round.
     pub(super) fn added(&self, id: &str, p99: bool) -> Option<Spread> {
         self.spread(id, |r| {

@@ -8,6 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use tollgate_core::cost::reading::Reading;
 use tollgate_core::decision::decide_with;
 use tollgate_core::hash::sha256;
 use tollgate_core::headers::{rate_limit_headers, Headers};
@@ -145,5 +146,19 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide_local, headers, hashing, lookup);
+/// A streamed chat read for its usage: an OpenAI delta chunk (`"usage": null`), one event
+/// per body callback, as most streams arrive.
+fn reading(c: &mut Criterion) {
+    let chunk = br#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" word"}}],"usage":null}
+
+"#;
+    let mut group = c.benchmark_group("reading");
+    group.bench_function("sse_delta_chunk", |b| {
+        let mut reading = Reading::for_content_type(Some("text/event-stream"));
+        b.iter(|| reading.feed(black_box(chunk)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decide_local, headers, hashing, lookup, reading);
 criterion_main!(benches);

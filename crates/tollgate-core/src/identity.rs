@@ -21,6 +21,9 @@ pub struct RequestInfo<'a> {
     /// The downstream address as the proxy resolved it (`source.address`, e.g.
     /// `203.0.113.7:0` or `[2001:db8::1]:443`); never taken from `X-Forwarded-For` here.
     pub client_address: Option<&'a str>,
+    /// Where the host looks the client address up when `client_address` is not given and
+    /// the decision needs it after all: a failing credential is counted per network.
+    pub client_address_of: Option<fn() -> Option<String>>,
     /// An `authorization` or API-key value that is not UTF-8 was sent (it is malformed).
     pub unreadable_credential: bool,
     /// The whole request body, on a metered route only ([`crate::decision::meter_of`]);
@@ -100,6 +103,11 @@ pub fn token<'r>(identity: &Identity, request: &RequestInfo<'r>) -> Result<Optio
         let others = request.authorization.len() + request.api_key.len();
         return Err(if others > 0 { CredentialError::Duplicate } else { CredentialError::BadCharacters });
     }
+    // Envoy joins a repeated header it knows (Authorization among them) into one value with
+    // ",", which no token holds: such a value is two credentials.
+    if request.authorization.iter().chain(&request.api_key).any(|v| is_joined(v)) {
+        return Err(CredentialError::Duplicate);
+    }
     let token = match (request.authorization.as_slice(), request.api_key.as_slice()) {
         ([], []) => return Ok(None),
         ([auth], []) => bearer_token(auth)?,
@@ -116,6 +124,11 @@ pub fn token<'r>(identity: &Identity, request: &RequestInfo<'r>) -> Result<Optio
         return Err(CredentialError::BadCharacters);
     }
     Ok(Some(token))
+}
+
+/// Two or more non-empty values joined with "," (a trailing comma alone is just malformed).
+fn is_joined(value: &str) -> bool {
+    value.split(',').filter(|part| !part.trim_matches([' ', '\t']).is_empty()).nth(1).is_some()
 }
 
 /// `Bearer <token>`: the scheme is case-insensitive, followed by one or more spaces.
@@ -188,6 +201,7 @@ mod tests {
             ipv4_prefix: 32,
             ipv6_prefix: 64,
             max_credential_length: 64,
+            failed_credentials: None,
         }
     }
 
@@ -213,13 +227,25 @@ mod tests {
         assert_eq!(with(&["Basic dXNlcjpwYXNz"], &[]), Err(CredentialError::NotBearer));
         assert_eq!(with(&["Bearer"], &[]), Err(CredentialError::Empty));
         assert_eq!(with(&["Bearer a b"], &[]), Err(CredentialError::BadCharacters));
-        assert_eq!(with(&["Bearer a,Bearer b"], &[]), Err(CredentialError::BadCharacters));
+        assert_eq!(with(&["Bearer a,"], &[]), Err(CredentialError::BadCharacters));
         assert_eq!(with(&["Bearer ==="], &[]), Err(CredentialError::BadCharacters));
         assert_eq!(with(&["Bearer a"], &["b"]), Err(CredentialError::Duplicate));
         assert_eq!(with(&["Bearer a", "Bearer a"], &[]), Err(CredentialError::Duplicate));
         let long = format!("Bearer {}", "a".repeat(65));
         let req = RequestInfo { authorization: vec![&long], ..Default::default() };
         assert_eq!(token(&identity(), &req), Err(CredentialError::TooLong));
+    }
+
+    #[test]
+    fn repeated_headers_joined_into_one_value_are_more_than_one_credential() {
+        // Envoy hands two Authorization headers to the filter as one, joined with ",".
+        assert_eq!(with(&["Bearer a,Bearer b"], &[]), Err(CredentialError::Duplicate));
+        assert_eq!(with(&["Bearer a, Bearer a"], &[]), Err(CredentialError::Duplicate));
+        assert_eq!(with(&[], &["k1,k2"]), Err(CredentialError::Duplicate));
+        assert!(CredentialError::Duplicate.describe().starts_with("more than one credential"));
+        let reply = crate::reply::malformed_credential(CredentialError::Duplicate);
+        assert_eq!(reply.status, 400);
+        assert!(reply.body.contains("Malformed credentials: more than one credential was sent"), "{}", reply.body);
     }
 
     #[test]

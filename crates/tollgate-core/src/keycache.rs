@@ -1,5 +1,7 @@
 //! A per-worker cache of keys verified by the quota service, positive and negative, with
-//! a time to live so that a revocation takes effect within it. Bounded in size.
+//! a time to live so that a revocation takes effect within it. Bounded in size: a full
+//! cache drops its least recently used entry, in constant time (an LRU list beside the
+//! map; an expired entry nobody asks for sinks to the end and goes first).
 //!
 //! Beside it, the configured keys this worker has already seen, by a keyed hash of the
 //! token ([`KeyCache::tag`]): a caller seen before is found without computing the token's
@@ -8,8 +10,10 @@
 //! per configured key; no token and no SHA-256 is kept, only the 128-bit tag.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::num::NonZeroUsize;
 
 use hashbrown::HashMap;
+use lru::LruCache;
 
 use crate::time::Nanos;
 
@@ -28,10 +32,10 @@ pub enum Lookup {
     Missing,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyCache {
-    entries: HashMap<[u8; 32], (CachedKey, Nanos)>,
-    capacity: usize,
+    /// SHA-256 of a token → what the quota service said of it, and when that expires.
+    entries: LruCache<[u8; 32], (CachedKey, Nanos)>,
     /// SipHash keys drawn at random for this cache (the host's `random_get` under WASI).
     tagger: RandomState,
     /// Tag of a token → the configured key it matched.
@@ -55,11 +59,16 @@ pub struct StaticKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tag(u64, u64);
 
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache::new(1)
+    }
+}
+
 impl KeyCache {
     pub fn new(capacity: usize) -> KeyCache {
         KeyCache {
-            entries: HashMap::new(),
-            capacity: capacity.max(1),
+            entries: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
             tagger: RandomState::new(),
             static_keys: HashMap::new(),
         }
@@ -89,7 +98,8 @@ impl KeyCache {
         self.static_keys.insert(tag, key);
     }
 
-    pub fn get(&self, hash: &[u8; 32], now: Nanos) -> Lookup {
+    /// The entry of `hash`, which becomes the most recently used.
+    pub fn get(&mut self, hash: &[u8; 32], now: Nanos) -> Lookup {
         match self.entries.get(hash) {
             Some((key, expires)) if *expires > now => Lookup::Fresh(key.clone()),
             Some((key, _)) => Lookup::Stale(key.clone()),
@@ -97,17 +107,10 @@ impl KeyCache {
         }
     }
 
+    /// Caches what the service said of `hash` for `ttl_ms`; a full cache drops its least
+    /// recently used entry (constant time, no scan).
     pub fn put(&mut self, hash: [u8; 32], key: CachedKey, now: Nanos, ttl_ms: u64) {
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&hash) {
-            self.entries.retain(|_, (_, expires)| *expires > now);
-            if self.entries.len() >= self.capacity {
-                // Everything is fresh: drop the entry closest to expiry.
-                if let Some(victim) = self.entries.iter().min_by_key(|(_, (_, e))| *e).map(|(h, _)| *h) {
-                    self.entries.remove(&victim);
-                }
-            }
-        }
-        self.entries.insert(hash, (key, now.saturating_add(ttl_ms.saturating_mul(1_000_000))));
+        self.entries.put(hash, (key, now.saturating_add(ttl_ms.saturating_mul(1_000_000))));
     }
 
     pub fn len(&self) -> usize {
@@ -159,18 +162,32 @@ mod tests {
     }
 
     #[test]
-    fn size_stays_bounded_dropping_expired_first() {
+    fn a_full_cache_drops_the_least_recently_used_entry() {
         let mut c = KeyCache::new(3);
-        c.put([1; 32], CachedKey::Unknown, T0, 1);
-        c.put([2; 32], CachedKey::Unknown, T0, 60_000);
+        let known = CachedKey::Known { id: "k".into(), tier: 0 };
+        c.put([1; 32], known.clone(), T0, 60_000);
+        c.put([2; 32], CachedKey::Unknown, T0, 1);
         c.put([3; 32], CachedKey::Unknown, T0, 60_000);
         let later = T0.saturating_add(10_000_000);
+        // Key 1 is in use; key 2 expired and nobody asked for it since.
+        assert_eq!(c.get(&[1; 32], later), Lookup::Fresh(known.clone()));
         c.put([4; 32], CachedKey::Unknown, later, 60_000);
         assert_eq!(c.len(), 3);
-        assert_eq!(c.get(&[1; 32], later), Lookup::Missing, "the expired entry went first");
+        assert_eq!(c.get(&[2; 32], later), Lookup::Missing, "the unused expired entry went first");
         for i in 5..100u8 {
+            assert_eq!(c.get(&[1; 32], later), Lookup::Fresh(known.clone()), "a key in use stays");
             c.put([i; 32], CachedKey::Unknown, later, 60_000);
         }
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn a_key_verified_again_gets_its_new_ttl() {
+        let mut c = KeyCache::new(2);
+        c.put([1; 32], CachedKey::Unknown, T0, 1_000);
+        c.put([1; 32], CachedKey::Known { id: "k".into(), tier: 0 }, T0, 60_000);
+        assert_eq!(c.len(), 1);
+        let later = T0.saturating_add(2_000_000_000);
+        assert!(matches!(c.get(&[1; 32], later), Lookup::Fresh(CachedKey::Known { .. })));
     }
 }

@@ -41,6 +41,7 @@ mod json_path;
 pub mod keycache;
 pub mod lease;
 pub mod limit;
+pub mod logging;
 pub mod quota;
 pub mod reply;
 pub mod store;

@@ -65,6 +65,16 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
         tier.name, limit.name
     );
     headers.push("retry-after", &retry_after.to_string());
+    // SDKs retry a 429 after its `Retry-After` (OpenAI's Node SDK sleeps all of it): a
+    // wait longer than a retry can bridge says not to retry, as OpenAI's used-up quota does.
+    let retryable = retry_after_ns <= config.headers.max_retry_wait_ms.saturating_mul(1_000_000);
+    let (kind, code) = if retryable {
+        headers.push("retry-after-ms", &retry_after_ns.div_ceil(1_000_000).max(1).to_string());
+        ("rate_limit_error", "rate_limit_exceeded")
+    } else {
+        headers.push("x-should-retry", "false");
+        ("insufficient_quota", "insufficient_quota")
+    };
     let body = if config.headers.problem_json {
         headers.push("content-type", PROBLEM_JSON);
         json!({
@@ -82,9 +92,9 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
         headers.push("content-type", JSON);
         let mut body = json!({ "error": {
             "message": message,
-            "type": "rate_limit_error",
+            "type": kind,
             "param": Value::Null,
-            "code": "rate_limit_exceeded",
+            "code": code,
             "tier": tier.name,
             "limit": limit.name,
             "quota": limit.quota,

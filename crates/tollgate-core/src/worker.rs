@@ -28,6 +28,7 @@ pub struct Worker {
     callouts_in_flight: u32,
     /// Names this worker's settlements: a random prefix, then a count.
     settle_ids: (u64, u64, u64),
+    verifications_in_flight: u32,
 }
 
 /// What a tick did, and what the host must send.
@@ -77,6 +78,27 @@ impl Worker {
         }
         self.callouts_in_flight += 1;
         true
+    }
+
+    /// Counts a key verification about to be asked for, unless `max_pending_verifications`
+    /// are in flight.
+    pub fn start_verification(&mut self, config: &Config) -> bool {
+        let max = config.quota.as_ref().map_or(0, |q| q.max_pending_verifications);
+        if self.verifications_in_flight >= max {
+            return false;
+        }
+        self.verifications_in_flight += 1;
+        true
+    }
+
+    /// A key verification was answered, failed or was abandoned.
+    pub fn end_verification(&mut self) {
+        self.verifications_in_flight = self.verifications_in_flight.saturating_sub(1);
+    }
+
+    /// Key verifications in flight.
+    pub fn verifications_in_flight(&self) -> u32 {
+        self.verifications_in_flight
     }
 
     /// A callout came back, failed to start, or was abandoned.

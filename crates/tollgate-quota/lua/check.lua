@@ -10,20 +10,21 @@
 --          counts as absent and is replaced by the next admitted request.
 --          The same key may come more than once: the decisions are made in KEYS order,
 --          each on what the ones before it wrote.
--- ARGV     one key (n = 1): cost, then four per limit (below).
---          n > 1 keys: for each key in KEYS order: cost, count, then four per limit for
---          its `count` limits.
---          cost: units every limit must have; 0 only reads: nothing is written.
---          four per limit, in request order: name, definition, x, y where
+-- ARGV     one key (n = 1): five per limit (below).
+--          n > 1 keys: for each key in KEYS order: count, then five per limit for its
+--          `count` limits.
+--          five per limit, in request order: name, definition, x, y, cost where
 --            token bucket: x = interval_us = ceil(window_us / limit), y = depth_us = interval_us * capacity
 --            fixed window: x = window_us, y = limit
+--            cost: units this limit must have; 0 only reads it (it is not written).
 --
 -- Returns, for each key in KEYS order: admitted, then per limit: admitted, remaining,
 -- reset_after_us, retry_after_us, window; admitted being 1 or 0 (-1: this key could not be
 -- read or written, as when it is not a hash: nothing was charged to it, the other keys of
 -- the call were decided as usual, and its per-limit numbers are 0), window the fixed window's
 -- index (floor(now / window_us)) and -1 for a token bucket. All in one flat array.
--- The arithmetic is tollgate_core::limit::evaluate's, in microseconds.
+-- The arithmetic is tollgate_core::limit::evaluate's, in microseconds. After an admitted
+-- check that charged something, the key's TTL is set again (expiry.lua, in front of this).
 --
 -- Why a script: the request is admitted only if every limit admits it, and a refused
 -- request must consume nothing from any limit. Read-then-MULTI from the service could
@@ -55,14 +56,12 @@ local p = 1
 
 for k = 1, nkeys do
   local key = KEYS[k]
-  local cost = tonumber(ARGV[p])
   local count
   if nkeys == 1 then
-    count = (#ARGV - 1) / 4
-    p = p + 1
+    count = #ARGV / 5
   else
-    count = tonumber(ARGV[p + 1])
-    p = p + 2
+    count = tonumber(ARGV[p])
+    p = p + 1
   end
 
   local stored
@@ -71,7 +70,7 @@ for k = 1, nkeys do
     if not failed(value) then stored = { value } end
   else
     local names = {}
-    for i = 1, count do names[i] = ARGV[p + 4 * i - 4] end
+    for i = 1, count do names[i] = ARGV[p + 5 * i - 5] end
     local values = pcall('HMGET', key, unpack(names))
     if not failed(values) then stored = values end
   end
@@ -81,20 +80,23 @@ for k = 1, nkeys do
   local all_admitted = true
   local writes = nil
   local longest_idle = 0
+  -- Fields this check leaves as they are (a cost of 0) but holds: their stored values.
+  local kept = nil
 
   if not stored then
     -- The key is not a hash: this check fails alone (-1), the others of the call go on.
     out[first] = -1
     for i = 1, 5 * count do out[o + i] = 0 end
     o = o + 5 * count
-    p = p + 4 * count
+    p = p + 5 * count
   else
     for i = 1, count do
       local name = ARGV[p]
       local definition = ARGV[p + 1]
       local x = tonumber(ARGV[p + 2])
       local y = tonumber(ARGV[p + 3])
-      p = p + 4
+      local cost = tonumber(ARGV[p + 4])
+      p = p + 5
       local a, b
       -- The stored value is "<definition> <a> <b>"; plain finds are cheaper than a pattern.
       local value = stored[i]
@@ -160,6 +162,10 @@ for k = 1, nkeys do
           -- %d, not tostring: tostring keeps only 14 significant digits.
           writes[w + 2] = format('%s %d %d', definition, state_a, state_b)
           if idle_after > longest_idle then longest_idle = idle_after end
+        elseif value then
+          if not kept then kept = {} end
+          kept[#kept + 1] = name
+          kept[#kept + 1] = value
         end
       else
         out[o + 1] = 0
@@ -179,12 +185,18 @@ for k = 1, nkeys do
           -- Not written (Redis out of memory, say): this check fails alone.
           out[first] = -1
         else
-          -- The key lives until every limit in it is full again; limits this request did not
-          -- touch keep the expiry they set.
-          local ttl_ms = floor((longest_idle + 999) / 1000)
-          if call('PTTL', key) < ttl_ms then
-            call('PEXPIRE', key, ttl_ms)
+          -- The key lives until every limit in it is full again (expiry.lua): the ones
+          -- written, the ones read and kept, and any others the hash holds.
+          local known = {}
+          for w = 3, #writes, 2 do known[#known + 1] = writes[w] end
+          if kept then
+            for j = 1, #kept, 2 do
+              known[#known + 1] = kept[j]
+              local life = life_of(kept[j + 1], now)
+              if life > longest_idle then longest_idle = life end
+            end
           end
+          expire_meter(key, now, known, longest_idle)
         end
       end
     else

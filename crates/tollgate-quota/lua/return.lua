@@ -15,7 +15,8 @@
 -- Fixed window: the count falls by min(units, used), and only if the stored window is the
 -- one named and still the current one, so that a return after the reset never gives units
 -- to the new window. A field that is absent or holds another definition gets nothing.
--- The key's TTL stays: a return only makes the limits fuller, so they are full no later.
+-- After a write the key's TTL is set again (expiry.lua, in front of this): a fuller limit
+-- may be full again sooner.
 
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
@@ -81,5 +82,6 @@ end
 
 if #writes > 2 then
   redis.call(unpack(writes))
+  expire_meter(key, now, {}, 0)
 end
 return returned

@@ -17,7 +17,8 @@ ticks=$(getconf CLK_TCK)
 cpu() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 limits='[{"name":"rpm","limit":1000000000,"window_secs":60,"burst":1000000000},{"name":"per-day","algorithm":"fixed_window","limit":1000000000,"window_secs":86400}]'
 load() { taskset -c 1 wrk -t1 -c50 -d"$1"s --timeout 5s -s "$root/bench/lua/requests.lua" \
-  "http://127.0.0.1:$qport/v1/check" -- check 10000 /v1/check "$limits"; }
+  "http://127.0.0.1:$qport/v1/check" -- check 10000 /v1/check "$limits" "$token"; }
+token=ab-sh-service-token-0123456789
 
 rpid=""
 location=memory
@@ -27,7 +28,7 @@ if [[ $store == redis ]]; then
   location=redis://127.0.0.1:$rport/0
   for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-taskset -c 0 "$bin" --listen "127.0.0.1:$qport" --store "$location" >/dev/null 2>&1 &
+taskset -c 0 "$bin" --listen "127.0.0.1:$qport" --store "$location" --service-token "$token" >/dev/null 2>&1 &
 qpid=$!
 trap 'kill $qpid $rpid 2>/dev/null' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null "localhost:$qport/healthz" && break; sleep 0.1; done

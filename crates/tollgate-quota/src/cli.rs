@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use tollgate_core::time::rfc3339;
 use tollgate_core::Nanos;
 use tracing_subscriber::EnvFilter;
 
-use crate::app;
-use crate::keys;
+use crate::app::{self, ServiceAccess, Settings};
+use crate::keys::{self, KnownTiers};
+use crate::parse_errors::JsonParseErrors;
 use crate::store::{MemoryStore, RedisStore, Store, StoreError, StoreLocation};
 
 /// How long a CLI command waits for the store.
@@ -21,7 +23,8 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(5);
 /// tollgate's quota service: limits shared by every Envoy running the tollgate filter,
 /// and the API keys they accept, kept in memory or in Redis.
 ///
-/// Without a subcommand it serves HTTP: POST /v1/check, POST /v1/keys/verify,
+/// Without a subcommand it serves HTTP: POST /v1/check, /v1/return, /v1/keys/verify (for
+/// the filter, with the service token),
 /// the admin endpoints POST|GET /v1/keys, DELETE /v1/keys/{id}, GET /v1/usage/{key},
 /// and GET /healthz, /readyz, /metrics.
 // No Debug: it would print the admin token.
@@ -42,6 +45,31 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_QUOTA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Bearer token the filter sends (its `quota_service.token`) to /v1/check, /v1/return and
+    /// /v1/keys/verify: 16 to 1024 visible ASCII characters. The service does not start
+    /// without it (or --service-token-file) unless --insecure-no-auth is given.
+    #[arg(long, env = "TOLLGATE_QUOTA_SERVICE_TOKEN", hide_env_values = true, conflicts_with = "service_token_file")]
+    pub service_token: Option<String>,
+
+    /// A file holding the service token (a mounted Kubernetes Secret); surrounding
+    /// whitespace is ignored.
+    #[arg(long, env = "TOLLGATE_QUOTA_SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<PathBuf>,
+
+    /// Serve /v1/check, /v1/return and /v1/keys/verify to anyone who can reach the port.
+    /// Only behind a network policy that admits the gateways alone.
+    #[arg(long, env = "TOLLGATE_QUOTA_INSECURE_NO_AUTH", conflicts_with_all = ["service_token", "service_token_file"])]
+    pub insecure_no_auth: bool,
+
+    /// The deployment's tiers, comma-separated (`free,pro`): keys can be made for these
+    /// only. Without it and --plugin-config, any well-formed tier name is accepted.
+    #[arg(long, env = "TOLLGATE_QUOTA_TIERS", global = true)]
+    pub tiers: Option<String>,
+
+    /// The filter's plugin configuration (JSON): its tiers are the deployment's tiers.
+    #[arg(long, env = "TOLLGATE_QUOTA_PLUGIN_CONFIG", global = true)]
+    pub plugin_config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -57,10 +85,10 @@ pub enum Command {
 pub enum KeysCommand {
     /// Create a key and print its id and token. The token is shown only this once.
     Create {
-        /// Tier of the key: a tier name of the filter's config ([a-z0-9_-]{1,32}).
+        /// Tier of the key: a tier of the filter's config (one of --tiers, if given).
         #[arg(long)]
         tier: String,
-        /// Who the key is for (1 to 64 printable characters).
+        /// Who the key is for (1 to 128 printable characters).
         #[arg(long)]
         name: String,
     },
@@ -81,25 +109,94 @@ pub fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
-pub async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+pub async fn run(mut cli: Cli) -> ExitCode {
+    match cli.command.take() {
         None => serve(cli).await,
-        Some(Command::Keys(command)) => manage_keys(&cli.store, command).await,
+        Some(Command::Keys(command)) => match known_tiers(&cli) {
+            Ok(tiers) => manage_keys(&cli.store, &tiers, command).await,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
+/// The tiers of `--tiers` and `--plugin-config` (which must agree when both are given).
+fn known_tiers(cli: &Cli) -> Result<KnownTiers, String> {
+    let listed = match &cli.tiers {
+        Some(list) => KnownTiers::parse_list(list).map_err(|e| format!("--tiers: {e}"))?,
+        None => KnownTiers::Any,
+    };
+    let configured = match &cli.plugin_config {
+        Some(path) => {
+            let json =
+                std::fs::read(path).map_err(|e| format!("--plugin-config: cannot read {}: {e}", path.display()))?;
+            KnownTiers::from_plugin_config(&json).map_err(|e| format!("--plugin-config {}: {e}", path.display()))?
+        }
+        None => KnownTiers::Any,
+    };
+    listed.agree(configured)
+}
+
+/// Who may call the filter's endpoints: the token of --service-token(-file), or anyone
+/// with --insecure-no-auth; neither is an error.
+fn service_access(cli: &Cli) -> Result<ServiceAccess, String> {
+    let token = match (&cli.service_token, &cli.service_token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => read_token_file(path)?,
+        (None, None) if cli.insecure_no_auth => return Ok(ServiceAccess::Open),
+        (None, None) => {
+            return Err("no service token: give --service-token or --service-token-file (the filter's \
+                        quota_service.token), or --insecure-no-auth to serve /v1/check, /v1/return and \
+                        /v1/keys/verify to anyone who can reach this port"
+                .to_owned())
+        }
+    };
+    let chars = tollgate_core::config::SERVICE_TOKEN_CHARS;
+    if !chars.contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the service token must be {} to {} visible ASCII characters (no spaces)",
+            chars.start(),
+            chars.end()
+        ));
+    }
+    Ok(ServiceAccess::Token(token))
+}
+
+fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--service-token-file: cannot read {}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 async fn serve(cli: Cli) -> ExitCode {
-    let admin_token = cli.admin_token.as_deref();
-    if admin_token == Some("") {
+    let admin_token = cli.admin_token.clone();
+    if admin_token.as_deref() == Some("") {
         eprintln!(
             "error: --admin-token (TOLLGATE_QUOTA_ADMIN_TOKEN) is empty; unset it to disable the admin endpoints"
         );
         return ExitCode::from(2);
     }
+    let service_access = match service_access(&cli) {
+        Ok(access) => access,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let tiers = match known_tiers(&cli) {
+        Ok(tiers) => tiers,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = Settings { admin_token, service_access, tiers };
     match &cli.store {
-        StoreLocation::Memory => serve_with(MemoryStore::new(), &cli, admin_token).await,
+        StoreLocation::Memory => serve_with(MemoryStore::new(), &cli, settings).await,
         location => match RedisStore::open(location) {
-            Ok(store) => serve_with(store, &cli, admin_token).await,
+            Ok(store) => serve_with(store, &cli, settings).await,
             Err(e) => {
                 eprintln!("error: --store: {e}");
                 ExitCode::from(2)
@@ -108,7 +205,7 @@ async fn serve(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve_with<S: Store>(store: S, cli: &Cli, admin_token: Option<&str>) -> ExitCode {
+async fn serve_with<S: Store>(store: S, cli: &Cli, settings: Settings) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(cli.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -119,13 +216,30 @@ async fn serve_with<S: Store>(store: S, cli: &Cli, admin_token: Option<&str>) ->
     if let Err(e) = store.ping().await {
         tracing::warn!("store not reachable yet (/readyz answers 503 until it is): {}", e.message);
     }
+    if matches!(settings.service_access, ServiceAccess::Open) {
+        tracing::warn!(
+            "--insecure-no-auth: /v1/check, /v1/return and /v1/keys/verify answer anyone who can reach this \
+             port, who can then spend, give back or probe any caller's quota"
+        );
+    }
+    let tiers = match &settings.tiers {
+        KnownTiers::Only(tiers) => tiers.join(","),
+        KnownTiers::Any => {
+            tracing::warn!(
+                "no --tiers or --plugin-config: keys can be made for any tier name, even one no filter knows"
+            );
+            "any".to_owned()
+        }
+    };
     tracing::info!(
         listen = %cli.listen,
         store = %cli.store,
-        admin = if admin_token.is_some() { "enabled" } else { "disabled" },
+        admin = if settings.admin_token.is_some() { "enabled" } else { "disabled" },
+        service_auth = if matches!(settings.service_access, ServiceAccess::Open) { "none" } else { "token" },
+        tiers,
         "tollgate-quota serving"
     );
-    let router = app::router(store, admin_token);
+    let router = app::router(store, settings);
     // Answers are small and written as several frames over HTTP/2: without TCP_NODELAY,
     // Nagle's algorithm holds the last one back until the peer's delayed ACK.
     let listener = listener.tap_io(|tcp| {
@@ -133,6 +247,7 @@ async fn serve_with<S: Store>(store: S, cli: &Cli, admin_token: Option<&str>) ->
             tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
         }
     });
+    let listener = JsonParseErrors(listener);
     match axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -163,7 +278,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn manage_keys(location: &StoreLocation, command: KeysCommand) -> ExitCode {
+async fn manage_keys(location: &StoreLocation, tiers: &KnownTiers, command: KeysCommand) -> ExitCode {
     if *location == StoreLocation::Memory {
         eprintln!(
             "error: `keys` works on a shared store: give --store redis://host:port/db or \
@@ -179,7 +294,7 @@ async fn manage_keys(location: &StoreLocation, command: KeysCommand) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    match tokio::time::timeout(CLI_TIMEOUT, keys_command(&store, command)).await {
+    match tokio::time::timeout(CLI_TIMEOUT, keys_command(&store, tiers, command)).await {
         Ok(Ok(code)) => code,
         Ok(Err(message)) => {
             eprintln!("error: {message}");
@@ -192,11 +307,11 @@ async fn manage_keys(location: &StoreLocation, command: KeysCommand) -> ExitCode
     }
 }
 
-async fn keys_command<S: Store>(store: &S, command: KeysCommand) -> Result<ExitCode, String> {
+async fn keys_command<S: Store>(store: &S, tiers: &KnownTiers, command: KeysCommand) -> Result<ExitCode, String> {
     let store_failed = |e: StoreError| format!("the store failed: {e}");
     match command {
         KeysCommand::Create { tier, name } => {
-            let new_key = keys::new_key(&tier, &name).map_err(|e| e.message)?;
+            let new_key = keys::new_key(&tier, &name, tiers).map_err(|e| e.message)?;
             let key = keys::store_key(store, new_key).await.map_err(store_failed)?;
             println!("id:     {}", key.id);
             println!("tier:   {}", key.tier);

@@ -24,6 +24,10 @@ pub enum ErrorCode {
     InvalidRequest,
     InvalidJson,
     BodyTooLarge,
+    /// hyper's own 414 (see `parse_errors`).
+    UriTooLong,
+    /// hyper's own 431 (see `parse_errors`).
+    HeadersTooLarge,
     Unauthorized,
     AdminDisabled,
     NotFound,
@@ -42,6 +46,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::AdminDisabled => "admin_disabled",
             ErrorCode::NotFound => "not_found",
@@ -88,11 +94,20 @@ impl ApiError {
         )
     }
 
-    pub fn unauthorized() -> Self {
+    pub fn unauthorized_admin() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "this endpoint needs the admin token as 'Authorization: Bearer <token>'",
+        )
+    }
+
+    pub fn unauthorized_service() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "this endpoint needs the service token (the filter's quota_service.token) as \
+             'Authorization: Bearer <token>'",
         )
     }
 
@@ -167,6 +182,8 @@ mod tests {
             (ErrorCode::InvalidRequest, "invalid_request"),
             (ErrorCode::InvalidJson, "invalid_json"),
             (ErrorCode::BodyTooLarge, "body_too_large"),
+            (ErrorCode::UriTooLong, "uri_too_long"),
+            (ErrorCode::HeadersTooLarge, "headers_too_large"),
             (ErrorCode::Unauthorized, "unauthorized"),
             (ErrorCode::AdminDisabled, "admin_disabled"),
             (ErrorCode::NotFound, "not_found"),

@@ -13,5 +13,6 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod metrics;
+pub mod parse_errors;
 pub mod store;
 pub mod validate;

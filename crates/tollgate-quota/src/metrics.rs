@@ -20,10 +20,18 @@ pub enum Outcome {
     Limited,
 }
 
+/// What a settlement did: applied now, or a retry of one applied before.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Settled {
+    Applied,
+    Replayed,
+}
+
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Op {
     Check,
     Return,
+    Settle,
     Usage,
     CreateKey,
     FindKey,
@@ -42,13 +50,23 @@ impl Outcome {
 }
 
 impl Op {
-    pub const ALL: [Op; 8] =
-        [Op::Check, Op::Return, Op::Usage, Op::CreateKey, Op::FindKey, Op::ListKeys, Op::RevokeKey, Op::Ping];
+    pub const ALL: [Op; 9] = [
+        Op::Check,
+        Op::Return,
+        Op::Settle,
+        Op::Usage,
+        Op::CreateKey,
+        Op::FindKey,
+        Op::ListKeys,
+        Op::RevokeKey,
+        Op::Ping,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Check => "check",
             Op::Return => "return",
+            Op::Settle => "settle",
             Op::Usage => "usage",
             Op::CreateKey => "create_key",
             Op::FindKey => "find_key",
@@ -65,6 +83,21 @@ impl EncodeLabelValue for Outcome {
     }
 }
 
+impl Settled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Settled::Applied => "applied",
+            Settled::Replayed => "replayed",
+        }
+    }
+}
+
+impl EncodeLabelValue for Settled {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.as_str().encode(encoder)
+    }
+}
+
 impl EncodeLabelValue for Op {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         self.as_str().encode(encoder)
@@ -75,6 +108,12 @@ impl EncodeLabelValue for Op {
 struct DecisionLabels {
     tier: String,
     outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettleLabels {
+    tier: String,
+    outcome: Settled,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,9 +134,10 @@ struct RequestLabels {
 
 /// The service's routes, as `MatchedPath` names them: the `endpoint` label. A label is
 /// taken from this list, so that counting a request allocates nothing.
-const ENDPOINTS: [&str; 9] = [
+const ENDPOINTS: [&str; 10] = [
     "/v1/check",
     "/v1/return",
+    "/v1/settle",
     "/v1/keys",
     "/v1/keys/verify",
     "/v1/keys/{id}",
@@ -124,8 +164,10 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     returns: Family<TierLabels, Counter>,
     returned_units: Family<TierLabels, Counter>,
+    settlements: Family<SettleLabels, Counter>,
     store_errors: Family<OpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
+    store_restarts: Counter,
     /// `store_latency` of each `Op`, in `Op::ALL` order.
     latency_of: [Histogram; Op::ALL.len()],
     /// Tiers labelled by name so far (at most `MAX_TIER_LABELS`).
@@ -143,6 +185,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let returns = Family::<TierLabels, Counter>::default();
         let returned_units = Family::<TierLabels, Counter>::default();
+        let settlements = Family::<SettleLabels, Counter>::default();
         let store_latency = Family::<OpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let store_errors = Family::<OpLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -157,6 +200,11 @@ impl Metrics {
             "Units given back by returns, summed over their limits, by tier",
             returned_units.clone(),
         );
+        registry.register(
+            "tollgate_quota_settlements",
+            "Settlements (/v1/settle) answered, by tier and outcome: applied, or replayed (applied before)",
+            settlements.clone(),
+        );
         registry.register_with_unit(
             "tollgate_quota_store_latency",
             "Time the store took per operation, failures included",
@@ -165,6 +213,13 @@ impl Metrics {
         );
         registry.register("tollgate_quota_store_errors", "Store operations that failed", store_errors.clone());
         registry.register("tollgate_quota_requests", "HTTP requests answered, by route and status", requests.clone());
+        let store_restarts = Counter::default();
+        registry.register(
+            "tollgate_quota_store_restarts",
+            "Restarts or failovers of the store noticed (its Redis run_id changed): counts since its last \
+             persistence point were lost",
+            store_restarts.clone(),
+        );
         // Error counters exist from the start at 0, so that rates and alerts work before the first error.
         for op in Op::ALL {
             let _ = store_errors.get_or_create(&OpLabels { op });
@@ -175,8 +230,10 @@ impl Metrics {
             decisions,
             returns,
             returned_units,
+            settlements,
             store_errors,
             requests,
+            store_restarts,
             latency_of,
             tiers: RwLock::default(),
         }
@@ -187,6 +244,12 @@ impl Metrics {
         let labels = TierLabels { tier: self.tier_label(tier) };
         self.returns.get_or_create(&labels).inc();
         self.returned_units.get_or_create(&labels).inc_by(units);
+    }
+
+    /// A settlement answered: `applied` now, or a retry of one applied before.
+    pub fn settle(&self, tier: &str, applied: bool) {
+        let outcome = if applied { Settled::Applied } else { Settled::Replayed };
+        self.settlements.get_or_create(&SettleLabels { tier: self.tier_label(tier), outcome }).inc();
     }
 
     pub fn decision(&self, tier: &str, admitted: bool) {
@@ -212,6 +275,11 @@ impl Metrics {
         if failed {
             self.store_errors.get_or_create(&OpLabels { op }).inc();
         }
+    }
+
+    /// The store restarted or failed over.
+    pub fn store_restart(&self) {
+        self.store_restarts.inc();
     }
 
     /// A request answered on `endpoint` (see [`endpoint`]).
@@ -278,6 +346,9 @@ mod tests {
         m.store_call(Op::Check, Duration::from_micros(300), true);
         m.request("/v1/check", 200);
         m.give_back("free", 3);
+        m.settle("free", true);
+        m.settle("free", false);
+        m.settle("free", false);
         let text = m.encode().unwrap();
         for expected in [
             r#"tollgate_quota_decisions_total{tier="free",outcome="admitted"} 1"#,
@@ -288,6 +359,10 @@ mod tests {
             r#"tollgate_quota_returns_total{tier="free"} 1"#,
             r#"tollgate_quota_returned_units_total{tier="free"} 3"#,
             r#"tollgate_quota_store_errors_total{op="return"} 0"#,
+            r#"tollgate_quota_settlements_total{tier="free",outcome="applied"} 1"#,
+            r#"tollgate_quota_settlements_total{tier="free",outcome="replayed"} 2"#,
+            r#"tollgate_quota_store_errors_total{op="settle"} 0"#,
+            "tollgate_quota_store_restarts_total 0",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

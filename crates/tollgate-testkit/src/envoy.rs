@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::http::{self, Reply};
 use crate::ports::free_ports;
 use crate::process::{self, Process};
+use crate::quota_service::DEV_SERVICE_TOKEN;
 use crate::standin::Standin;
 use crate::{scratch, stats, workspace_root};
 
@@ -118,6 +119,21 @@ pub fn local_plugin_config() -> serde_json::Value {
     config
 }
 
+/// `json` with `quota_service.token` set to [`DEV_SERVICE_TOKEN`] (the token
+/// [`crate::quota_service::QuotaService`] starts the service with) when it has a
+/// `quota_service` without a `token` field. `"token": null` stays: no token is sent.
+/// Anything that is not such a JSON object is returned unchanged.
+pub fn with_service_token(json: &str) -> String {
+    let Ok(mut config) = serde_json::from_str::<serde_json::Value>(json) else { return json.to_owned() };
+    match config.get_mut("quota_service").and_then(serde_json::Value::as_object_mut) {
+        Some(quota) if !quota.contains_key("token") => {
+            quota.insert("token".to_owned(), serde_json::Value::from(DEV_SERVICE_TOKEN));
+            config.to_string()
+        }
+        _ => json.to_owned(),
+    }
+}
+
 /// Lowercase hex SHA-256 of `s`, as API keys appear in the plugin configuration.
 pub fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -173,7 +189,8 @@ pub struct EnvoyOptions {
     pub concurrency: u32,
     /// `xff_num_trusted_hops` of the HTTP connection manager.
     pub xff_trusted_hops: u32,
-    /// Plugin JSON; `None` keeps the one in `envoy.yaml`.
+    /// Plugin JSON; `None` keeps the one in `envoy.yaml`. A `quota_service` without a
+    /// `token` gets the test token (see [`with_service_token`]).
     pub plugin_config: Option<String>,
     /// `false` removes the wasm filter (plain Envoy with the same routes).
     pub with_filter: bool,
@@ -182,6 +199,8 @@ pub struct EnvoyOptions {
     /// Route image generation to the stand-in AI upstream too (`envoy.yaml` answers it
     /// with a direct response, which leaves before a request body is read).
     pub images_upstream: bool,
+    /// Let HTTP/1.1 clients send trailers (`http_protocol_options.enable_trailers`).
+    pub http1_trailers: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -193,6 +212,7 @@ impl Default for EnvoyOptions {
             with_filter: true,
             quota_port: None,
             images_upstream: false,
+            http1_trailers: false,
         }
     }
 }
@@ -247,13 +267,19 @@ impl Envoy {
                     .expect("a route");
         }
         *at(&mut config, &format!("{HCM}.xff_num_trusted_hops")) = Value::from(options.xff_trusted_hops);
+        if options.http1_trailers {
+            let options = serde_yaml::from_str("{ enable_trailers: true }").expect("protocol options");
+            if let Some(hcm) = at(&mut config, HCM).as_mapping_mut() {
+                hcm.insert("http_protocol_options".into(), options);
+            }
+        }
         if options.with_filter {
             let wasm = tollgate_wasm();
             assert!(wasm.exists(), "{} is missing: run `make wasm` first", wasm.display());
             let filter = at(wasm_filter(&mut config), "typed_config.config");
             *at(filter, "vm_config.code.local.filename") = Value::from(wasm.to_str().expect("UTF-8 path"));
             if let Some(json) = &options.plugin_config {
-                *at(filter, "configuration.value") = Value::from(json.as_str());
+                *at(filter, "configuration.value") = Value::from(with_service_token(json).as_str());
             }
         } else {
             http_filters(&mut config).retain(|f| !is_wasm(f));
@@ -325,5 +351,26 @@ impl Envoy {
     pub fn counter(&self, name: &str) -> Option<u64> {
         let text = self.admin_get("/stats").expect("admin interface").body;
         stats::find(&stats::parse(&text), name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_service_without_a_token_field_gets_the_test_token() {
+        let with = |json: &str| serde_json::from_str::<serde_json::Value>(&with_service_token(json)).ok();
+        let added = with(r#"{"quota_service":{"cluster":"q"}}"#)
+            .and_then(|v| v["quota_service"]["token"].as_str().map(str::to_owned));
+        assert_eq!(added.as_deref(), Some(DEV_SERVICE_TOKEN));
+        for kept in [
+            r#"{"quota_service":{"cluster":"q","token":null}}"#,
+            r#"{"quota_service":{"cluster":"q","token":"other-token-0123456789"}}"#,
+            r#"{"tiers":{}}"#,
+            "not json",
+        ] {
+            assert_eq!(with_service_token(kept), kept);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The quota service: the real `tollgate-quota` binary on a free port, and [`BrokenQuota`],
-//! a stand-in that misbehaves (hangs, or answers 500).
+//! a stand-in that misbehaves (hangs, or answers 500 or an unreadable 200).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -19,7 +19,20 @@ use crate::{scratch, workspace_root};
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variables the service reads its flags from; cleared for every start,
 /// so that only what a test gives counts.
-pub const ENV_VARS: [&str; 3] = ["TOLLGATE_QUOTA_STORE", "TOLLGATE_QUOTA_LISTEN", "TOLLGATE_QUOTA_ADMIN_TOKEN"];
+pub const ENV_VARS: [&str; 8] = [
+    "TOLLGATE_QUOTA_STORE",
+    "TOLLGATE_QUOTA_LISTEN",
+    "TOLLGATE_QUOTA_ADMIN_TOKEN",
+    "TOLLGATE_QUOTA_SERVICE_TOKEN",
+    "TOLLGATE_QUOTA_SERVICE_TOKEN_FILE",
+    "TOLLGATE_QUOTA_INSECURE_NO_AUTH",
+    "TOLLGATE_QUOTA_TIERS",
+    "TOLLGATE_QUOTA_PLUGIN_CONFIG",
+];
+
+/// The service token of development and tests: `envoy.yaml`'s `quota_service.token`, which
+/// `make run` and [`QuotaService`] start the service with.
+pub const DEV_SERVICE_TOKEN: &str = "tollgate-dev-service-token";
 
 /// The debug build of the service: `$TOLLGATE_QUOTA_BIN`, else `target/debug/tollgate-quota`
 /// (`cargo build -p tollgate-quota`, which `make test` runs).
@@ -32,11 +45,15 @@ pub fn debug_bin() -> PathBuf {
 }
 
 /// The service's arguments: listen on 127.0.0.1:`port`, keep counts in `store` (`memory`
-/// or a Redis URL), and the admin API's token if any.
-pub fn args(port: u16, store: &str, admin_token: Option<&str>) -> Vec<String> {
+/// or a Redis URL), the admin API's token and the service token, if any (without a
+/// service token it must come from the environment, or `--insecure-no-auth`).
+pub fn args(port: u16, store: &str, admin_token: Option<&str>, service_token: Option<&str>) -> Vec<String> {
     let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--store".to_owned(), store.to_owned()];
     if let Some(token) = admin_token {
         args.extend(["--admin-token".to_owned(), token.to_owned()]);
+    }
+    if let Some(token) = service_token {
+        args.extend(["--service-token".to_owned(), token.to_owned()]);
     }
     args
 }
@@ -54,6 +71,10 @@ pub struct QuotaOptions {
     pub store: String,
     /// `--admin-token`, if any.
     pub admin_token: Option<String>,
+    /// `--service-token`, if any.
+    pub service_token: Option<String>,
+    /// More arguments (`--tiers free,pro`, ...).
+    pub extra_args: Vec<String>,
     /// Environment variables to set (after [`ENV_VARS`] are cleared).
     pub env: Vec<(String, String)>,
     /// Its directory (for its log); `None`: a fresh one under `target/it`.
@@ -63,12 +84,15 @@ pub struct QuotaOptions {
 }
 
 impl QuotaOptions {
-    /// The debug build with `store` and the admin token `test-admin-token`.
+    /// The debug build with `store`, the admin token `test-admin-token` and the service
+    /// token [`DEV_SERVICE_TOKEN`].
     pub fn new(store: &str) -> QuotaOptions {
         QuotaOptions {
             bin: debug_bin(),
             store: store.to_owned(),
             admin_token: Some("test-admin-token".to_owned()),
+            service_token: Some(DEV_SERVICE_TOKEN.to_owned()),
+            extra_args: Vec::new(),
             env: Vec::new(),
             dir: None,
             cpu: None,
@@ -112,7 +136,9 @@ impl QuotaService {
 
     fn spawn(&mut self) {
         let mut command = process::command(&self.options.bin, self.options.cpu);
-        command.args(args(self.port, &self.options.store, self.options.admin_token.as_deref()));
+        let options = &self.options;
+        command.args(args(self.port, &options.store, options.admin_token.as_deref(), options.service_token.as_deref()));
+        command.args(&options.extra_args);
         for var in ENV_VARS {
             command.env_remove(var);
         }
@@ -219,6 +245,8 @@ pub enum Misbehaviour {
     Hang,
     /// Answers every request with 500.
     Error500,
+    /// Answers every request with 200 and a body that is not JSON.
+    Garbled200,
 }
 
 /// A TCP server that misbehaves like a broken quota service; stops on drop.
@@ -261,28 +289,77 @@ impl BrokenQuota {
 
 fn serve(mut stream: TcpStream, how: Misbehaviour, requests: &AtomicU32, received: &Mutex<Vec<u8>>, stop: &AtomicBool) {
     let mut buf = [0u8; 8192];
+    let mut pending = Vec::new();
+    let mut greeted = false;
     stream.set_read_timeout(Some(Duration::from_millis(200))).ok();
     while !stop.load(Ordering::SeqCst) {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                let read = buf.get(..n).unwrap_or(&[]);
                 requests.fetch_add(1, Ordering::SeqCst);
-                received.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf.get(..n).unwrap_or(&[]));
-                if how == Misbehaviour::Error500 {
-                    let body = r#"{"error":{"code":"boom","message":"internal error"}}"#;
-                    let reply = format!(
-                        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if stream.write_all(reply.as_bytes()).is_err() {
-                        break;
-                    }
+                received.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(read);
+                let answer = match how {
+                    Misbehaviour::Hang => continue,
+                    Misbehaviour::Error500 => (0x8e, r#"{"error":{"code":"boom","message":"internal error"}}"#),
+                    Misbehaviour::Garbled200 => (0x88, "<html>a proxy's error page</html>"),
+                };
+                pending.extend_from_slice(read);
+                if answer_h2(&mut stream, &mut pending, &mut greeted, answer).is_err() {
+                    break;
                 }
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => break,
         }
     }
+}
+
+/// Answers each HTTP/2 request in `pending` whose end has arrived (Envoy's callouts come
+/// as cleartext HTTP/2 with prior knowledge) with `answer`: the status as one HPACK byte
+/// (`0x88` is 200, `0x8e` is 500) and the body. An incomplete frame waits for more bytes.
+fn answer_h2(stream: &mut TcpStream, pending: &mut Vec<u8>, greeted: &mut bool, answer: (u8, &str)) -> io::Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const END_STREAM: u8 = 0x1;
+    const ACK: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    if !*greeted {
+        if pending.len() < PREFACE.len() {
+            return Ok(());
+        }
+        pending.drain(..PREFACE.len());
+        stream.write_all(&h2_frame(SETTINGS, 0, 0, &[]))?;
+        *greeted = true;
+    }
+    while let Some(&[l0, l1, l2, kind, flags, i0, i1, i2, i3]) = pending.get(..9) {
+        let end = 9 + usize::from(l0) * 65_536 + usize::from(l1) * 256 + usize::from(l2);
+        if pending.len() < end {
+            break;
+        }
+        pending.drain(..end);
+        let stream_id = u32::from_be_bytes([i0 & 0x7f, i1, i2, i3]);
+        match kind {
+            SETTINGS if flags & ACK == 0 => stream.write_all(&h2_frame(SETTINGS, ACK, 0, &[]))?,
+            HEADERS | DATA if flags & END_STREAM != 0 => {
+                let (status, body) = answer;
+                stream.write_all(&h2_frame(HEADERS, END_HEADERS, stream_id, &[status]))?;
+                stream.write_all(&h2_frame(DATA, END_STREAM, stream_id, body.as_bytes()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn h2_frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 impl Drop for BrokenQuota {

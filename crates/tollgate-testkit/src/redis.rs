@@ -1,4 +1,5 @@
-//! Real `redis-server` processes on free ports, without persistence, each in its own
+//! Real `redis-server` processes on free ports, without persistence (or with an append-only
+//! file), each in its own
 //! directory; and a three-master Redis Cluster.
 
 use std::io::{Read, Write};
@@ -17,16 +18,32 @@ pub const START_DEADLINE: Duration = Duration::from_secs(30);
 const INSTALL: &str = "The Redis tests need it: `apt-get install -y redis-server` (Debian/Ubuntu) puts \
                        redis-server and redis-cli on the PATH";
 
-/// `redis-server`'s arguments: `port`, on 127.0.0.1, no persistence, files in `dir`; a
-/// cluster node also gets `--cluster-enabled` (its bus port is `port + 10000`).
-pub fn args(port: u16, dir: &Path, cluster: bool) -> Vec<String> {
+/// `redis-server`'s arguments: `port`, on 127.0.0.1, files in `dir`, no persistence but
+/// with `aof` the append-only file fsynced every second; a cluster node also gets
+/// `--cluster-enabled` (its bus port is `port + 10000`).
+pub fn args(port: u16, dir: &Path, cluster: bool, aof: bool) -> Vec<String> {
     let port = port.to_string();
     let dir = dir.to_str().expect("UTF-8 path");
-    let mut args: Vec<String> =
-        ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", dir]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+    let appendonly = if aof { "yes" } else { "no" };
+    let mut args: Vec<String> = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        appendonly,
+        "--appendfsync",
+        "everysec",
+        "--daemonize",
+        "no",
+        "--dir",
+        dir,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     if cluster {
         args.extend(["--cluster-enabled", "yes", "--cluster-config-file"].map(str::to_owned));
         args.push(format!("nodes-{port}.conf"));
@@ -68,6 +85,8 @@ pub struct RedisOptions {
     pub cluster: bool,
     /// The core to pin it to, if any.
     pub cpu: Option<u32>,
+    /// `--appendonly yes --appendfsync everysec`: a restart replays the append-only file.
+    pub aof: bool,
 }
 
 /// A running `redis-server`; killed on drop.
@@ -109,7 +128,7 @@ impl Redis {
     /// Starts the process and waits until it answers PING; false if it exited (port taken).
     fn spawn(&mut self) -> bool {
         let mut command = process::command(Path::new("redis-server"), self.options.cpu);
-        command.args(args(self.port, &self.dir, self.options.cluster));
+        command.args(args(self.port, &self.dir, self.options.cluster, self.options.aof));
         let log = self.dir.join(format!("redis-{}.log", self.port));
         let process = Process::start("redis-server", command, &log, INSTALL);
         let port = self.port;
@@ -127,12 +146,13 @@ impl Redis {
         self.process.as_ref()
     }
 
-    /// Kills the server (all data is lost: no persistence).
+    /// Kills the server (SIGKILL): without `aof` all data is lost.
     pub fn kill(&mut self) {
         self.process = None;
     }
 
-    /// Kills the server and starts a new one on the same port (empty: no persistence).
+    /// Kills the server and starts a new one on the same port and directory (empty
+    /// without `aof`; with it, what the append-only file kept).
     pub fn restart(&mut self) {
         self.kill();
         assert!(self.spawn(), "redis-server could not start again on port {}", self.port);

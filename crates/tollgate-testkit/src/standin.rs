@@ -8,6 +8,8 @@
 //! - `x-standin-no-usage: 1`: leave `usage` out;
 //! - `x-standin-stall-after: K`: stream K events, then stall (a client that gives up
 //!   mid-stream sees no end);
+//! - `x-standin-chunks: N`: stream N delta events (each in its own chunk) instead of the six
+//!   words of the default answer (the benchmark's long stream);
 //! - `x-standin-gate: NAME`: answer only once the test opens the gate `NAME` ([`open_gate`]),
 //!   so that many requests are in flight at once.
 //!
@@ -186,7 +188,8 @@ fn respond(out: &mut TcpStream, request: &Request, stop: &AtomicBool) -> std::io
             if body["stream"].as_bool() == Some(true) {
                 let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
                 let stall_after = request.header("x-standin-stall-after").and_then(|v| v.parse::<usize>().ok());
-                stream_chat(out, usage.filter(|_| include_usage), stall_after, stop)
+                let chunks = request.header("x-standin-chunks").and_then(|v| v.parse::<usize>().ok());
+                stream_chat(out, usage.filter(|_| include_usage), Stream { stall_after, chunks }, stop)
             } else {
                 let mut completion = json!({
                     "id": "chatcmpl-standin", "object": "chat.completion", "created": 1_700_000_000, "model": body["model"],
@@ -209,23 +212,36 @@ fn send(out: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> st
     out.flush()
 }
 
-/// One HTTP/1.1 chunk.
+/// One HTTP/1.1 chunk, in one write (one packet with `TCP_NODELAY`).
 fn chunk(out: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    out.write_all(format!("{:x}\r\n", bytes.len()).as_bytes())?;
-    out.write_all(bytes)?;
-    out.write_all(b"\r\n")?;
+    let mut framed = format!("{:x}\r\n", bytes.len()).into_bytes();
+    framed.extend_from_slice(bytes);
+    framed.extend_from_slice(b"\r\n");
+    out.write_all(&framed)?;
     out.flush()
 }
 
-fn stream_chat(
-    out: &mut TcpStream,
-    usage: Option<Value>,
+/// How a streamed answer goes: where it stalls, and how many delta events it has.
+struct Stream {
     stall_after: Option<usize>,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
+    /// `None`: the six words of the default answer.
+    chunks: Option<usize>,
+}
+
+fn delta_event(word: &str) -> String {
+    let event = json!({ "id": "chatcmpl-standin", "object": "chat.completion.chunk", "choices": [ { "index": 0, "delta": { "content": word } } ], "usage": null });
+    format!("data: {event}\n\n")
+}
+
+fn stream_chat(out: &mut TcpStream, usage: Option<Value>, stream: Stream, stop: &AtomicBool) -> std::io::Result<()> {
     out.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
-    for (i, word) in ["It", " is", " a", " stand", "-in", "."].iter().enumerate() {
-        if stall_after == Some(i) {
+    let events: Vec<String> = match stream.chunks {
+        // One event, formatted once: the stand-in stays cheap next to the Envoy it feeds.
+        Some(n) => vec![delta_event(" word"); n],
+        None => ["It", " is", " a", " stand", "-in", "."].iter().map(|w| delta_event(w)).collect(),
+    };
+    for (i, event) in events.iter().enumerate() {
+        if stream.stall_after == Some(i) {
             // Hold the stream open until the client leaves (or the stand-in stops).
             for _ in 0..600 {
                 if stop.load(Ordering::Relaxed) {
@@ -238,8 +254,7 @@ fn stream_chat(
             }
             return Err(std::io::Error::other("stalled"));
         }
-        let event = json!({ "id": "chatcmpl-standin", "object": "chat.completion.chunk", "choices": [ { "index": 0, "delta": { "content": word } } ], "usage": null });
-        chunk(out, format!("data: {event}\n\n").as_bytes())?;
+        chunk(out, event.as_bytes())?;
     }
     if let Some(usage) = usage {
         let event = format!(

@@ -17,6 +17,7 @@ pub use limits::{
 };
 use raw::RawConfig;
 pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
+pub use validate::SERVICE_TOKEN_CHARS;
 
 use crate::cost::{Api, Price, Unit};
 use crate::json_path;
@@ -29,6 +30,11 @@ pub const MAX_TRACKED_KEYS: u64 = 10_000_000;
 /// Entries per shared-data slot: a slot is a small set-associative bucket of callers
 /// ([`crate::store`]).
 pub const SLOT_WAYS: usize = 4;
+/// Slots per tracked caller: callers hash to slots unevenly, and a slot that gets more
+/// live callers than it has ways displaces some. With one slot per caller (four ways of
+/// headroom) fewer than 1 % of `max_tracked_keys` live callers are displaced; with a
+/// quarter (no headroom), about 20 % were (docs/ARCHITECTURE.md, "Slots").
+pub const SLOTS_PER_TRACKED_KEY: u64 = 1;
 
 #[derive(Debug)]
 pub struct Config {
@@ -44,6 +50,33 @@ pub struct Config {
     pub quota: Option<QuotaService>,
     /// Model prices, for limits of cost.
     pub prices: Prices,
+    pub logs: LogOptions,
+}
+
+/// Log lines of refusals.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Refusal lines a worker writes per second at most; the rest are counted and
+    /// summed up in one line (0: none).
+    pub max_refusal_lines_per_second: u32,
+    /// The key of anonymous callers' names in log lines (`None`: random per worker).
+    pub caller_name_key: Option<Secret>,
+}
+
+/// A secret from the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Model prices per 1,000 tokens.
@@ -66,16 +99,43 @@ pub struct QuotaService {
     /// The Envoy cluster callouts go to (in Istio: `outbound|PORT||HOST`).
     pub cluster: String,
     pub authority: String,
+    /// `authorization` of every callout, if `quota_service.token` is set.
+    pub authorization: Option<Authorization>,
     pub timeout_ms: u64,
     pub verify_keys: bool,
     pub key_cache_ttl_ms: u64,
     pub negative_cache_ttl_ms: u64,
     pub key_cache_size: usize,
+    /// Callouts in flight per worker, of every kind.
     pub max_pending_callouts: u32,
+    /// Of those, key verifications; a request past it gets a 503 without a callout.
+    pub max_pending_verifications: u32,
     pub breaker_failures: u32,
     pub breaker_cooldown_ms: u64,
     /// A lease unused for this long is given back to the service (`POST /v1/return`).
     pub lease_idle_return_ms: u64,
+}
+
+/// `Bearer <service token>`: the value of the callouts' `authorization` header. Its Debug
+/// does not show the token, so that no log line carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authorization(String);
+
+impl Authorization {
+    pub fn bearer(token: &str) -> Authorization {
+        Authorization(format!("Bearer {token}"))
+    }
+
+    /// The header value.
+    pub fn value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer <redacted>")
+    }
 }
 
 #[derive(Debug)]
@@ -87,6 +147,10 @@ pub struct Identity {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub max_credential_length: usize,
+    /// Requests with a failing credential answered per client network (the anonymous
+    /// tier's) before a 429, counted in shared data before any key verification;
+    /// `None`: off.
+    pub failed_credentials: Option<Limit>,
 }
 
 #[derive(Debug)]
@@ -213,11 +277,18 @@ pub struct HeaderOptions {
     pub problem_json: bool,
     /// OpenAI's `x-ratelimit-*-requests` and `-tokens`, on metered routes.
     pub openai: bool,
+    /// The longest wait a 429 asks clients to retry after (`rate_limit_exceeded`,
+    /// `retry-after-ms`); a longer one tells them not to (`x-should-retry: false`,
+    /// `insufficient_quota`): SDKs would otherwise sleep through it or retry in vain.
+    pub max_retry_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
-    /// Number of shared-data keys; memory is bounded by `slots × SLOT_WAYS` identities.
+    /// Callers tracked at once: live callers past it may displace one another.
+    pub max_tracked_keys: u64,
+    /// Number of shared-data keys: one per tracked caller ([`SLOTS_PER_TRACKED_KEY`]),
+    /// of `SLOT_WAYS` entries each.
     pub slots: u32,
     pub cas_retries: u32,
     pub on_contention: ContentionPolicy,

@@ -20,12 +20,13 @@ pub struct RawConfig {
     pub store: RawStore,
     pub quota_service: Option<RawQuotaService>,
     pub prices: Option<RawPrices>,
+    pub logs: RawLogs,
 }
 
 impl FromJson for RawConfig {
     fn from_json(v: &Json, path: Path<'_>) -> Result<Self, ConfigError> {
         const FIELDS: &[&str] =
-            &["mode", "identity", "keys", "tiers", "routes", "headers", "store", "quota_service", "prices"];
+            &["mode", "identity", "keys", "tiers", "routes", "headers", "store", "quota_service", "prices", "logs"];
         let o = Object::new(v, path, FIELDS)?;
         Ok(RawConfig {
             mode: o.or("mode", Mode::default())?,
@@ -37,7 +38,36 @@ impl FromJson for RawConfig {
             store: o.or_defaults("store")?,
             quota_service: o.or("quota_service", None)?,
             prices: o.or("prices", None)?,
+            logs: o.or_defaults("logs")?,
         })
+    }
+}
+
+/// Log lines of refusals: how many per second a worker writes, and the key of the names
+/// anonymous callers get in them.
+// Debug is written out below: it must not print the key.
+pub struct RawLogs {
+    pub max_refusal_lines_per_second: u32,
+    /// A secret (16 to 256 characters); without it each worker draws one at random.
+    pub caller_name_key: Option<String>,
+}
+
+impl FromJson for RawLogs {
+    fn from_json(v: &Json, path: Path<'_>) -> Result<Self, ConfigError> {
+        let o = Object::new(v, path, &["max_refusal_lines_per_second", "caller_name_key"])?;
+        Ok(RawLogs {
+            max_refusal_lines_per_second: o.or("max_refusal_lines_per_second", 10)?,
+            caller_name_key: o.or("caller_name_key", None)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for RawLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawLogs")
+            .field("max_refusal_lines_per_second", &self.max_refusal_lines_per_second)
+            .field("caller_name_key", &self.caller_name_key.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -69,16 +99,20 @@ impl FromJson for RawPrice {
     }
 }
 
-#[derive(Debug)]
+// Debug is written out below: it must not print the token.
 pub struct RawQuotaService {
     pub cluster: String,
     pub authority: Option<String>,
+    /// The service token sent as `authorization: Bearer <token>` on every callout.
+    pub token: Option<String>,
     pub timeout_ms: u64,
     pub verify_keys: bool,
     pub key_cache_ttl_ms: u64,
     pub negative_cache_ttl_ms: u64,
     pub key_cache_size: usize,
     pub max_pending_callouts: u32,
+    /// Of those, key verifications (default: 100, or `max_pending_callouts` if lower).
+    pub max_pending_verifications: Option<u32>,
     pub breaker: RawBreaker,
     pub lease_idle_return_ms: u64,
 }
@@ -88,12 +122,14 @@ impl FromJson for RawQuotaService {
         const FIELDS: &[&str] = &[
             "cluster",
             "authority",
+            "token",
             "timeout_ms",
             "verify_keys",
             "key_cache_ttl_ms",
             "negative_cache_ttl_ms",
             "key_cache_size",
             "max_pending_callouts",
+            "max_pending_verifications",
             "breaker",
             "lease_idle_return_ms",
         ];
@@ -101,15 +137,28 @@ impl FromJson for RawQuotaService {
         Ok(RawQuotaService {
             cluster: o.required("cluster")?,
             authority: o.or("authority", None)?,
+            token: o.or("token", None)?,
             timeout_ms: o.or("timeout_ms", 200)?,
             verify_keys: o.or("verify_keys", true)?,
             key_cache_ttl_ms: o.or("key_cache_ttl_ms", 30_000)?,
             negative_cache_ttl_ms: o.or("negative_cache_ttl_ms", 5_000)?,
             key_cache_size: o.or("key_cache_size", 10_000)?,
             max_pending_callouts: o.or("max_pending_callouts", 1_000)?,
+            max_pending_verifications: o.or("max_pending_verifications", None)?,
             breaker: o.or_defaults("breaker")?,
             lease_idle_return_ms: o.or("lease_idle_return_ms", 10_000)?,
         })
+    }
+}
+
+impl std::fmt::Debug for RawQuotaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawQuotaService")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,11 +191,21 @@ pub struct RawIdentity {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub max_credential_length: usize,
+    /// Requests with a credential that fails (malformed, unknown, revoked) answered per
+    /// client network before a 429; `null` turns the limit off.
+    pub failed_credentials: Option<RawFailedCredentials>,
 }
 
 impl FromJson for RawIdentity {
     fn from_json(v: &Json, path: Path<'_>) -> Result<Self, ConfigError> {
-        const FIELDS: &[&str] = &["api_key_header", "anonymous", "ipv4_prefix", "ipv6_prefix", "max_credential_length"];
+        const FIELDS: &[&str] = &[
+            "api_key_header",
+            "anonymous",
+            "ipv4_prefix",
+            "ipv6_prefix",
+            "max_credential_length",
+            "failed_credentials",
+        ];
         let o = Object::new(v, path, FIELDS)?;
         Ok(RawIdentity {
             // Absent: `x-api-key`; `null`: no API keys at all.
@@ -155,7 +214,23 @@ impl FromJson for RawIdentity {
             ipv4_prefix: o.or("ipv4_prefix", 32)?,
             ipv6_prefix: o.or("ipv6_prefix", 64)?,
             max_credential_length: o.or("max_credential_length", 4096)?,
+            // Absent: 20 a minute; `null`: off.
+            failed_credentials: o
+                .or("failed_credentials", Some(RawFailedCredentials { limit: 20, window: "1m".to_owned() }))?,
         })
+    }
+}
+
+#[derive(Debug)]
+pub struct RawFailedCredentials {
+    pub limit: u64,
+    pub window: String,
+}
+
+impl FromJson for RawFailedCredentials {
+    fn from_json(v: &Json, path: Path<'_>) -> Result<Self, ConfigError> {
+        let o = Object::new(v, path, &["limit", "window"])?;
+        Ok(RawFailedCredentials { limit: o.required("limit")?, window: o.required("window")? })
     }
 }
 
@@ -326,16 +401,19 @@ pub struct RawHeaders {
     pub x_ratelimit: bool,
     pub problem_json: bool,
     pub openai: bool,
+    pub max_retry_wait_ms: u64,
 }
 
 impl FromJson for RawHeaders {
     fn from_json(v: &Json, path: Path<'_>) -> Result<Self, ConfigError> {
-        let o = Object::new(v, path, &["ietf", "x_ratelimit", "problem_json", "openai"])?;
+        const FIELDS: &[&str] = &["ietf", "x_ratelimit", "problem_json", "openai", "max_retry_wait_ms"];
+        let o = Object::new(v, path, FIELDS)?;
         Ok(RawHeaders {
             ietf: o.or("ietf", true)?,
             x_ratelimit: o.or("x_ratelimit", true)?,
             problem_json: o.or("problem_json", false)?,
             openai: o.or("openai", true)?,
+            max_retry_wait_ms: o.or("max_retry_wait_ms", 60_000)?,
         })
     }
 }

@@ -52,6 +52,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "half the limit's capacity (50)",
     ),
     (
+        "short_service_token",
+        include_str!("../../fixtures/bad/short_service_token.json"),
+        "quota_service.token",
+        "16 to 1024 visible ASCII characters",
+    ),
+    (
+        "service_token_with_space",
+        include_str!("../../fixtures/bad/service_token_with_space.json"),
+        "quota_service.token",
+        "(no spaces)",
+    ),
+    (
         "burst_on_fixed_window",
         include_str!("../../fixtures/bad/burst_on_fixed_window.json"),
         "tiers.free.limits[0].burst",
@@ -170,6 +182,12 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "from 1 to",
     ),
     (
+        "retry_wait_too_long",
+        include_str!("../../fixtures/bad/retry_wait_too_long.json"),
+        "headers.max_retry_wait_ms",
+        "expected milliseconds from 0 to 3600000",
+    ),
+    (
         "wrong_type",
         include_str!("../../fixtures/bad/wrong_type.json"),
         "tiers.free.limits[0].limit",
@@ -237,7 +255,12 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.identity.anonymous_tier, None);
     assert_eq!((c.identity.ipv4_prefix, c.identity.ipv6_prefix), (32, 64));
     assert!(c.headers.ietf && c.headers.x_ratelimit && !c.headers.problem_json);
-    assert_eq!(c.store.slots, 25_000);
+    assert_eq!(c.headers.max_retry_wait_ms, 60_000);
+    assert_eq!(c.store.slots, 100_000);
+    let failed = c.identity.failed_credentials.as_ref().unwrap();
+    assert_eq!((failed.quota, failed.window.secs, failed.burst()), (20, 60, None));
+    assert_eq!(c.logs.max_refusal_lines_per_second, 10);
+    assert!(c.logs.caller_name_key.is_none());
     assert_eq!(c.store.on_contention, ContentionPolicy::Allow);
     assert_eq!(c.routes[0].cost, 1);
     let rpm = &c.tiers[0].limits[0];
@@ -346,4 +369,79 @@ fn a_syntax_error_names_where_it_is() {
     let e = Config::from_json(json.as_bytes()).unwrap_err();
     assert_eq!(e.path, "tiers.free.limits[0].window", "{e}");
     assert!(e.message.contains("line"), "serde_json's position is kept: {e}");
+}
+
+#[test]
+fn the_service_token_becomes_a_bearer_header_that_debug_does_not_show() {
+    let token = "s3cret-service-token-0123456789";
+    let json = format!(
+        r#"{{ "tiers": {{ "free": {{ "limits": [ {{ "name": "day", "limit": 100, "window": "1d", "scope": "global" }} ] }} }},
+             "routes": [ {{ "path_prefix": "/" }} ], "quota_service": {{ "cluster": "q", "token": "{token}" }} }}"#
+    );
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    let quota = config.quota.as_ref().unwrap();
+    assert_eq!(quota.authorization.as_ref().map(|a| a.value()), Some(format!("Bearer {token}").as_str()));
+    assert!(!format!("{config:?}").contains(token));
+    let tree: super::json::Json = serde_json::from_str(&json).unwrap();
+    let raw = super::raw::RawConfig::from_json(&tree, super::json::Path::Root).unwrap();
+    assert!(format!("{raw:?}").contains("<redacted>") && !format!("{raw:?}").contains(token));
+    let bad = json.replace(token, "short-but-secret");
+    let bad = bad.replace("short-but-secret", "sh0rt secret");
+    let e = Config::from_json(bad.as_bytes()).unwrap_err().to_string();
+    assert!(e.starts_with("quota_service.token: ") && !e.contains("sh0rt"), "{e}");
+    let without = json.replace(&format!(r#", "token": "{token}""#), "");
+    assert!(Config::from_json(without.as_bytes()).unwrap().quota.unwrap().authorization.is_none());
+}
+
+#[test]
+fn the_fields_of_failing_credentials_and_logs_read_as_serde_would() {
+    let with = |field: &str| MINIMAL.replacen('{', &format!("{{ {field},"), 1);
+    let c = Config::from_json(with(r#""identity": { "failed_credentials": null }"#).as_bytes()).unwrap();
+    assert!(c.identity.failed_credentials.is_none(), "null turns the limit off; absent is 20 a minute");
+    let c =
+        Config::from_json(with(r#""identity": { "failed_credentials": { "limit": 5, "window": "10s" } }"#).as_bytes())
+            .unwrap();
+    let failed = c.identity.failed_credentials.as_ref().unwrap();
+    assert_eq!((failed.quota, failed.window.secs, failed.window.text.as_str()), (5, 10, "10s"));
+    let e = Config::from_json(with(r#""identity": { "failed_credentials": { "limit": 5 } }"#).as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("identity.failed_credentials", "missing field `window`"));
+    let e =
+        Config::from_json(with(r#""identity": { "failed_credentials": { "limit": 5, "window": "1x" } }"#).as_bytes())
+            .unwrap_err();
+    assert_eq!(e.path, "identity.failed_credentials.window");
+    let e = Config::from_json(with(r#""logs": { "max_lines": 1 }"#).as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("logs.max_lines", "unknown field `max_lines`, expected `max_refusal_lines_per_second` or `caller_name_key`")
+    );
+    let e = Config::from_json(with(r#""logs": { "max_refusal_lines_per_second": -1 }"#).as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("logs.max_refusal_lines_per_second", "invalid value: integer `-1`, expected u32")
+    );
+    let key = "caller-name-key-0123456789abcdef";
+    let json = with(&format!(r#""logs": {{ "max_refusal_lines_per_second": 0, "caller_name_key": "{key}" }}"#));
+    let c = Config::from_json(json.as_bytes()).unwrap();
+    assert_eq!(c.logs.max_refusal_lines_per_second, 0);
+    assert_eq!(c.logs.caller_name_key.as_ref().map(|k| k.expose()), Some(key.as_bytes()));
+    let tree: super::json::Json = serde_json::from_str(&json).unwrap();
+    let raw = super::raw::RawConfig::from_json(&tree, super::json::Path::Root).unwrap();
+    assert!(!format!("{c:?}").contains(key) && !format!("{raw:?}").contains(key));
+    let e = Config::from_json(with(r#""headers": { "max_retry_wait_ms": "1s" }"#).as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("headers.max_retry_wait_ms", r#"invalid type: string "1s", expected u64"#)
+    );
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_callouts": 50 }"#;
+    let c = Config::from_json(with(quota).as_bytes()).unwrap();
+    assert_eq!(c.quota.as_ref().map(|q| q.max_pending_verifications), Some(50), "100, or fewer if callouts are");
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_verifications": null }"#;
+    let c = Config::from_json(with(quota).as_bytes()).unwrap();
+    assert_eq!(c.quota.as_ref().map(|q| q.max_pending_verifications), Some(100));
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_verifications": 7 }"#;
+    let c = Config::from_json(with(quota).as_bytes()).unwrap();
+    assert_eq!(c.quota.as_ref().map(|q| q.max_pending_verifications), Some(7));
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_verifications": 2000 }"#;
+    let e = Config::from_json(with(quota).as_bytes()).unwrap_err();
+    assert_eq!(e.path, "quota_service.max_pending_verifications");
 }

@@ -5,7 +5,8 @@ use hashbrown::HashMap;
 
 use super::limits::{default_lease_block, default_worker_block, limit_from_parts, parse_window};
 use super::raw::{
-    RawConfig, RawIdentity, RawKey, RawLimit, RawPrice, RawPrices, RawQuotaService, RawRoute, RawStore, RawTier, Scope,
+    RawConfig, RawIdentity, RawKey, RawLimit, RawLogs, RawPrice, RawPrices, RawQuotaService, RawRoute, RawStore,
+    RawTier, Scope,
 };
 use super::*;
 use crate::cost::Price;
@@ -55,6 +56,9 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         let prices = validate_prices(raw.prices.as_ref())?;
+        if raw.headers.max_retry_wait_ms > MAX_RETRY_WAIT_MS {
+            return err("headers.max_retry_wait_ms", format!("expected milliseconds from 0 to {MAX_RETRY_WAIT_MS}"));
+        }
         if prices.models.is_empty() && prices.default.is_none() {
             for tier in &tiers {
                 if let Some(i) = tier.limits.iter().position(|l| l.unit == Unit::Cost) {
@@ -77,13 +81,18 @@ impl TryFrom<RawConfig> for Config {
                 x_ratelimit: raw.headers.x_ratelimit,
                 problem_json: raw.headers.problem_json,
                 openai: raw.headers.openai,
+                max_retry_wait_ms: raw.headers.max_retry_wait_ms,
             },
             store,
             quota,
             prices,
+            logs: validate_logs(&raw.logs)?,
         })
     }
 }
+
+/// An hour: a client told to retry holds its request (and often a user) that long.
+const MAX_RETRY_WAIT_MS: u64 = 3_600_000;
 
 fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigError> {
     const P: &str = "quota_service";
@@ -94,6 +103,7 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return err(format!("{P}.authority"), "expected a host name (no spaces or control characters)");
     }
+    let authorization = raw.token.as_deref().map(validate_service_token).transpose()?;
     if !(1..=60_000).contains(&raw.timeout_ms) {
         return err(format!("{P}.timeout_ms"), "expected milliseconds from 1 to 60000");
     }
@@ -109,6 +119,16 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     if raw.max_pending_callouts == 0 {
         return err(format!("{P}.max_pending_callouts"), "expected a whole number from 1");
     }
+    let max_pending_verifications = match raw.max_pending_verifications {
+        None => DEFAULT_MAX_PENDING_VERIFICATIONS.min(raw.max_pending_callouts),
+        Some(n) if (1..=raw.max_pending_callouts).contains(&n) => n,
+        Some(_) => {
+            return err(
+                format!("{P}.max_pending_verifications"),
+                "expected a whole number from 1 to max_pending_callouts",
+            )
+        }
+    };
     if raw.breaker.failures == 0 {
         return err(format!("{P}.breaker.failures"), "expected a whole number from 1");
     }
@@ -121,16 +141,38 @@ fn validate_quota_service(raw: &RawQuotaService) -> Result<QuotaService, ConfigE
     Ok(QuotaService {
         cluster: raw.cluster.clone(),
         authority,
+        authorization,
         timeout_ms: raw.timeout_ms,
         verify_keys: raw.verify_keys,
         key_cache_ttl_ms: raw.key_cache_ttl_ms,
         negative_cache_ttl_ms: raw.negative_cache_ttl_ms,
         key_cache_size: raw.key_cache_size,
         max_pending_callouts: raw.max_pending_callouts,
+        max_pending_verifications,
         breaker_failures: raw.breaker.failures,
         breaker_cooldown_ms: raw.breaker.cooldown_ms,
         lease_idle_return_ms: raw.lease_idle_return_ms,
     })
+}
+
+/// Shortest and longest service token: long enough to be drawn at random, short enough
+/// for one header.
+pub const SERVICE_TOKEN_CHARS: std::ops::RangeInclusive<usize> = 16..=1024;
+
+/// A service token: 16 to 1024 visible ASCII characters. The error never repeats it.
+fn validate_service_token(token: &str) -> Result<Authorization, ConfigError> {
+    if !SERVICE_TOKEN_CHARS.contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return err(
+            "quota_service.token",
+            format!(
+                "expected {} to {} visible ASCII characters (no spaces), the token the quota service \
+                 was started with (--service-token)",
+                SERVICE_TOKEN_CHARS.start(),
+                SERVICE_TOKEN_CHARS.end()
+            ),
+        );
+    }
+    Ok(Authorization::bearer(token))
 }
 
 fn validate_tier(name: &str, raw: &RawTier) -> Result<Tier, ConfigError> {
@@ -267,13 +309,43 @@ fn validate_identity(
     if !(16..=16_384).contains(&raw.max_credential_length) {
         return err("identity.max_credential_length", "expected a length from 16 to 16384 bytes");
     }
+    let failed_credentials = match &raw.failed_credentials {
+        None => None,
+        Some(f) => {
+            const PATH: &str = "identity.failed_credentials";
+            let secs = parse_window(&f.window).ok_or_else(|| ConfigError {
+                path: format!("{PATH}.window"),
+                message: format!("expected a duration like 10s, 1m, 1h (at most 366d), got {:?}", f.window),
+            })?;
+            let mut limit = limit_from_parts(PATH, "failed_credentials", f.limit, secs, Algorithm::TokenBucket, None)?;
+            limit.window.text.clone_from(&f.window);
+            Some(limit)
+        }
+    };
     Ok(Identity {
         api_key_header,
         anonymous_tier,
         ipv4_prefix: raw.ipv4_prefix,
         ipv6_prefix: raw.ipv6_prefix,
         max_credential_length: raw.max_credential_length,
+        failed_credentials,
     })
+}
+
+/// Key verifications a worker has in flight at most, by default.
+pub const DEFAULT_MAX_PENDING_VERIFICATIONS: u32 = 100;
+
+fn validate_logs(raw: &RawLogs) -> Result<LogOptions, ConfigError> {
+    if raw.max_refusal_lines_per_second > 10_000 {
+        return err("logs.max_refusal_lines_per_second", "expected a whole number from 0 to 10000");
+    }
+    let caller_name_key = match &raw.caller_name_key {
+        None => None,
+        Some(key) if (16..=256).contains(&key.len()) && !key.trim().is_empty() => Some(Secret(key.clone())),
+        // The value is a secret: the error never repeats it.
+        Some(_) => return err("logs.caller_name_key", "expected a secret of 16 to 256 bytes"),
+    };
+    Ok(LogOptions { max_refusal_lines_per_second: raw.max_refusal_lines_per_second, caller_name_key })
 }
 
 type KeyTable = (Vec<Key>, HashMap<[u8; 32], usize>);
@@ -468,8 +540,9 @@ fn validate_store(raw: &RawStore) -> Result<StoreOptions, ConfigError> {
     if raw.cas_retries == 0 || raw.cas_retries > 1000 {
         return err("store.cas_retries", "expected a whole number from 1 to 1000");
     }
-    let slots = raw.max_tracked_keys.div_ceil(SLOT_WAYS as u64);
+    let slots = raw.max_tracked_keys.saturating_mul(SLOTS_PER_TRACKED_KEY);
     Ok(StoreOptions {
+        max_tracked_keys: raw.max_tracked_keys,
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
         cas_retries: raw.cas_retries,
         on_contention: raw.on_contention,

@@ -61,8 +61,14 @@ impl Reading {
     }
 }
 
+/// Whether an event's data holds a usage object (`"usage": {`): OpenAI's chunks carry
+/// `"usage": null` until the last, and parsing each of them would cost every chunk.
 fn mentions_usage(data: &[u8]) -> bool {
-    data.windows(7).any(|w| w == b"\"usage\"")
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let after = data.get(at + 7..).unwrap_or_default();
+        let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    })
 }
 
 #[cfg(test)]
@@ -94,6 +100,17 @@ mod tests {
             r.feed(chunk);
         }
         assert_eq!(r.usage(), Some(Usage { input_tokens: 25, output_tokens: 15 }));
+    }
+
+    #[test]
+    fn only_events_with_a_usage_object_are_read() {
+        assert!(!mentions_usage(br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#));
+        assert!(!mentions_usage(br#"{"delta":{"content":"the "usage" of words"}}"#));
+        assert!(mentions_usage(br#"{"choices":[],"usage" : {"prompt_tokens":1}}"#));
+        assert!(mentions_usage(br#"{"usage":null,"x":{"usage":{"output_tokens":2}}}"#));
+        let mut r = Reading::for_content_type(Some("text/event-stream"));
+        r.feed(b"data: {\"usage\":null}\n\ndata: {\"usage\": {\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n");
+        assert_eq!(r.usage(), Some(Usage { input_tokens: 3, output_tokens: 4 }));
     }
 
     #[test]

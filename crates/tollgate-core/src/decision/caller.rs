@@ -1,16 +1,18 @@
 //! From the credential to the caller: a configured key (found by its tag, else by its
 //! SHA-256), a key the quota service verifies (cached per worker), or, without a
-//! credential, the anonymous tier keyed by the client's network.
+//! credential, the anonymous tier keyed by the client's network. A credential that fails
+//! is counted against its network ([`super::failed`]) before any verification.
 
+use super::failed;
 use super::fallback::{breaker_admits, record_breaker};
 use super::metering::{meter, Identified};
 use super::outcome::{Caller, Decision, Outcome, QuotaReport};
-use super::{to_json, Answer, Asked, Callout, Ctx, Pending, Stage, Step};
+use super::{to_json, Answer, Asked, Callout, Ctx, Pending, Stage, Step, Verify};
 use crate::hash::{hex, sha256};
 use crate::identity::{client_network, token, RequestInfo};
 use crate::keycache::{CachedKey, Lookup, StaticKey};
 use crate::quota::{VerifyRequest, VerifyResponse};
-use crate::reply;
+use crate::reply::{self, LocalReply};
 use crate::store::SharedStore;
 use crate::worker::Worker;
 
@@ -24,7 +26,10 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
     let config = cx.config;
     let report = QuotaReport::default();
     match token(&config.identity, request) {
-        Err(e) => Step::Done(Decision::refuse(Outcome::Malformed, reply::malformed_credential(e), config.mode)),
+        Err(e) => match failed::count(cx, request) {
+            Err(refused) => Step::Done(*refused),
+            Ok(_) => Step::Done(Decision::refuse(Outcome::Malformed, reply::malformed_credential(e), config.mode)),
+        },
         Ok(Some(token)) => {
             // A configured key this worker has seen is found without a SHA-256 (see
             // `KeyCache::tag`); other tokens are hashed once, here.
@@ -43,16 +48,14 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
             }
             let hash = hash.unwrap_or_else(|| sha256(token.as_bytes()));
             let Some(quota) = config.quota.as_ref().filter(|q| q.verify_keys) else {
-                return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
+                return unknown_key(cx, request);
             };
             let stale = match worker.keys.get(&hash, cx.now) {
                 Lookup::Fresh(CachedKey::Known { id, tier }) => {
                     let who = Identified::key(verified_caller(&id), tier, None);
                     return meter(cx, Some(&mut worker.blocks), asked, who, report);
                 }
-                Lookup::Fresh(CachedKey::Unknown) => {
-                    return Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), config.mode));
-                }
+                Lookup::Fresh(CachedKey::Unknown) => return unknown_key(cx, request),
                 Lookup::Stale(CachedKey::Known { id, tier }) => Some((id, tier)),
                 Lookup::Stale(CachedKey::Unknown) | Lookup::Missing => None,
             };
@@ -60,7 +63,22 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
                 let report = QuotaReport { short_circuited: true, ..report };
                 return verify_unavailable(cx, asked, stale, report);
             }
-            let pending = Pending { stage: Stage::Verify { asked, hash, stale }, quota: report };
+            // Counted before the callout leaves (given back if the key is good), so that a
+            // network past its limit of failures makes no callout.
+            if !worker.start_verification(config) {
+                let mut d = Decision::refuse(Outcome::QuotaUnavailable, verifications_full(), config.mode);
+                d.quota = QuotaReport { verifications_full: true, ..report };
+                return Step::Done(d);
+            }
+            let counted = match failed::count(cx, request) {
+                Ok(counted) => counted,
+                Err(refused) => {
+                    worker.end_verification();
+                    return Step::Done(*refused);
+                }
+            };
+            let verify = Verify { asked, hash, stale, counted };
+            let pending = Pending { stage: Stage::Verify(verify), quota: report };
             Step::Call(Box::new(Callout {
                 path: "/v1/keys/verify",
                 body: to_json(&VerifyRequest { sha256: hex(&hash) }),
@@ -89,18 +107,22 @@ pub(super) fn identify<S: SharedStore + ?Sized>(
 pub(super) fn verified<S: SharedStore + ?Sized>(
     cx: Ctx<'_, S>,
     worker: &mut Worker,
-    asked: Asked,
-    hash: [u8; 32],
-    stale: Option<(String, usize)>,
+    verify: Verify,
     answer: Answer<'_>,
     mut report: QuotaReport,
 ) -> Step {
+    let Verify { asked, hash, stale, counted } = verify;
+    worker.end_verification();
     let config = cx.config;
     let Some(quota) = config.quota.as_ref() else {
         return Step::Done(Decision::new(Outcome::Unlimited));
     };
     let verified = match answer {
-        Answer::Response { status: 200, body } => serde_json::from_slice::<VerifyResponse>(body).ok(),
+        Answer::Response { status: 200, body } => {
+            let verified = serde_json::from_slice::<VerifyResponse>(body).ok();
+            report.unreadable_answers += u32::from(verified.is_none());
+            verified
+        }
         _ => None,
     };
     record_breaker(cx, quota, verified.is_some(), &mut report);
@@ -110,6 +132,9 @@ pub(super) fn verified<S: SharedStore + ?Sized>(
     let tier = verified.tier.as_deref().and_then(|name| config.tiers.iter().position(|t| t.name == name));
     match (verified.known, verified.id, tier) {
         (true, Some(id), Some(tier)) => {
+            if let Some(counted) = counted {
+                failed::give_back(cx, counted);
+            }
             worker.keys.put(hash, CachedKey::Known { id: id.clone(), tier }, cx.now, quota.key_cache_ttl_ms);
             let who = Identified::key(verified_caller(&id), tier, None);
             meter(cx, Some(&mut worker.blocks), asked, who, report)
@@ -137,6 +162,28 @@ fn verify_unavailable<S: SharedStore + ?Sized>(
             Step::Done(d)
         }
     }
+}
+
+/// A token that is no key: counted against its network, then 401 (or 429 past the limit).
+fn unknown_key<S: SharedStore + ?Sized>(cx: Ctx<'_, S>, request: &RequestInfo<'_>) -> Step {
+    match failed::count(cx, request) {
+        Err(refused) => Step::Done(*refused),
+        Ok(_) => Step::Done(Decision::refuse(Outcome::Unauthenticated, reply::invalid_token(), cx.config.mode)),
+    }
+}
+
+/// 503 for a key verification the worker cannot send: it has `max_pending_verifications`
+/// in flight.
+fn verifications_full() -> LocalReply {
+    let mut reply = reply::quota_unavailable();
+    reply.body = serde_json::json!({ "error": {
+        "message": "Too many API keys are being verified at once, so this one cannot be checked now. Retry in 1 s.",
+        "type": "server_error",
+        "param": serde_json::Value::Null,
+        "code": "key_verifications_busy",
+    }})
+    .to_string();
+    reply
 }
 
 /// `key:<id>` of a key the quota service verified.

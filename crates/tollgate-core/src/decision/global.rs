@@ -183,7 +183,9 @@ pub(super) fn check_answer<S: SharedStore + ?Sized>(
 ) -> Option<CheckResponse> {
     let checked = match answer {
         Answer::Response { status: 200, body } => {
-            serde_json::from_slice::<CheckResponse>(body).ok().filter(|r| r.limits.len() == limits)
+            let checked = serde_json::from_slice::<CheckResponse>(body).ok().filter(|r| r.limits.len() == limits);
+            report.unreadable_answers += u32::from(checked.is_none());
+            checked
         }
         _ => None,
     };

@@ -353,3 +353,64 @@ fn a_local_fallback_bucket_of_tokens_is_settled_too() {
     let ratelimit = d.response_headers.get("ratelimit").unwrap();
     assert!(ratelimit.contains(r#""tokens-per-day";r=989;"#), "10 + 1 used: {ratelimit}");
 }
+
+#[test]
+fn a_refund_after_its_lease_went_back_is_returned_by_the_settling_worker() {
+    let (c, s, mut service) = (tokens_only(200), FakeSharedData::default(), Service::default());
+    let (mut first, mut second) = (Worker::new(10), Worker::new(10));
+    let mut d = run(&c, &s, &mut first, &mut service, &chat(99));
+    let refilled = d.lease.take().unwrap();
+    // A refill was refused (not a whole block left): the record stays, even when empty.
+    let quota = c.quota.as_ref().unwrap();
+    let records = crate::lease::Records {
+        store: &s,
+        retries: 8,
+        marker_ttl_ns: crate::lease::marker_ttl_ns(quota),
+        now: EVENING,
+    };
+    records.release_marker(&refilled.lease, 0, Nanos(EVENING.0 + 86_400 * SEC)).unwrap();
+    first.remember(refilled);
+    // The lease sits idle: the worker that refilled it returns its balance (100).
+    let idle = Nanos(EVENING.0 + 11 * SEC);
+    let returns = tick(&c, &s, &mut first, idle).returns;
+    assert_eq!(returns.iter().map(|r| r.units).collect::<Vec<_>>(), vec![100]);
+    // The request ends afterwards, settled on another worker: 60 go back into the record...
+    let late = Nanos(idle.0 + SEC);
+    assert!(settle(&c, &s, &mut second, d.reservation.as_ref().unwrap(), used(39), late).call.is_none());
+    assert!(tick(&c, &s, &mut first, Nanos(late.0 + 11 * SEC)).returns.is_empty(), "the first forgot it");
+    // ...and the worker that put them there returns them once idle.
+    let returns = tick(&c, &s, &mut second, Nanos(late.0 + 11 * SEC)).returns;
+    assert_eq!(returns.iter().map(|r| r.units).collect::<Vec<_>>(), vec![60]);
+}
+
+#[test]
+fn a_worker_block_given_back_after_its_lease_went_back_is_returned_too() {
+    let c = Config::from_json(
+        br#"{ "identity": { "anonymous": { "tier": "free" } }, "quota_service": { "cluster": "quota" },
+              "tiers": { "free": { "limits": [ { "name": "per-day", "limit": 1000, "window": "1d",
+                "algorithm": "fixed_window", "scope": "global", "lease_block": 200 } ] } },
+              "routes": [ { "path": "/v1/chat/completions" } ] }"#,
+    )
+    .unwrap();
+    let (s, mut service) = (FakeSharedData::default(), Service::default());
+    let (mut refiller, mut other) = (Worker::for_config(&c), Worker::for_config(&c));
+    let mut d = run(&c, &s, &mut refiller, &mut service, "{}");
+    let refilled = d.lease.take().unwrap();
+    let quota = c.quota.as_ref().unwrap();
+    let records = crate::lease::Records {
+        store: &s,
+        retries: 8,
+        marker_ttl_ns: crate::lease::marker_ttl_ns(quota),
+        now: EVENING,
+    };
+    records.release_marker(&refilled.lease, 0, Nanos(EVENING.0 + 86_400 * SEC)).unwrap();
+    refiller.remember(refilled);
+    // The other worker takes its request and a block of 20 out of the lease.
+    let d = run(&c, &s, &mut other, &mut service, "{}");
+    assert!(d.blocks.taken, "{:?}", d.blocks);
+    let idle = Nanos(EVENING.0 + 11 * SEC);
+    let back = |t: crate::worker::Tick| t.returns.iter().map(|r| r.units).collect::<Vec<_>>();
+    assert_eq!(back(tick(&c, &s, &mut refiller, idle)), vec![200 - 1 - 1 - 20]);
+    // The block goes back into the emptied record; its worker returns it.
+    assert_eq!(back(tick(&c, &s, &mut other, idle)), vec![20]);
+}

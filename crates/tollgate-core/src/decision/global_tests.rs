@@ -173,10 +173,41 @@ fn failure_mode_closed_is_a_503() {
 #[test]
 fn a_garbled_answer_counts_as_a_failure() {
     let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
-    let wrong_length = json!({ "admitted": true, "limits": [] });
-    let callout = call(begin(&c, &s, &mut cache, &with_token("Bearer tok-premium"), T0));
-    let d = done(resume_with(&c, &s, &mut cache, callout, Some(answer(200, &wrong_length)), T0));
-    assert_eq!(d.quota.degraded, Some(FailureMode::Open));
+    let premium = with_token("Bearer tok-premium");
+    let wrong_length = answer(200, &json!({ "admitted": true, "limits": [] }));
+    let mut opened = false;
+    for reply in [wrong_length, (200, b"not json".to_vec()), (200, Vec::new())] {
+        let callout = call(begin(&c, &s, &mut cache, &premium, T0));
+        let d = done(resume_with(&c, &s, &mut cache, callout, Some(reply), T0));
+        // Status 200: the host's count of failures by status would miss it.
+        assert_eq!((d.quota.degraded, d.quota.unreadable_answers), (Some(FailureMode::Open), 1));
+        opened |= d.quota.breaker_opened;
+    }
+    assert!(opened, "three garbled answers open the breaker");
+    // A 500 is counted by its status, and a readable answer is no failure.
+    for (reply, unreadable) in [((500, b"oops".to_vec()), 0), (answer(200, &admitted(90)), 0)] {
+        let (s, mut cache) = (FakeSharedData::default(), Worker::new(10));
+        let callout = call(begin(&c, &s, &mut cache, &premium, T0));
+        assert_eq!(
+            done(resume_with(&c, &s, &mut cache, callout, Some(reply), T0)).quota.unreadable_answers,
+            unreadable
+        );
+    }
+}
+
+#[test]
+fn a_garbled_verification_and_check_are_two_failures_of_one_request() {
+    let (c, s, mut cache) = (config(), FakeSharedData::default(), Worker::new(10));
+    let dynamic = with_token("Bearer tg_dynamic");
+    let known = answer(200, &json!({ "known": true, "id": "k_1", "tier": "premium" }));
+    let verify = call(begin(&c, &s, &mut cache, &dynamic, T0));
+    call(resume_with(&c, &s, &mut cache, verify, Some(known), T0));
+    // Stale: verified again, and the garbled answer falls back on the stale entry.
+    let later = Nanos(T0.0 + 5 * SEC);
+    let verify = call(begin(&c, &s, &mut cache, &dynamic, later));
+    let check = call(resume_with(&c, &s, &mut cache, verify, Some((200, b"{".to_vec())), later));
+    let d = done(resume_with(&c, &s, &mut cache, check, Some((200, b"{".to_vec())), later));
+    assert_eq!((d.quota.degraded, d.quota.unreadable_answers), (Some(FailureMode::Open), 2));
 }
 
 #[test]

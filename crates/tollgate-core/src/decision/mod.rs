@@ -16,6 +16,7 @@
 
 mod caller;
 mod conclude;
+mod failed;
 mod fallback;
 mod global;
 mod leased;
@@ -87,9 +88,28 @@ pub struct Pending {
 
 #[derive(Debug)]
 enum Stage {
-    Verify { asked: Asked, hash: [u8; 32], stale: Option<(String, usize)> },
+    Verify(Verify),
     Check(Metering),
     Refill(Refill),
+}
+
+/// A key verification in flight: the request, the token's SHA-256, a stale positive
+/// entry to fall back on, and the failure counted for the network before it left.
+#[derive(Debug)]
+struct Verify {
+    asked: Asked,
+    hash: [u8; 32],
+    stale: Option<(String, usize)>,
+    counted: Option<failed::Counted>,
+}
+
+impl Pending {
+    /// A stream gone before its callout was answered: what the worker counted for it.
+    pub fn release(&self, worker: &mut Worker) {
+        if let Stage::Verify(_) = self.stage {
+            worker.end_verification();
+        }
+    }
 }
 
 /// The answer of a callout: the HTTP status and body, or nothing (failure or timeout).
@@ -179,7 +199,7 @@ pub fn resume<S: SharedStore + ?Sized>(
     let cx = Ctx { config, store, now };
     let Pending { stage, quota: report } = pending;
     match stage {
-        Stage::Verify { asked, hash, stale } => caller::verified(cx, worker, asked, hash, stale, answer, report),
+        Stage::Verify(verify) => caller::verified(cx, worker, verify, answer, report),
         Stage::Check(metering) => global::checked(cx, metering, answer, report),
         Stage::Refill(refill) => leased::refilled(cx, refill, answer, report),
     }
@@ -194,6 +214,8 @@ mod tests;
 
 #[cfg(test)]
 mod block_tests;
+#[cfg(test)]
+mod failed_tests;
 #[cfg(test)]
 mod global_metered_tests;
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub enum Outcome {
     Unauthenticated,
     /// Malformed or duplicated credentials.
     Malformed,
+    /// The client's network sent too many failing credentials (429, no callout).
+    CredentialsLimited,
     /// A metered route's body could not be read (400) or was too large (413).
     BadRequest,
     /// Refused before a tier was known, let through by shadow mode.
@@ -44,6 +46,7 @@ impl Outcome {
             Outcome::ShadowLimited => "shadow_limited",
             Outcome::Unauthenticated => "unauthenticated",
             Outcome::Malformed => "malformed",
+            Outcome::CredentialsLimited => "credentials_limited",
             Outcome::BadRequest => "bad_request",
             Outcome::ShadowRejected => "shadow_rejected",
             Outcome::StoreBypassed => "store_bypassed",
@@ -66,6 +69,12 @@ pub struct QuotaReport {
     pub from_lease: bool,
     /// Units a refill of this request leased (0: no refill granted).
     pub leased_units: u64,
+    /// Answers with status 200 whose body could not be read: failures that the host,
+    /// counting by status, took for successes.
+    pub unreadable_answers: u32,
+    /// The worker had `max_pending_verifications` key verifications in flight: this
+    /// request's was not sent (503).
+    pub verifications_full: bool,
 }
 
 /// What a decision did with worker blocks (see [`crate::worker_block`]), for stats.

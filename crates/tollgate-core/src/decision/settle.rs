@@ -22,7 +22,7 @@ use super::states::rewrite_states;
 use super::to_json;
 use crate::config::{Config, Tier};
 use crate::cost::{Charges, Unit, Usage};
-use crate::lease::{self, LeaseRef, Records};
+use crate::lease::{self, LeaseRef, Records, RefilledLease};
 use crate::limit::{self, evaluate};
 use crate::quota::SettleRequest;
 use crate::store::{self, SharedStore, SlotRef};
@@ -197,7 +197,17 @@ pub fn settle<S: SharedStore + ?Sized>(
         let (reserved, used): (SmallVec<[u64; 4]>, SmallVec<[u64; 4]>) =
             (owed(reserved).collect(), owed(actual).collect());
         let (reserved, used) = match &global.lease {
-            Some((lease, expires_at)) => settle_lease(config, store, lease, *expires_at, &reserved, &used, now),
+            Some((lease, expires_at)) => {
+                let settled = settle_lease(config, store, lease, *expires_at, &reserved, &used, now);
+                // A refund may land on a balance whose worker returned it already: this
+                // worker returns it once it is idle again.
+                worker.remember(RefilledLease {
+                    lease: lease.clone(),
+                    key: global.key.clone(),
+                    limits: limit_specs_of(tier, global.limits.iter().map(|&(index, _)| index)),
+                });
+                settled
+            }
             None => (reserved, used),
         };
         if reserved != used {

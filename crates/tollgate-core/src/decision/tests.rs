@@ -24,6 +24,7 @@ fn post<'a>(path: &'a str, auth: Option<&'a str>, address: &'a str) -> RequestIn
         authorization: auth.into_iter().collect(),
         api_key: vec![],
         client_address: Some(address),
+        client_address_of: None,
         unreadable_credential: false,
         body: None,
     }
@@ -73,9 +74,13 @@ fn free_tier_admits_five_images_a_day_then_429_with_advice() {
     assert_eq!(header(&d, "x-ratelimit-used"), Some("5"));
     assert_eq!(header(&d, "x-ratelimit-reset"), Some("1795478400"));
     assert_eq!(header(&d, "x-ratelimit-resource"), Some("images-per-day"));
+    // Hours away: a retry cannot help, and SDKs are told so (OpenAI's used-up quota).
+    assert_eq!(header(&d, "x-should-retry"), Some("false"));
+    assert_eq!(header(&d, "retry-after-ms"), None);
     let error = &body(&d)["error"];
-    assert_eq!(error["type"], "rate_limit_error");
-    assert_eq!(error["code"], "rate_limit_exceeded");
+    assert_eq!(error["type"], "insufficient_quota");
+    assert_eq!(error["code"], "insufficient_quota");
+    assert_eq!(error["param"], Value::Null);
     assert_eq!(error["tier"], "free");
     assert_eq!(error["limit"], "images-per-day");
     assert_eq!(error["quota"], 5);
@@ -106,6 +111,30 @@ fn a_refused_request_consumes_nothing_from_any_limit() {
         admitted += u32::from(decide(&c, &s, &req, Nanos(EVENING.0 + i * 10 * SEC)).outcome == Outcome::Allowed);
     }
     assert_eq!(admitted, 3);
+}
+
+#[test]
+fn a_wait_longer_than_max_retry_wait_ms_tells_clients_not_to_retry() {
+    // The free tier's burst (2 per 10 s) refuses a third request for exactly 5 s.
+    for (max_retry_wait_ms, retryable) in [(None, true), (Some(5000), true), (Some(4999), false), (Some(0), false)] {
+        let json = match max_retry_wait_ms {
+            Some(ms) => TIERS.replace(r#""headers": {"#, &format!(r#""headers": {{ "max_retry_wait_ms": {ms},"#)),
+            None => TIERS.to_owned(),
+        };
+        let c = config(&json);
+        assert_eq!(c.headers.max_retry_wait_ms, max_retry_wait_ms.unwrap_or(60_000));
+        let s = FakeSharedData::default();
+        let req = post(IMAGES, None, CLIENT);
+        let d = (0..3).map(|_| decide(&c, &s, &req, EVENING)).last().unwrap();
+        assert_eq!((d.limited_by.as_deref(), header(&d, "retry-after")), (Some("burst"), Some("5")));
+        let error = &body(&d)["error"];
+        let seen = (header(&d, "retry-after-ms"), header(&d, "x-should-retry"), error["code"].as_str());
+        if retryable {
+            assert_eq!(seen, (Some("5000"), None, Some("rate_limit_exceeded")), "{max_retry_wait_ms:?}");
+        } else {
+            assert_eq!(seen, (None, Some("false"), Some("insufficient_quota")), "{max_retry_wait_ms:?}");
+        }
+    }
 }
 
 #[test]
@@ -169,6 +198,9 @@ fn basic_tier_bursts_twenty_then_refills() {
     assert_eq!(allowed, 20);
     let d = decide(&c, &s, &req, EVENING);
     assert_eq!(header(&d, "retry-after"), Some("1"), "600 ms rounds up to 1 s");
+    assert_eq!(header(&d, "retry-after-ms"), Some("600"));
+    assert_eq!((header(&d, "x-should-retry"), &body(&d)["error"]["code"]), (None, &Value::from("rate_limit_exceeded")));
+    assert_eq!(body(&d)["error"]["type"], "rate_limit_error");
     assert!(body(&d)["error"]["message"].as_str().unwrap().contains("100 requests per 1m with bursts of 20"));
     assert_eq!(body(&d)["error"]["burst"], 20);
     let later = Nanos(EVENING.0 + 1_200_000_000);
@@ -195,7 +227,9 @@ fn unknown_token_is_401_and_malformed_is_400() {
         ..post(IMAGES, None, CLIENT)
     };
     assert_eq!(decide(&c, &s, &both, EVENING).reply.unwrap().status, 400);
-    assert_eq!(s.key_count(), 0, "nothing was metered");
+    // No caller was metered: only the network's failed credentials were counted (one
+    // slot, and the scratch key of creating it).
+    assert_eq!(s.key_count(), 2);
 }
 
 #[test]
@@ -393,6 +427,7 @@ mod properties {
                 authorization: auth.iter().map(String::as_str).collect(),
                 api_key: key.iter().map(String::as_str).collect(),
                 client_address: address.as_deref(),
+                client_address_of: None,
                 unreadable_credential: false,
                 body: None,
             };

@@ -4,7 +4,7 @@
 
 use super::local::{give_back, GivenBack};
 use crate::config::Config;
-use crate::lease::{self, IdleReturn, Records};
+use crate::lease::{self, IdleReturn, LeaseRef, Records, RefilledLease};
 use crate::store::SharedStore;
 use crate::time::Nanos;
 use crate::worker::{idle_block_ns, Tick, Worker};
@@ -23,7 +23,18 @@ pub fn give_back_idle_blocks<S: SharedStore + ?Sized>(
     let mut tick = Tick::default();
     for block in &idle {
         match give_back(config, store, block, now) {
-            Ok(GivenBack::Shared) => tick.blocks_given_back += 1,
+            Ok(GivenBack::Shared) => {
+                tick.blocks_given_back += 1;
+                // Units given back to a lease whose balance another worker returned
+                // already: this worker returns them once the lease is idle.
+                if let Some(back) = &block.lease {
+                    worker.remember(RefilledLease {
+                        lease: LeaseRef::from_fingerprint(block.fingerprint, config.store.slots),
+                        key: back.key.clone(),
+                        limits: back.limits.clone(),
+                    });
+                }
+            }
             Ok(GivenBack::ToService(request)) => tick.returns.push(request),
             Ok(GivenBack::Void) | Err(_) => {}
         }

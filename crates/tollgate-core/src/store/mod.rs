@@ -28,4 +28,6 @@ pub trait SharedStore {
 }
 
 #[cfg(test)]
+mod displacement_tests;
+#[cfg(test)]
 mod tests;

@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_core::config::{Limit, LimitKind};
-use tollgate_core::limit::{evaluate, LimitState};
+use tollgate_core::limit::{evaluate, settle, LimitState};
 use tollgate_core::quota::{CheckResponse, LimitResult, UsageLimit};
 use tollgate_core::Nanos;
 
-use super::{ns_to_ms_ceil, usage_of, Check, Created, KeyRecord, Return, Store, StoreError};
+use super::{
+    ns_to_ms_ceil, settle_marker_ttl, span_ns, usage_of, Check, Created, KeyRecord, Return, Settle, Store, StoreError,
+};
 
 /// Where the memory store reads the time: the system clock, or a clock tests move.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +65,10 @@ struct State {
     meters: HashMap<String, Meter>,
     /// Idle meters are dropped when the map reaches this size (amortised O(1) per check).
     sweep_at: usize,
+    /// Settlements applied, by `<metered key> <id>`: until when a retry is a no-op.
+    settled: HashMap<String, Nanos>,
+    /// As `sweep_at`, for `settled`.
+    sweep_settled_at: usize,
     keys_by_hash: HashMap<String, KeyRecord>,
     hash_by_id: HashMap<String, String>,
 }
@@ -105,25 +111,19 @@ impl MemoryStore {
         let evaluations: Vec<_> = check
             .limits
             .iter()
-            .map(|limit| {
+            .zip(&check.costs)
+            .map(|(limit, &cost)| {
                 let stored = meter.and_then(|m| m.find(limit)).map(|m| m.state);
-                evaluate(limit, stored, now, check.cost)
+                evaluate(limit, stored, now, cost)
             })
             .collect();
         let admitted = evaluations.iter().all(|e| e.admitted);
-        if admitted && check.cost > 0 {
-            state.sweep_if_due(now);
-            if !state.meters.contains_key(&check.key) {
-                state.meters.insert(check.key.clone(), Meter { limits: Vec::new(), idle_at: now });
-            }
-            if let Some(meter) = state.meters.get_mut(&check.key) {
-                for (limit, e) in check.limits.iter().zip(&evaluations) {
-                    meter.idle_at = meter.idle_at.max(e.idle_at);
-                    match meter.limits.iter_mut().find(|m| m.limit.name == limit.name) {
-                        Some(m) if m.limit.fingerprint == limit.fingerprint => m.state = e.state,
-                        Some(m) => *m = Metered { limit: limit.clone(), state: e.state },
-                        None => meter.limits.push(Metered { limit: limit.clone(), state: e.state }),
-                    }
+        if admitted && check.costs.iter().any(|&cost| cost > 0) {
+            let meter = state.meter_for_writing(&check.key, now);
+            for ((limit, e), &cost) in check.limits.iter().zip(&evaluations).zip(&check.costs) {
+                // A limit that costs nothing is only read.
+                if cost > 0 {
+                    meter.write(limit, e.state);
                 }
             }
         }
@@ -146,6 +146,40 @@ impl MemoryStore {
         CheckResponse { admitted, limits }
     }
 
+    fn settle_now(&self, settle: &Settle, now: Nanos) -> bool {
+        let mut state = self.lock();
+        let marker = format!("{} {}", settle.key, settle.id);
+        if state.settled.get(&marker).is_some_and(|until| *until > now) {
+            return false;
+        }
+        let remembered_until =
+            now.0.saturating_add(u64::try_from(settle_marker_ttl(&settle.limits).as_nanos()).unwrap_or(u64::MAX));
+        state.sweep_settled_if_due(now);
+        state.settled.insert(marker, Nanos(remembered_until));
+
+        let meter = state.meters.get(&settle.key).filter(|m| m.idle_at > now);
+        let changes: Vec<Option<LimitState>> = settle
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| {
+                let stored = meter.and_then(|m| m.find(limit)).map(|m| m.state);
+                let window = settle.windows.get(i).copied().flatten();
+                let (reserved, used) = (settle.reserved.get(i).copied(), settle.used.get(i).copied());
+                settle_one(limit, stored, window, reserved.unwrap_or(0), used.unwrap_or(0), now)
+            })
+            .collect();
+        if changes.iter().any(Option::is_some) {
+            let meter = state.meter_for_writing(&settle.key, now);
+            for (limit, change) in settle.limits.iter().zip(changes) {
+                if let Some(new_state) = change {
+                    meter.write(limit, new_state);
+                }
+            }
+        }
+        true
+    }
+
     fn give_back_now(&self, ret: &Return, now: Nanos) -> Vec<u64> {
         let mut state = self.lock();
         let Some(meter) = state.meters.get_mut(&ret.key).filter(|m| m.idle_at > now) else {
@@ -165,6 +199,49 @@ impl MemoryStore {
                 give_back_one(&m.limit, &mut m.state, *window, ret.units, now)
             })
             .collect()
+    }
+}
+
+/// One limit's share of a settlement: its new state, if it changes.
+fn settle_one(
+    limit: &Limit,
+    stored: Option<LimitState>,
+    window: Option<u64>,
+    reserved: u64,
+    used: u64,
+    now: Nanos,
+) -> Option<LimitState> {
+    let before = match limit.kind {
+        LimitKind::TokenBucket { .. } => stored.unwrap_or(LimitState::Bucket { tat: now.0 }),
+        LimitKind::FixedWindow { window_ns } => {
+            let current = now.0 / window_ns.max(1);
+            if window != Some(current) {
+                return None;
+            }
+            match stored {
+                Some(s @ LimitState::Window { index, .. }) if index == current => s,
+                _ => LimitState::Window { index: current, used: 0 },
+            }
+        }
+    };
+    let after = match settle(limit, before, now, reserved, used) {
+        // An overrun leaves a bucket at most one full bucket below empty.
+        LimitState::Bucket { tat } => {
+            LimitState::Bucket { tat: tat.min(now.0.saturating_add(span_ns(limit).saturating_mul(2))) }
+        }
+        window => window,
+    };
+    (after != before).then_some(after)
+}
+
+/// The instant from which a limit's state is equivalent to no state at all.
+fn idle_at(limit: &Limit, state: LimitState) -> Nanos {
+    match (limit.kind, state) {
+        (_, LimitState::Bucket { tat }) => Nanos(tat),
+        (LimitKind::FixedWindow { window_ns }, LimitState::Window { index, used }) if used > 0 => {
+            Nanos(index.saturating_add(1).saturating_mul(window_ns))
+        }
+        (_, LimitState::Window { .. }) => Nanos(0),
     }
 }
 
@@ -197,16 +274,38 @@ impl Meter {
     fn find(&self, limit: &Limit) -> Option<&Metered> {
         self.limits.iter().find(|m| m.limit.name == limit.name && m.limit.fingerprint == limit.fingerprint)
     }
+
+    /// Stores `state` for `limit`, replacing a limit of the same name.
+    fn write(&mut self, limit: &Limit, state: LimitState) {
+        self.idle_at = self.idle_at.max(idle_at(limit, state));
+        match self.limits.iter_mut().find(|m| m.limit.name == limit.name) {
+            Some(m) if m.limit.fingerprint == limit.fingerprint => m.state = state,
+            Some(m) => *m = Metered { limit: limit.clone(), state },
+            None => self.limits.push(Metered { limit: limit.clone(), state }),
+        }
+    }
 }
 
 impl State {
-    fn sweep_if_due(&mut self, now: Nanos) {
-        if self.meters.len() < self.sweep_at.max(MIN_SWEEP_AT) {
-            return;
-        }
-        self.meters.retain(|_, m| m.idle_at > now);
-        self.sweep_at = self.meters.len().saturating_mul(2);
+    /// The meter of `key`, created empty if there is none.
+    fn meter_for_writing(&mut self, key: &str, now: Nanos) -> &mut Meter {
+        sweep_if_due(&mut self.meters, &mut self.sweep_at, |m| m.idle_at > now);
+        self.meters.entry(key.to_owned()).or_insert_with(|| Meter { limits: Vec::new(), idle_at: now })
     }
+
+    fn sweep_settled_if_due(&mut self, now: Nanos) {
+        sweep_if_due(&mut self.settled, &mut self.sweep_settled_at, |until| *until > now);
+    }
+}
+
+/// Keeps only the entries that `keep` once the map has reached `sweep_at` entries (at least
+/// `MIN_SWEEP_AT`), then waits for it to double: amortised O(1) per insertion.
+fn sweep_if_due<T>(map: &mut HashMap<String, T>, sweep_at: &mut usize, keep: impl Fn(&T) -> bool) {
+    if map.len() < (*sweep_at).max(MIN_SWEEP_AT) {
+        return;
+    }
+    map.retain(|_, value| keep(value));
+    *sweep_at = map.len().saturating_mul(2);
 }
 
 impl Store for MemoryStore {
@@ -216,6 +315,10 @@ impl Store for MemoryStore {
 
     async fn give_back(&self, ret: &Return) -> Result<Vec<u64>, StoreError> {
         Ok(self.give_back_now(ret, self.clock.now()))
+    }
+
+    async fn settle(&self, settle: &Settle) -> Result<bool, StoreError> {
+        Ok(self.settle_now(settle, self.clock.now()))
     }
 
     async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
@@ -259,6 +362,10 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn instance_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -267,14 +374,14 @@ mod tests {
     use tollgate_core::quota::LimitSpec;
 
     fn check(key: &str, limits: &[&str]) -> Check {
-        let limits = limits
+        let limits: Vec<Limit> = limits
             .iter()
             .enumerate()
             .map(|(i, json)| {
                 serde_json::from_str::<LimitSpec>(json).unwrap().to_limit(&format!("limits[{i}]")).unwrap()
             })
             .collect();
-        Check { key: key.into(), cost: 1, limits }
+        Check { key: key.into(), costs: vec![1; limits.len()], limits }
     }
 
     #[test]

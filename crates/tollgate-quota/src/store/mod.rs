@@ -7,6 +7,7 @@ pub mod redis;
 
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tollgate_core::config::{Algorithm, Limit, LimitKind};
@@ -23,7 +24,8 @@ pub use self::redis::RedisStore;
 pub struct Check {
     /// The metered key, `<tier>/key:<id>` or `<tier>/ip:<network>`.
     pub key: String,
-    pub cost: u64,
+    /// One per limit, in `limits` order: the units it must have; 0 only reads it.
+    pub costs: Vec<u64>,
     /// At least one, names unique, in request order.
     pub limits: Vec<Limit>,
 }
@@ -38,6 +40,22 @@ pub struct Return {
     pub limits: Vec<Limit>,
     /// One per limit: the fixed window's index the units were taken in (None for token buckets).
     pub windows: Vec<Option<u64>>,
+}
+
+/// A validated `/v1/settle` request.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub key: String,
+    /// Names the settlement: 16 to 64 characters of `[0-9A-Za-z_-]`.
+    pub id: String,
+    /// At least one, names unique, in request order.
+    pub limits: Vec<Limit>,
+    /// One per limit: the fixed window's index the units were reserved in (None for token buckets).
+    pub windows: Vec<Option<u64>>,
+    /// One per limit: the units the check charged.
+    pub reserved: Vec<u64>,
+    /// One per limit: the units the request used.
+    pub used: Vec<u64>,
 }
 
 /// An API key as stored: never the token, only its SHA-256.
@@ -63,8 +81,8 @@ pub enum Created {
 /// The operations of the service on its state. Every call is one decision or one lookup;
 /// implementations are shared by all requests (`&self`) and never block the runtime.
 pub trait Store: Send + Sync + 'static {
-    /// One all-or-nothing decision: admitted only if every limit admits, and then every
-    /// limit is charged `cost`; otherwise nothing is charged.
+    /// One all-or-nothing decision: admitted only if every limit admits its cost, and then
+    /// every limit is charged its cost; otherwise nothing is charged.
     fn check(&self, check: &Check) -> impl Future<Output = Result<CheckResponse, StoreError>> + Send;
 
     /// Gives `units` back to every limit of the key, all in one step: a token bucket's
@@ -73,6 +91,15 @@ pub trait Store: Send + Sync + 'static {
     /// the one named in `windows` (which must also be the current one). A limit not held
     /// under this definition gets nothing. Returns, per limit, the units given back.
     fn give_back(&self, ret: &Return) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Charges each limit what was used instead of what was reserved, all in one step, once
+    /// per (key, id): true if applied now, false if a settlement with this id was applied
+    /// before (nothing changes then). Per limit, `used < reserved` gives the difference back
+    /// as [`Store::give_back`] does; `used > reserved` charges the overrun even past the
+    /// limit, a token bucket's TAT at most two depths ahead of now (one full bucket below
+    /// empty) and a fixed window only while the window named is the current one. A limit
+    /// not held (or held under another definition) counts from a fresh state.
+    fn settle(&self, settle: &Settle) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Every limit stored for a metered key, as of now, by name; empty when nothing is held.
     fn usage(&self, key: &str) -> impl Future<Output = Result<Vec<UsageLimit>, StoreError>> + Send;
@@ -89,6 +116,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// What identifies the running store: it changes when the store restarts or fails
+    /// over (Redis: the `run_id` of `INFO server`, of every primary of a cluster). `None`
+    /// for a store that lives and dies with this process (memory).
+    fn instance_id(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
 /// A store that failed. `transient` errors (connection lost, timeout, cluster
@@ -116,6 +148,31 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// How long a settlement's id is remembered, at least: a retry within this time is a no-op.
+pub const MIN_SETTLE_MARKER_TTL: Duration = Duration::from_secs(1);
+/// How long a settlement's id is remembered, at most: markers are one key each, so the
+/// longest window of a tier (up to 366 days) would hold millions of them; retries come
+/// within seconds.
+pub const MAX_SETTLE_MARKER_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a settlement over `limits` is remembered: the longest time any of them takes
+/// to forget a charge (a fixed window's window, a token bucket's depth), within
+/// [`MIN_SETTLE_MARKER_TTL`]..=[`MAX_SETTLE_MARKER_TTL`]. A retry later than that of a
+/// settlement to a fixed window changes nothing anyway: its window has passed.
+pub fn settle_marker_ttl(limits: &[Limit]) -> Duration {
+    let longest = limits.iter().map(span_ns).max().unwrap_or(0);
+    Duration::from_nanos(longest).clamp(MIN_SETTLE_MARKER_TTL, MAX_SETTLE_MARKER_TTL)
+}
+
+/// The time a limit takes to forget a charge: a fixed window's length, a token bucket's
+/// depth (the time to refill from empty).
+pub(crate) fn span_ns(limit: &Limit) -> u64 {
+    match limit.kind {
+        LimitKind::TokenBucket { depth_ns, .. } => depth_ns,
+        LimitKind::FixedWindow { window_ns } => window_ns,
+    }
+}
 
 /// A limit's definition as stored next to its counts: enough to rebuild the limit.
 pub(crate) fn definition(limit: &Limit) -> String {
@@ -152,9 +209,17 @@ pub(crate) fn usage_of(limit: &Limit, state: LimitState, now: Nanos) -> UsageLim
         LimitKind::TokenBucket { .. } => (Algorithm::TokenBucket, limit.burst()),
         LimitKind::FixedWindow { .. } => (Algorithm::FixedWindow, None),
     };
-    let used = match limit.kind {
-        LimitKind::TokenBucket { capacity, .. } => capacity.saturating_sub(e.remaining),
-        LimitKind::FixedWindow { .. } => limit.quota.saturating_sub(e.remaining),
+    // What was counted, past the limit too (a settlement charges an overrun in full).
+    let used = match (limit.kind, state) {
+        (LimitKind::TokenBucket { interval_ns, .. }, LimitState::Bucket { tat }) => {
+            tat.saturating_sub(now.0).div_ceil(interval_ns.max(1))
+        }
+        (LimitKind::FixedWindow { window_ns }, LimitState::Window { index, used })
+            if index == now.0 / window_ns.max(1) =>
+        {
+            used
+        }
+        _ => 0,
     };
     UsageLimit {
         name: limit.name.clone(),

@@ -8,11 +8,21 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use tollgate_quota::app::router;
+use tollgate_quota::app::{router, ServiceAccess, Settings};
+use tollgate_quota::keys::KnownTiers;
 use tollgate_quota::store::{MemoryStore, RedisStore};
 use tollgate_testkit::redis::Redis;
 
 const ADMIN: &str = "admin-secret-for-tests";
+const SERVICE: &str = "service-secret-for-tests";
+
+fn settings(admin: Option<&str>) -> Settings {
+    Settings {
+        admin_token: admin.map(str::to_owned),
+        service_access: ServiceAccess::Token(SERVICE.to_owned()),
+        tiers: KnownTiers::Any,
+    }
+}
 
 struct Reply {
     status: StatusCode,
@@ -50,12 +60,13 @@ async fn send(app: &Router, method: &str, uri: &str, auth: Option<&str>, body: i
     Reply { status, headers, text: String::from_utf8(bytes.to_vec()).unwrap() }
 }
 
+/// POST with the service token, as the filter does.
 async fn post(app: &Router, uri: &str, body: Value) -> Reply {
-    send(app, "POST", uri, None, body.to_string()).await
+    send(app, "POST", uri, Some(SERVICE), body.to_string()).await
 }
 
 fn memory_app() -> Router {
-    router(MemoryStore::new(), Some(ADMIN))
+    router(MemoryStore::new(), settings(Some(ADMIN)))
 }
 
 /// A fixed window of 366 days: epoch-aligned, it does not roll over during a test.
@@ -172,16 +183,88 @@ async fn a_return_gives_back_units_a_check_took() {
 }
 
 #[tokio::test]
+async fn a_settlement_charges_what_was_used_once() {
+    let app = memory_app();
+    let key = "pro/key:acme";
+    let tokens = json!({ "name": "tokens", "algorithm": "fixed_window", "limit": 1000, "window_secs": 31_622_400 });
+    let limits = json!([day(5), tokens]);
+    let check = json!({ "key": key, "cost": 1, "limits": limits, "costs": [1, 400] });
+    let taken = post(&app, "/v1/check", check).await.json();
+    assert_eq!(taken["admitted"], true, "{taken}");
+    assert_eq!(taken["limits"][1]["remaining"], 600, "the tokens limit is charged its own cost");
+    let windows = json!([taken["limits"][0]["window"], taken["limits"][1]["window"]]);
+
+    let body = json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows,
+                       "reserved": [1, 400], "used": [1, 150] });
+    let r = post(&app, "/v1/settle", body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), json!({ "applied": true }));
+    let again = post(&app, "/v1/settle", body).await;
+    assert_eq!((again.status, again.json()), (StatusCode::OK, json!({ "applied": false })));
+    let read = json!({ "key": key, "cost": 0, "limits": limits });
+    assert_eq!(post(&app, "/v1/check", read).await.json()["limits"][1]["remaining"], 850, "refunded once");
+
+    for (body, expected) in [
+        (
+            json!({ "key": key, "id": "short", "limits": limits, "windows": windows, "reserved": [1, 1], "used": [1, 1] }),
+            "id: expected 16 to 64 characters",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows,
+                    "reserved": [1], "used": [1, 1] }),
+            "reserved: expected one entry per limit (2), got 1",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows,
+                    "reserved": [1, 1], "used": [1, -1] }),
+            "used[1]: invalid value",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": [null, null],
+                    "reserved": [1, 1], "used": [1, 1] }),
+            "windows[0]: ",
+        ),
+        (
+            json!({ "key": key, "id": "r-0123456789abcdef", "limits": limits, "windows": windows }),
+            "body: missing field",
+        ),
+        (
+            json!({ "key": key, "cost": 1, "limits": limits, "costs": [1, 2, 3] }),
+            "costs: expected one entry per limit (2), got 3",
+        ),
+        (json!({ "key": key, "cost": 1, "limits": limits, "costs": [1, 1001] }), "costs[1]: 1001 exceeds"),
+    ] {
+        let uri = if body.get("id").is_some() { "/v1/settle" } else { "/v1/check" };
+        let r = post(&app, uri, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        let (code, message) = r.error();
+        assert_eq!(code, "invalid_request");
+        assert!(message.starts_with(expected), "{body}: {message:?} should start with {expected:?}");
+    }
+    let metrics = send(&app, "GET", "/metrics", None, "").await.text;
+    for expected in [
+        r#"tollgate_quota_settlements_total{tier="pro",outcome="applied"} 1"#,
+        r#"tollgate_quota_settlements_total{tier="pro",outcome="replayed"} 1"#,
+        r#"tollgate_quota_store_latency_seconds_count{op="settle"} 2"#,
+        r#"tollgate_quota_requests_total{endpoint="/v1/settle",status="200"} 2"#,
+        r#"tollgate_quota_requests_total{endpoint="/v1/settle",status="400"} 5"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing from\n{metrics}");
+    }
+    assert_eq!(send(&app, "GET", "/v1/settle", None, "").await.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_json_400_and_a_huge_body_a_json_413() {
     let app = memory_app();
     for body in ["{\"key\": ", "not json", "", "nul", r#"{"key":"a/b","cost":1,"limits":[]} x"#] {
-        let r = send(&app, "POST", "/v1/check", None, body).await;
+        let r = send(&app, "POST", "/v1/check", Some(SERVICE), body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body:?}");
         let (code, message) = r.error();
         assert_eq!(code, "invalid_json", "{body:?}: {message}");
     }
     let huge = format!(r#"{{"key":"{}"}}"#, "a".repeat(70 * 1024));
-    let r = send(&app, "POST", "/v1/check", None, huge).await;
+    let r = send(&app, "POST", "/v1/check", Some(SERVICE), huge).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.error().0, "body_too_large");
 }
@@ -205,7 +288,7 @@ async fn admin_endpoints_need_the_admin_token() {
     let r = send(&app, "GET", "/v1/keys", Some(ADMIN), "").await;
     assert_eq!(r.status, StatusCode::OK);
 
-    let without_admin = router(MemoryStore::new(), None);
+    let without_admin = router(MemoryStore::new(), settings(None));
     let r = send(&without_admin, "GET", "/v1/keys", Some(ADMIN), "").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let (code, message) = r.error();
@@ -213,6 +296,54 @@ async fn admin_endpoints_need_the_admin_token() {
     assert!(message.contains("no admin token is configured"), "{message}");
     let check = json!({ "key": "free/ip:1", "cost": 1, "limits": [day(5)] });
     assert_eq!(post(&without_admin, "/v1/check", check).await.status, StatusCode::OK, "checks need no admin");
+}
+
+#[tokio::test]
+async fn the_filters_endpoints_need_the_service_token() {
+    let app = memory_app();
+    let check = json!({ "key": "free/ip:203.0.113.7/32", "cost": 1, "limits": [day(5)] });
+    let first = post(&app, "/v1/check", check.clone()).await.json();
+    let window = first["limits"][0]["window"].clone();
+    let give_back = json!({ "key": "free/ip:203.0.113.7/32", "units": 1, "limits": [day(5)], "windows": [window] });
+    let verify = json!({ "sha256": "a".repeat(64) });
+    for (uri, body) in [("/v1/check", &check), ("/v1/return", &give_back), ("/v1/keys/verify", &verify)] {
+        for auth in [None, Some("wrong-service-token"), Some(ADMIN)] {
+            let r = send(&app, "POST", uri, auth, body.to_string()).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri} with {auth:?}: {}", r.text);
+            let (code, message) = r.error();
+            assert_eq!(code, "unauthorized");
+            assert!(message.contains("service token"), "{message}");
+            assert!(r.headers.get(header::WWW_AUTHENTICATE).is_some());
+        }
+        assert_eq!(post(&app, uri, body.clone()).await.status, StatusCode::OK, "{uri} with the token");
+    }
+    // Refused returns gave nothing back: only the one admitted return did.
+    let usage = send(&app, "GET", "/v1/usage/free%2Fip%3A203.0.113.7%2F32", Some(ADMIN), "").await.json();
+    assert_eq!(usage["limits"][0]["used"], 1, "{usage}");
+    let metrics = send(&app, "GET", "/metrics", None, "").await.text;
+    assert!(metrics.contains(r#"tollgate_quota_requests_total{endpoint="/v1/return",status="401"} 3"#), "{metrics}");
+
+    let open = router(
+        MemoryStore::new(),
+        Settings { admin_token: None, service_access: ServiceAccess::Open, tiers: KnownTiers::Any },
+    );
+    let r = send(&open, "POST", "/v1/check", None, check.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "--insecure-no-auth: {}", r.text);
+}
+
+#[tokio::test]
+async fn keys_are_made_only_for_the_deployments_tiers() {
+    let tiers = KnownTiers::parse_list("free,pro").unwrap();
+    let app = router(MemoryStore::new(), Settings { tiers, ..settings(Some(ADMIN)) });
+    let r = send(&app, "POST", "/v1/keys", Some(ADMIN), json!({ "tier": "gold", "name": "acme" }).to_string()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let (code, message) = r.error();
+    assert_eq!(code, "invalid_request");
+    assert_eq!(message, "tier: unknown tier \"gold\"; this deployment's tiers: free, pro");
+    let r = send(&app, "POST", "/v1/keys", Some(ADMIN), json!({ "tier": "pro", "name": "acme" }).to_string()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let listed = send(&app, "GET", "/v1/keys", Some(ADMIN), "").await.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "the refused key was not stored: {listed}");
 }
 
 #[tokio::test]
@@ -249,6 +380,9 @@ async fn bad_key_requests_name_the_field() {
         (json!({ "tier": "Premium!", "name": "x" }), "tier: "),
         (json!({ "tier": "premium", "name": "" }), "name: "),
         (json!({ "tier": "premium", "name": "a\u{7}b" }), "name: "),
+        (json!({ "tier": "premium", "name": "acme\u{202E}gpj.exe" }), "name: expected printable"),
+        (json!({ "tier": "premium", "name": "a\u{200B}" }), "name: expected printable"),
+        (json!({ "tier": "premium", "name": "x".repeat(129) }), "name: expected 1 to 128 characters"),
         (json!({ "tier": "premium" }), "body: missing field `name`"),
     ] {
         let r = send(&app, "POST", "/v1/keys", Some(ADMIN), body.to_string()).await;
@@ -326,6 +460,7 @@ async fn every_route_is_counted_under_its_own_endpoint_label() {
     let routes = [
         ("POST", "/v1/check", "/v1/check"),
         ("POST", "/v1/return", "/v1/return"),
+        ("POST", "/v1/settle", "/v1/settle"),
         ("GET", "/v1/keys", "/v1/keys"),
         ("POST", "/v1/keys/verify", "/v1/keys/verify"),
         ("DELETE", "/v1/keys/k1", "/v1/keys/{id}"),
@@ -347,7 +482,7 @@ async fn every_route_is_counted_under_its_own_endpoint_label() {
 #[tokio::test]
 async fn a_redis_that_is_down_makes_readyz_and_checks_503_with_retry_after() {
     let mut server = Redis::start();
-    let app = router(RedisStore::open(&server.url().parse().unwrap()).unwrap(), Some(ADMIN));
+    let app = router(RedisStore::open(&server.url().parse().unwrap()).unwrap(), settings(Some(ADMIN)));
     assert_eq!(send(&app, "GET", "/readyz", None, "").await.status, StatusCode::OK);
     server.kill();
 

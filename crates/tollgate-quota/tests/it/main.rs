@@ -8,4 +8,5 @@ mod cluster;
 mod http;
 mod memory;
 mod redis_store;
+mod restarts;
 mod scenarios;

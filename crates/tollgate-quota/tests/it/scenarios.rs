@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use tollgate_core::quota::{CheckRequest, CheckResponse, LimitResult, ReturnRequest, UsageLimit};
+use tollgate_core::quota::{CheckRequest, CheckResponse, LimitResult, ReturnRequest, SettleRequest, UsageLimit};
 use tollgate_quota::keys;
-use tollgate_quota::store::{Check, ManualClock, Return, Store};
+use tollgate_quota::store::{Check, ManualClock, Return, Settle, Store};
 use tollgate_quota::validate;
 use tollgate_testkit::wait::Wait;
 
@@ -89,6 +89,28 @@ pub fn check(key: &str, cost: u64, limits: &str) -> Check {
     let request: CheckRequest =
         serde_json::from_str(&format!(r#"{{"key":{key:?},"cost":{cost},"limits":{limits}}}"#)).unwrap();
     validate::check(request).unwrap()
+}
+
+/// A validated check with one cost per limit.
+pub fn check_costs(key: &str, costs: &[u64], limits: &str) -> Check {
+    let request: CheckRequest =
+        serde_json::from_str(&format!(r#"{{"key":{key:?},"cost":0,"limits":{limits},"costs":{costs:?}}}"#)).unwrap();
+    validate::check(request).unwrap()
+}
+
+/// A settlement id no other settlement uses.
+pub fn unique_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("s{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst) + 1_000_000_000_000)
+}
+
+/// A validated settlement, as `/v1/settle` would pass it on.
+pub fn settle(key: &str, id: &str, limits: &str, windows: &str, reserved: &[u64], used: &[u64]) -> Settle {
+    let request: SettleRequest = serde_json::from_str(&format!(
+        r#"{{"key":{key:?},"id":{id:?},"limits":{limits},"windows":{windows},"reserved":{reserved:?},"used":{used:?}}}"#
+    ))
+    .unwrap();
+    validate::settle(request).unwrap()
 }
 
 /// A validated return from JSON limits and windows, as `/v1/return` would pass it on.
@@ -283,7 +305,8 @@ pub async fn concurrent_checks_over_many_keys_stay_exact<S: Store>(f: &Fixture<S
 
 pub async fn api_keys_are_created_verified_listed_and_revoked<S: Store>(f: &Fixture<S>) {
     let store = f.store.as_ref();
-    let created = keys::store_key(store, keys::new_key("premium", "Acme Corp").unwrap()).await.unwrap();
+    let created =
+        keys::store_key(store, keys::new_key("premium", "Acme Corp", &keys::KnownTiers::Any).unwrap()).await.unwrap();
     let sha256 = keys::sha256_hex(created.token.as_bytes());
     let found = store.find_key(&sha256).await.unwrap().expect("the new key verifies");
     assert_eq!(
@@ -491,6 +514,199 @@ pub async fn invalid_returns_are_refused_and_change_nothing<S: Store>(f: &Fixtur
     assert_eq!((usage_named(&usage, "day").used, usage_named(&usage, "bucket").used), (3, 3), "nothing came back");
 }
 
+pub async fn per_limit_costs_are_charged_all_or_nothing<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    // A request costs 1 to the requests a day and its tokens to the tokens a day.
+    let limits = format!(
+        r#"[{{"name":"requests","algorithm":"fixed_window","limit":10,"window_secs":{LONG}}},
+            {{"name":"tokens","algorithm":"fixed_window","limit":1000,"window_secs":{LONG}}},
+            {{"name":"token-bucket","limit":1500,"window_secs":{LONG},"burst":1000}}]"#
+    );
+    let r = decide(f, &check_costs(&key, &[1, 600, 600], &limits)).await;
+    assert!(r.admitted);
+    let remaining: Vec<u64> = r.limits.iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, [9, 400, 400], "each limit is charged its own cost");
+
+    // 500 tokens more do not fit: refused, and neither limit is charged anything.
+    let refused = decide(f, &check_costs(&key, &[1, 500, 300], &limits)).await;
+    assert!(!refused.admitted);
+    assert!(named(&refused, "requests").admitted && !named(&refused, "tokens").admitted);
+    assert!(named(&refused, "token-bucket").admitted);
+    let usage = f.store.usage(&key).await.unwrap();
+    let used: Vec<u64> = ["requests", "tokens", "token-bucket"].iter().map(|n| usage_named(&usage, n).used).collect();
+    assert_eq!(used, [1, 600, 600], "a refused check charges no limit");
+
+    // A cost of 0 only reads its limit, while the others are charged.
+    let r = decide(f, &check_costs(&key, &[1, 0, 400], &limits)).await;
+    assert!(r.admitted);
+    let remaining: Vec<u64> = r.limits.iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, [8, 400, 0]);
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!((usage_named(&usage, "tokens").used, usage_named(&usage, "token-bucket").used), (600, 1000));
+}
+
+/// Requests a day and tokens a day, fixed windows and a token bucket, none refilling
+/// during a test.
+fn metered_limits() -> String {
+    format!(
+        r#"[{{"name":"requests","algorithm":"fixed_window","limit":10,"window_secs":{LONG}}},
+            {{"name":"tokens","algorithm":"fixed_window","limit":1000,"window_secs":{LONG}}},
+            {{"name":"token-bucket","limit":1500,"window_secs":{LONG},"burst":1000}}]"#
+    )
+}
+
+/// What the store holds for the three limits of [`metered_limits`]: used units (0 for a
+/// limit it does not hold).
+async fn used_of<S: Store>(f: &Fixture<S>, key: &str) -> [u64; 3] {
+    let usage = f.store.usage(key).await.unwrap();
+    ["requests", "tokens", "token-bucket"].map(|n| usage.iter().find(|l| l.name == n).map_or(0, |l| l.used))
+}
+
+/// Reserves `costs` of [`metered_limits`]: the windows the check answered, as JSON.
+async fn reserve<S: Store>(f: &Fixture<S>, key: &str, costs: &[u64]) -> String {
+    let r = decide(f, &check_costs(key, costs, &metered_limits())).await;
+    assert!(r.admitted, "{r:?}");
+    let (requests, tokens) = (named(&r, "requests").window.unwrap(), named(&r, "tokens").window.unwrap());
+    format!("[{requests},{tokens},null]")
+}
+
+pub async fn a_settlement_gives_back_what_was_not_used<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    let limits = metered_limits();
+    let windows = reserve(f, &key, &[1, 800, 800]).await;
+    assert_eq!(used_of(f, &key).await, [1, 800, 800]);
+    let applied = f.store.settle(&settle(&key, &unique_id(), &limits, &windows, &[1, 800, 800], &[1, 300, 250])).await;
+    assert!(applied.unwrap());
+    assert_eq!(used_of(f, &key).await, [1, 300, 250], "each limit keeps only what was used");
+    let r = decide(f, &check_costs(&key, &[1, 700, 750], &limits)).await;
+    assert!(r.admitted, "the refund can be spent again: {r:?}");
+
+    // More given back than the limit holds: a bucket is never fuller than full, a window
+    // never below zero.
+    let key = unique_key("pro");
+    let windows = reserve(f, &key, &[1, 100, 100]).await;
+    let s = settle(&key, &unique_id(), &limits, &windows, &[5, 900, 900], &[0, 0, 0]);
+    assert!(f.store.settle(&s).await.unwrap());
+    assert_eq!(used_of(f, &key).await, [0, 0, 0]);
+    let full = decide(f, &check_costs(&key, &[0, 0, 0], &limits)).await;
+    let remaining: Vec<u64> = full.limits.iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, [10, 1000, 1000], "exactly full, no more");
+}
+
+pub async fn a_settlement_charges_an_overrun_past_the_limit<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    let limits = metered_limits();
+    let windows = reserve(f, &key, &[1, 500, 500]).await;
+    let s = settle(&key, &unique_id(), &limits, &windows, &[1, 500, 500], &[1, 1700, 1300]);
+    assert!(f.store.settle(&s).await.unwrap());
+    let usage = f.store.usage(&key).await.unwrap();
+    assert_eq!(usage_named(&usage, "tokens").used, 1700, "the window counts past its limit of 1000");
+    assert_eq!(usage_named(&usage, "tokens").remaining, 0);
+    assert_eq!(usage_named(&usage, "requests").used, 1, "a limit used as reserved is unchanged");
+    // The bucket is 300 tokens below empty: the refusal says how long it owes.
+    let r = decide(f, &check_costs(&key, &[1, 0, 1], &limits)).await;
+    assert!(!r.admitted && !named(&r, "token-bucket").admitted);
+    let bucket = named(&r, "token-bucket");
+    let interval_ms = LONG * 1000 / 1500;
+    assert_eq!(bucket.remaining, 0);
+    assert!(
+        bucket.retry_after_ms >= 300 * interval_ms && bucket.retry_after_ms <= 301 * interval_ms,
+        "{} ms to wait: 301 tokens of {interval_ms} ms",
+        bucket.retry_after_ms
+    );
+    assert!(!decide(f, &check_costs(&key, &[1, 1, 0], &limits)).await.admitted, "the window is spent");
+    assert_eq!(used_of(f, &key).await[0], 1, "and the refused checks took nothing");
+
+    // No bucket goes more than one full bucket below empty, however large the overrun.
+    let key = unique_key("pro");
+    let windows = reserve(f, &key, &[1, 1, 1]).await;
+    let huge = settle(&key, &unique_id(), &limits, &windows, &[1, 1, 1], &[1, 1, 1_000_000_000]);
+    assert!(f.store.settle(&huge).await.unwrap());
+    let r = decide(f, &check_costs(&key, &[0, 0, 0], &limits)).await;
+    let reset = named(&r, "token-bucket").reset_after_ms;
+    assert!(reset <= 2000 * interval_ms && reset > 1999 * interval_ms, "{reset} ms to full again");
+
+    // An overrun on a limit the store does not hold (its key expired) is charged afresh.
+    let key = unique_key("pro");
+    let windows = f.store.check(&check_costs(&key, &[0, 0, 0], &limits)).await.unwrap();
+    let windows =
+        format!("[{},{},null]", named(&windows, "requests").window.unwrap(), named(&windows, "tokens").window.unwrap());
+    let s = settle(&key, &unique_id(), &limits, &windows, &[1, 10, 10], &[1, 30, 40]);
+    assert!(f.store.settle(&s).await.unwrap());
+    assert_eq!(used_of(f, &key).await, [0, 20, 30]);
+}
+
+pub async fn a_replayed_settlement_changes_nothing<S: Store>(f: &Fixture<S>) {
+    let key = unique_key("pro");
+    let limits = metered_limits();
+    let windows = reserve(f, &key, &[1, 500, 500]).await;
+    let id = unique_id();
+    let refund = settle(&key, &id, &limits, &windows, &[1, 500, 500], &[1, 200, 200]);
+    assert!(f.store.settle(&refund).await.unwrap(), "applied the first time");
+    assert_eq!(used_of(f, &key).await, [1, 200, 200]);
+    for _ in 0..3 {
+        assert!(!f.store.settle(&refund).await.unwrap(), "a retry answers not applied");
+    }
+    assert_eq!(used_of(f, &key).await, [1, 200, 200], "and gives nothing back again");
+
+    // Replays of an overrun do not charge twice; the same id under another key is another
+    // settlement.
+    let id = unique_id();
+    let overrun = settle(&key, &id, &limits, &windows, &[0, 0, 0], &[0, 300, 300]);
+    assert!(f.store.settle(&overrun).await.unwrap());
+    assert!(!f.store.settle(&overrun).await.unwrap());
+    assert_eq!(used_of(f, &key).await, [1, 500, 500]);
+    let other = unique_key("pro");
+    let other_windows = reserve(f, &other, &[1, 1, 1]).await;
+    let same_id = settle(&other, &id, &limits, &other_windows, &[1, 1, 1], &[1, 2, 2]);
+    assert!(f.store.settle(&same_id).await.unwrap(), "ids are per metered key");
+    assert_eq!(used_of(f, &other).await, [1, 2, 2]);
+}
+
+pub async fn a_settlement_into_a_passed_window_changes_nothing<S: Store>(f: &Fixture<S>) {
+    let limits = metered_limits();
+    let key = unique_key("pro");
+    let windows = reserve(f, &key, &[1, 300, 300]).await;
+    let [requests, tokens] = {
+        let w: Vec<u64> = serde_json::from_str::<Vec<Option<u64>>>(&windows).unwrap().into_iter().flatten().collect();
+        [w[0], w[1]]
+    };
+    for stale in [format!("[{},{},null]", requests - 1, tokens - 1), format!("[{},{},null]", requests + 1, tokens + 1)]
+    {
+        let s = settle(&key, &unique_id(), &limits, &stale, &[1, 300, 300], &[0, 900, 300]);
+        assert!(f.store.settle(&s).await.unwrap());
+        assert_eq!(used_of(f, &key).await, [1, 300, 300], "windows {stale} are not the current ones");
+    }
+
+    // A window that really rolled over: one second long, reserved, then past.
+    let second = r#"[{"name":"second","algorithm":"fixed_window","limit":100,"window_secs":1}]"#;
+    let key = unique_key("pro");
+    let taken = decide(f, &check_costs(&key, &[50], second)).await;
+    let window = taken.limits[0].window.unwrap();
+    let reset = Duration::from_millis(taken.limits[0].reset_after_ms + 5);
+    f.time
+        .until("the one-second window to roll over", reset, async || {
+            let seen = decide(f, &check_costs(&key, &[0], second)).await;
+            if seen.limits[0].window > Some(window) {
+                Ok(())
+            } else {
+                Err(format!("still window {window}: {seen:?}"))
+            }
+        })
+        .await;
+    let now = decide(f, &check_costs(&key, &[10], second)).await;
+    assert!(now.admitted && now.limits[0].window > Some(window), "{now:?}");
+    for used in [0, 90] {
+        let s = settle(&key, &unique_id(), second, &format!("[{window}]"), &[50], &[used]);
+        assert!(f.store.settle(&s).await.unwrap());
+    }
+    assert_eq!(
+        decide(f, &check_costs(&key, &[0], second)).await.limits[0].remaining,
+        90,
+        "neither the refund nor the overrun of a past window reaches the new one"
+    );
+}
+
 /// Calls `$callback!($args; <every scenario name>)`: the one list of the suite.
 #[macro_export]
 macro_rules! with_every_scenario {
@@ -508,7 +724,12 @@ macro_rules! with_every_scenario {
             a_return_after_a_check_restores_what_it_took,
             a_token_bucket_is_never_fuller_than_full,
             a_return_to_a_past_window_gives_nothing,
-            invalid_returns_are_refused_and_change_nothing}
+            invalid_returns_are_refused_and_change_nothing,
+            per_limit_costs_are_charged_all_or_nothing,
+            a_settlement_gives_back_what_was_not_used,
+            a_settlement_charges_an_overrun_past_the_limit,
+            a_replayed_settlement_changes_nothing,
+            a_settlement_into_a_passed_window_changes_nothing}
     };
 }
 

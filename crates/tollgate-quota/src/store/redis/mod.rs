@@ -16,7 +16,7 @@ use tollgate_core::quota::{CheckResponse, UsageLimit};
 use self::batch::Batcher;
 use self::connection::Connection;
 use self::script::{CheckArgs, Scripts};
-use super::{Check, Created, KeyRecord, Return, Store, StoreError, StoreLocation};
+use super::{Check, Created, KeyRecord, Return, Settle, Store, StoreError, StoreLocation};
 
 pub struct RedisStore {
     connection: Connection,
@@ -52,6 +52,10 @@ impl Store for RedisStore {
         script::give_back(&self.connection, &self.scripts.give_back, ret).await
     }
 
+    async fn settle(&self, settle: &Settle) -> Result<bool, StoreError> {
+        script::settle(&self.connection, &self.scripts.settle, settle).await
+    }
+
     async fn usage(&self, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
         script::usage(&self.connection, &self.scripts.usage, key).await
     }
@@ -75,4 +79,32 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.connection.query::<()>(&redis::cmd("PING")).await
     }
+
+    async fn instance_id(&self) -> Result<Option<String>, StoreError> {
+        // On a cluster INFO goes to every primary and comes back as one answer per node.
+        let info: redis::Value = self.connection.query(redis::cmd("INFO").arg("server")).await?;
+        let mut run_ids = Vec::new();
+        run_ids_in(&info, &mut run_ids);
+        if run_ids.is_empty() {
+            return Err(corrupt("INFO server answer without a run_id"));
+        }
+        run_ids.sort_unstable();
+        Ok(Some(run_ids.join(",")))
+    }
+}
+
+/// Every `run_id:<id>` line of the INFO text(s) in `value`.
+fn run_ids_in(value: &redis::Value, out: &mut Vec<String>) {
+    use redis::Value;
+    match value {
+        Value::BulkString(bytes) => run_ids_in_text(&String::from_utf8_lossy(bytes), out),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => run_ids_in_text(text, out),
+        Value::Array(values) | Value::Set(values) => values.iter().for_each(|v| run_ids_in(v, out)),
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| run_ids_in(v, out)),
+        _ => {}
+    }
+}
+
+fn run_ids_in_text(text: &str, out: &mut Vec<String>) {
+    out.extend(text.lines().filter_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
 }

@@ -9,31 +9,39 @@ use tollgate_core::Nanos;
 
 use super::connection::{Conn, Connection};
 use super::corrupt;
-use super::schema::meter_key;
-use crate::store::{definition, limit_from_definition, usage_of, Check, Return, StoreError};
+use super::schema::{meter_key, settle_marker_key};
+use crate::store::{definition, limit_from_definition, settle_marker_ttl, usage_of, Check, Return, Settle, StoreError};
 
-/// `check.lua`, `return.lua` and `usage.lua`, loaded into Redis on first use.
+/// The scripts that write a meter begin with `expiry.lua`, which sets its TTL.
+macro_rules! writing_script {
+    ($file:literal) => {
+        concat!(include_str!("../../../lua/expiry.lua"), include_str!(concat!("../../../lua/", $file)))
+    };
+}
+
+/// `check.lua`, `return.lua`, `settle.lua` and `usage.lua`, loaded into Redis on first use.
 pub(super) struct Scripts {
     pub(super) check: Script,
     pub(super) give_back: Script,
+    pub(super) settle: Script,
     pub(super) usage: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
-            check: Script::new(include_str!("../../../lua/check.lua")),
-            give_back: Script::new(include_str!("../../../lua/return.lua")),
+            check: Script::new(writing_script!("check.lua")),
+            give_back: Script::new(writing_script!("return.lua")),
+            settle: Script::new(writing_script!("settle.lua")),
             usage: Script::new(include_str!("../../../lua/usage.lua")),
         }
     }
 }
 
-/// One check as `check.lua` takes it for its key: the meter, the cost, and per limit its
-/// name, definition and (x, y) arguments.
+/// One check as `check.lua` takes it for its key: the meter, and per limit its name,
+/// definition, (x, y) arguments and cost.
 pub(super) struct CheckArgs {
     key: String,
-    cost: u64,
     limits: Vec<LimitArgs>,
 }
 
@@ -42,6 +50,7 @@ struct LimitArgs {
     definition: String,
     x: u64,
     y: u64,
+    cost: u64,
 }
 
 impl CheckArgs {
@@ -49,12 +58,13 @@ impl CheckArgs {
         let limits = check
             .limits
             .iter()
-            .map(|limit| {
+            .zip(&check.costs)
+            .map(|(limit, &cost)| {
                 let (x, y) = script_arguments(limit);
-                LimitArgs { name: limit.name.clone(), definition: definition(limit), x, y }
+                LimitArgs { name: limit.name.clone(), definition: definition(limit), x, y, cost }
             })
             .collect();
-        CheckArgs { key: meter_key(&check.key), cost: check.cost, limits }
+        CheckArgs { key: meter_key(&check.key), limits }
     }
 
     /// How many numbers of `check.lua`'s reply are this check's: `admitted`, then five per limit.
@@ -124,12 +134,11 @@ where
     }
     let counted = checks.len() > 1;
     for check in checks {
-        cmd.arg(check.cost);
         if counted {
             cmd.arg(check.limits.len());
         }
         for l in &check.limits {
-            cmd.arg(&l.name).arg(&l.definition).arg(l.x).arg(l.y);
+            cmd.arg(&l.name).arg(&l.definition).arg(l.x).arg(l.y).arg(l.cost);
         }
     }
     match cmd.query_async(conn).await {
@@ -189,6 +198,27 @@ pub(super) async fn give_back(connection: &Connection, script: &Script, ret: &Re
     Ok(reply.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect())
 }
 
+/// `settle.lua` for `settle`: true if applied now, false if applied before.
+pub(super) async fn settle(connection: &Connection, script: &Script, settle: &Settle) -> Result<bool, StoreError> {
+    let mut invocation = script.prepare_invoke();
+    let marker_ttl_ms = u64::try_from(settle_marker_ttl(&settle.limits).as_millis()).unwrap_or(u64::MAX);
+    invocation.key(meter_key(&settle.key)).key(settle_marker_key(&settle.key, &settle.id)).arg(marker_ttl_ms);
+    for (i, limit) in settle.limits.iter().enumerate() {
+        let (x, y) = script_arguments(limit);
+        let window = settle.windows.get(i).copied().flatten();
+        let (reserved, used) = (settle.reserved.get(i).copied(), settle.used.get(i).copied());
+        invocation.arg(&limit.name).arg(definition(limit)).arg(x).arg(y).arg(window.unwrap_or(0));
+        invocation.arg(reserved.unwrap_or(0)).arg(used.unwrap_or(0));
+    }
+    let invocation = &invocation;
+    let reply: i64 = connection.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+    match reply {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => Err(corrupt("reply from settle.lua")),
+    }
+}
+
 /// `usage.lua` for a metered key: Redis's `TIME`, then every field of its meter hash, read
 /// here as limits and their state at that time.
 pub(super) async fn usage(connection: &Connection, script: &Script, key: &str) -> Result<Vec<UsageLimit>, StoreError> {
@@ -236,5 +266,9 @@ mod tests {
         assert_eq!(micro_bucket(60, 600, 20), (100_000, 2_000_000));
         assert_eq!(micro_bucket(1, 3, 3), (333_334, 1_000_002));
         assert_eq!(meter_key("free/ip:203.0.113.7/32"), "tg:{free/ip:203.0.113.7/32}");
+        assert_eq!(
+            settle_marker_key("free/ip:203.0.113.7/32", "r-0123456789abcdef"),
+            "tg:{free/ip:203.0.113.7/32}:settle:r-0123456789abcdef"
+        );
     }
 }
