@@ -37,6 +37,8 @@ pub mod hash;
 pub mod headermap;
 pub mod headers;
 pub mod identity;
+mod json_path;
+mod json_write;
 pub mod keycache;
 pub mod lease;
 pub mod limit;

@@ -2,13 +2,12 @@
 //! Bodies follow the OpenAI error shape `{"error": {"message", "type", "param", "code"}}`
 //! that AI clients already parse, or `application/problem+json` when configured.
 
-use serde_json::{json, Value};
-
 use crate::config::{Config, Limit, Tier};
 use crate::cost::body::BodyError;
 use crate::cost::Unit;
 use crate::headers::Headers;
 use crate::identity::CredentialError;
+use crate::json_write::JsonObject;
 use crate::time::{ceil_secs, rfc3339, Nanos};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,47 +74,40 @@ pub fn too_many_requests(config: &Config, refusal: &Refusal<'_>, mut headers: He
         headers.push("x-should-retry", "false");
         ("insufficient_quota", "insufficient_quota")
     };
+    // Members in the order serde_json's map kept them: sorted by name.
     let body = if config.headers.problem_json {
         headers.push("content-type", PROBLEM_JSON);
-        json!({
-            "type": QUOTA_EXCEEDED,
-            "title": "Request cannot be satisfied as assigned quota has been exceeded",
-            "status": 429,
-            "detail": message,
-            "violated-policies": [limit.name],
-            "tier": tier.name,
-            "retry_after_seconds": retry_after,
-            "resets_at": retry_at,
-            "upgrade": hint,
-        })
+        JsonObject::new()
+            .str("detail", &message)
+            .str("resets_at", &retry_at)
+            .num("retry_after_seconds", retry_after)
+            .num("status", 429)
+            .str("tier", &tier.name)
+            .str("title", "Request cannot be satisfied as assigned quota has been exceeded")
+            .str("type", QUOTA_EXCEEDED)
+            .str("upgrade", &hint)
+            .strs("violated-policies", &[&limit.name])
+            .finish()
     } else {
         headers.push("content-type", JSON);
-        let mut body = json!({ "error": {
-            "message": message,
-            "type": kind,
-            "param": Value::Null,
-            "code": code,
-            "tier": tier.name,
-            "limit": limit.name,
-            "quota": limit.quota,
-            "window": limit.window.text,
-            "retry_after_seconds": retry_after,
-            "resets_at": retry_at,
-            "upgrade": hint,
-        }});
-        if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
-            if let Some(burst) = limit.burst() {
-                error.insert("burst".to_owned(), json!(burst));
-            }
-            if unit != Unit::Requests {
-                error.insert("unit".to_owned(), json!(unit.as_str()));
-                error.insert("requested".to_owned(), json!(cost));
-                error.insert("remaining".to_owned(), json!(remaining));
-            }
+        let metered = unit != Unit::Requests;
+        let mut error = JsonObject::new();
+        if let Some(burst) = limit.burst() {
+            error.num("burst", burst);
         }
-        body
+        error.str("code", code).str("limit", &limit.name).str("message", &message).null("param");
+        error.num("quota", limit.quota);
+        if metered {
+            error.num("remaining", remaining).num("requested", cost);
+        }
+        error.str("resets_at", &retry_at).num("retry_after_seconds", retry_after).str("tier", &tier.name);
+        error.str("type", kind);
+        if metered {
+            error.str("unit", unit.as_str());
+        }
+        error.str("upgrade", &hint).str("window", &limit.window.text).finish_as_error()
     };
-    LocalReply { status: 429, headers, body: body.to_string() }
+    LocalReply { status: 429, headers, body }
 }
 
 fn upgrade_hint(tier: &Tier, anonymous: bool) -> String {
@@ -177,8 +169,9 @@ pub fn unavailable() -> LocalReply {
 
 fn error_reply(status: u16, mut headers: Headers, message: &str, kind: &str, code: &str) -> LocalReply {
     headers.push("content-type", JSON);
-    let body = json!({ "error": { "message": message, "type": kind, "param": Value::Null, "code": code } });
-    LocalReply { status, headers, body: body.to_string() }
+    let body =
+        JsonObject::new().str("code", code).str("message", message).null("param").str("type", kind).finish_as_error();
+    LocalReply { status, headers, body }
 }
 
 /// 503 when the quota service cannot answer and the policy is to refuse.
@@ -194,16 +187,17 @@ pub fn quota_unavailable() -> LocalReply {
 
 /// 400 for a metered route's body that cannot be read.
 pub fn bad_body(error: &BodyError) -> LocalReply {
-    let (message, param) = match error {
-        BodyError::Malformed(_) => (format!("{error}. Send the JSON object the API takes."), Value::Null),
-        BodyError::Invalid { field, .. } => (format!("{error}."), Value::from(*field)),
+    let mut body = JsonObject::new();
+    body.str("code", "invalid_request_body");
+    match error {
+        BodyError::Malformed(_) => {
+            body.str("message", &format!("{error}. Send the JSON object the API takes.")).null("param")
+        }
+        BodyError::Invalid { field, .. } => body.str("message", &format!("{error}.")).str("param", field),
     };
     let mut headers = Headers::new();
     headers.push("content-type", JSON);
-    let body = json!({ "error": {
-        "message": message, "type": "invalid_request_error", "param": param, "code": "invalid_request_body",
-    }});
-    LocalReply { status: 400, headers, body: body.to_string() }
+    LocalReply { status: 400, headers, body: body.str("type", "invalid_request_error").finish_as_error() }
 }
 
 /// 413 for a metered route's body larger than the route reads (`max_body_bytes`).
@@ -240,11 +234,17 @@ pub fn never_fits(tier: &Tier, limit: &Limit, cost: u64) -> LocalReply {
     );
     let mut headers = Headers::new();
     headers.push("content-type", JSON);
-    let body = json!({ "error": {
-        "message": message, "type": "invalid_request_error", "param": Value::Null, "code": "exceeds_limit",
-        "limit": limit.name, "unit": unit.as_str(), "requested": cost, "allowed": limit.capacity(),
-    }});
-    LocalReply { status: 400, headers, body: body.to_string() }
+    let body = JsonObject::new()
+        .num("allowed", limit.capacity())
+        .str("code", "exceeds_limit")
+        .str("limit", &limit.name)
+        .str("message", &message)
+        .null("param")
+        .num("requested", cost)
+        .str("type", "invalid_request_error")
+        .str("unit", unit.as_str())
+        .finish_as_error();
+    LocalReply { status: 400, headers, body }
 }
 
 /// `12000` as `12,000`.
@@ -270,3 +270,7 @@ pub fn unpriced_model() -> LocalReply {
         "unpriced_model",
     )
 }
+
+#[cfg(test)]
+#[path = "reply_tests.rs"]
+mod tests;

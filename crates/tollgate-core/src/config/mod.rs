@@ -1,6 +1,7 @@
 //! Plugin configuration: JSON in, a validated [`Config`] out, or a [`ConfigError`] that
 //! names the bad field by its path (`tiers.free.limits[1].window`) and says what was expected.
 
+mod json;
 mod limits;
 mod raw;
 mod validate;
@@ -9,6 +10,7 @@ use std::fmt;
 
 use hashbrown::HashMap;
 
+use json::FromJson;
 pub use limits::{
     default_lease_block, default_worker_block, limit_from_parts, parse_window, window_text, MAX_DEFAULT_LEASE_BLOCK,
     MIN_DEFAULT_LEASE_BLOCK, MIN_DEFAULT_WORKER_BLOCK,
@@ -18,6 +20,7 @@ pub use raw::{Algorithm, ContentionPolicy, FailureMode, Mode};
 pub use validate::SERVICE_TOKEN_CHARS;
 
 use crate::cost::{Api, Price, Unit};
+use crate::json_path;
 
 /// Upper bounds that keep every computation inside `u64` and every stored value small.
 pub const MAX_LIMITS_PER_TIER: usize = 16;
@@ -317,13 +320,9 @@ fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, Conf
 impl Config {
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError { path, message: e.into_inner().to_string() }
-        })?;
-        de.end().map_err(|e| ConfigError { path: String::new(), message: e.to_string() })?;
-        Config::try_from(raw)
+        let value: json::Json = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError { path: json_path::error_path(bytes, &e), message: e.to_string() })?;
+        Config::try_from(RawConfig::from_json(&value, json::Path::Root)?)
     }
 
     /// The key whose SHA-256 is `hash`, if configured.

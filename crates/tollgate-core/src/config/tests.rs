@@ -344,6 +344,34 @@ fn a_changed_definition_changes_the_fingerprint() {
 }
 
 #[test]
+fn fields_read_as_serde_would() {
+    let with = |field: &str| MINIMAL.replacen('{', &format!("{{ {field},"), 1);
+    let c = Config::from_json(with("\"identity\": { \"api_key_header\": null }").as_bytes()).unwrap();
+    assert_eq!(c.identity.api_key_header, None, "null turns API keys off; absent is x-api-key");
+    let e = Config::from_json(with("\"mode\": \"shadow\", \"mode\": \"enforce\"").as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("", "duplicate field `mode`"));
+    let e = Config::from_json(with("\"store\": { \"cas_retries\": 1e3 }").as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("store.cas_retries", "invalid type: floating point `1000.0`, expected u32")
+    );
+    let e = Config::from_json(with("\"identity\": { \"ipv4_prefix\": 300 }").as_bytes()).unwrap_err();
+    assert_eq!(e.message, "invalid value: integer `300`, expected u8");
+    let e = Config::from_json(with("\"headers\": null").as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("headers", "invalid type: null, expected an object"));
+    let e = Config::from_json(with("\"keys\": [ { \"id\": \"a\", \"tier\": \"free\" } ]").as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("keys[0]", "missing field `sha256`"));
+}
+
+#[test]
+fn a_syntax_error_names_where_it_is() {
+    let json = MINIMAL.replacen("\"1m\"", "1m", 1);
+    let e = Config::from_json(json.as_bytes()).unwrap_err();
+    assert_eq!(e.path, "tiers.free.limits[0].window", "{e}");
+    assert!(e.message.contains("line"), "serde_json's position is kept: {e}");
+}
+
+#[test]
 fn the_service_token_becomes_a_bearer_header_that_debug_does_not_show() {
     let token = "s3cret-service-token-0123456789";
     let json = format!(
@@ -354,12 +382,66 @@ fn the_service_token_becomes_a_bearer_header_that_debug_does_not_show() {
     let quota = config.quota.as_ref().unwrap();
     assert_eq!(quota.authorization.as_ref().map(|a| a.value()), Some(format!("Bearer {token}").as_str()));
     assert!(!format!("{config:?}").contains(token));
-    let raw: super::raw::RawConfig = serde_json::from_str(&json).unwrap();
-    assert!(!format!("{raw:?}").contains(token));
+    let tree: super::json::Json = serde_json::from_str(&json).unwrap();
+    let raw = super::raw::RawConfig::from_json(&tree, super::json::Path::Root).unwrap();
+    assert!(format!("{raw:?}").contains("<redacted>") && !format!("{raw:?}").contains(token));
     let bad = json.replace(token, "short-but-secret");
     let bad = bad.replace("short-but-secret", "sh0rt secret");
     let e = Config::from_json(bad.as_bytes()).unwrap_err().to_string();
     assert!(e.starts_with("quota_service.token: ") && !e.contains("sh0rt"), "{e}");
     let without = json.replace(&format!(r#", "token": "{token}""#), "");
     assert!(Config::from_json(without.as_bytes()).unwrap().quota.unwrap().authorization.is_none());
+}
+
+#[test]
+fn the_fields_of_failing_credentials_and_logs_read_as_serde_would() {
+    let with = |field: &str| MINIMAL.replacen('{', &format!("{{ {field},"), 1);
+    let c = Config::from_json(with(r#""identity": { "failed_credentials": null }"#).as_bytes()).unwrap();
+    assert!(c.identity.failed_credentials.is_none(), "null turns the limit off; absent is 20 a minute");
+    let c =
+        Config::from_json(with(r#""identity": { "failed_credentials": { "limit": 5, "window": "10s" } }"#).as_bytes())
+            .unwrap();
+    let failed = c.identity.failed_credentials.as_ref().unwrap();
+    assert_eq!((failed.quota, failed.window.secs, failed.window.text.as_str()), (5, 10, "10s"));
+    let e = Config::from_json(with(r#""identity": { "failed_credentials": { "limit": 5 } }"#).as_bytes()).unwrap_err();
+    assert_eq!((e.path.as_str(), e.message.as_str()), ("identity.failed_credentials", "missing field `window`"));
+    let e =
+        Config::from_json(with(r#""identity": { "failed_credentials": { "limit": 5, "window": "1x" } }"#).as_bytes())
+            .unwrap_err();
+    assert_eq!(e.path, "identity.failed_credentials.window");
+    let e = Config::from_json(with(r#""logs": { "max_lines": 1 }"#).as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("logs.max_lines", "unknown field `max_lines`, expected `max_refusal_lines_per_second` or `caller_name_key`")
+    );
+    let e = Config::from_json(with(r#""logs": { "max_refusal_lines_per_second": -1 }"#).as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("logs.max_refusal_lines_per_second", "invalid value: integer `-1`, expected u32")
+    );
+    let key = "caller-name-key-0123456789abcdef";
+    let json = with(&format!(r#""logs": {{ "max_refusal_lines_per_second": 0, "caller_name_key": "{key}" }}"#));
+    let c = Config::from_json(json.as_bytes()).unwrap();
+    assert_eq!(c.logs.max_refusal_lines_per_second, 0);
+    assert_eq!(c.logs.caller_name_key.as_ref().map(|k| k.expose()), Some(key.as_bytes()));
+    let tree: super::json::Json = serde_json::from_str(&json).unwrap();
+    let raw = super::raw::RawConfig::from_json(&tree, super::json::Path::Root).unwrap();
+    assert!(!format!("{c:?}").contains(key) && !format!("{raw:?}").contains(key));
+    let e = Config::from_json(with(r#""headers": { "max_retry_wait_ms": "1s" }"#).as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.path.as_str(), e.message.as_str()),
+        ("headers.max_retry_wait_ms", r#"invalid type: string "1s", expected u64"#)
+    );
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_callouts": 50 }"#;
+    let c = Config::from_json(with(quota).as_bytes()).unwrap();
+    assert_eq!(c.quota.as_ref().map(|q| q.max_pending_verifications), Some(50), "100, or fewer if callouts are");
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_verifications": null }"#;
+    let c = Config::from_json(with(quota).as_bytes()).unwrap();
+    assert_eq!(c.quota.as_ref().map(|q| q.max_pending_verifications), Some(100));
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_verifications": 7 }"#;
+    let c = Config::from_json(with(quota).as_bytes()).unwrap();
+    assert_eq!(c.quota.as_ref().map(|q| q.max_pending_verifications), Some(7));
+    let quota = r#""quota_service": { "cluster": "q", "max_pending_verifications": 2000 }"#;
+    let e = Config::from_json(with(quota).as_bytes()).unwrap_err();
+    assert_eq!(e.path, "quota_service.max_pending_verifications");
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{tokens_in, Api, Demand};
+use crate::json_path;
 
 /// Why a request body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +86,13 @@ pub fn read(api: Api, body: &[u8]) -> Result<Demand, BodyError> {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(BodyError::Malformed("expected a JSON object".to_owned()));
         }
+        let malformed = |e: serde_json::Error| {
+            let path = json_path::error_path(body, &e);
+            BodyError::Malformed(if path.is_empty() { e.to_string() } else { format!("at `{path}`: {e}") })
+        };
         let mut de = serde_json::Deserializer::from_slice(body);
-        let value: Fields<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            BodyError::Malformed(if path == "." { inner.to_string() } else { format!("at `{path}`: {inner}") })
-        })?;
-        de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
+        let value = Fields::deserialize(&mut de).map_err(malformed)?;
+        de.end().map_err(malformed)?;
         Ok(value)
     }
     let size = |raw: Option<&RawValue>| raw.map_or(0, |r| r.get().len());

@@ -10,6 +10,7 @@ use super::outcome::{Caller, Decision, Outcome, QuotaReport};
 use super::{to_json, Answer, Asked, Callout, Ctx, Pending, Stage, Step, Verify};
 use crate::hash::{hex, sha256};
 use crate::identity::{client_network, token, RequestInfo};
+use crate::json_write::JsonObject;
 use crate::keycache::{CachedKey, Lookup, StaticKey};
 use crate::quota::{VerifyRequest, VerifyResponse};
 use crate::reply::{self, LocalReply};
@@ -174,15 +175,17 @@ fn unknown_key<S: SharedStore + ?Sized>(cx: Ctx<'_, S>, request: &RequestInfo<'_
 
 /// 503 for a key verification the worker cannot send: it has `max_pending_verifications`
 /// in flight.
-fn verifications_full() -> LocalReply {
+pub(super) fn verifications_full() -> LocalReply {
     let mut reply = reply::quota_unavailable();
-    reply.body = serde_json::json!({ "error": {
-        "message": "Too many API keys are being verified at once, so this one cannot be checked now. Retry in 1 s.",
-        "type": "server_error",
-        "param": serde_json::Value::Null,
-        "code": "key_verifications_busy",
-    }})
-    .to_string();
+    reply.body = JsonObject::new()
+        .str("code", "key_verifications_busy")
+        .str(
+            "message",
+            "Too many API keys are being verified at once, so this one cannot be checked now. Retry in 1 s.",
+        )
+        .null("param")
+        .str("type", "server_error")
+        .finish_as_error();
     reply
 }
 

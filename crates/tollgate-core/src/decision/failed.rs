@@ -5,18 +5,17 @@
 //! out to be known: a network past the limit makes no callout, so a flood of made-up
 //! tokens from one network costs at most the limit's callouts, whatever its size.
 
-use serde_json::{json, Value};
-
 use super::outcome::{Decision, Outcome};
 use super::Ctx;
 use crate::config::{Config, Limit};
 use crate::hash::identity_fingerprint;
 use crate::headers::Headers;
 use crate::identity::{client_network, RequestInfo};
+use crate::json_write::JsonObject;
 use crate::limit::{evaluate, refund, LimitState};
 use crate::reply::LocalReply;
 use crate::store::{self, words_of, Change, Limits, SharedStore, SlotRef, StoredLimit};
-use crate::time::{ceil_secs, rfc3339};
+use crate::time::{ceil_secs, rfc3339, Nanos};
 
 /// The pseudo-tier of the networks' counts: no tier can have this name (a tier name has
 /// no '/'), so they never share an entry with a caller's limits.
@@ -75,7 +74,7 @@ pub(super) fn count<S: SharedStore + ?Sized>(
         (Ok(()), Some(retry_after_ns)) => {
             let mut d = Decision::refuse(
                 Outcome::CredentialsLimited,
-                too_many_failures(limit, retry_after_ns, cx),
+                too_many_failures(limit, retry_after_ns, now),
                 config.mode,
             );
             d.store = report;
@@ -113,9 +112,9 @@ fn one_state(limit: &Limit, words: [u64; 2]) -> Limits {
 
 /// 429 for a network past its limit of failed credentials: what happened, when to try
 /// again, and what to check.
-fn too_many_failures<S: ?Sized>(limit: &Limit, retry_after_ns: u64, cx: Ctx<'_, S>) -> LocalReply {
+pub(super) fn too_many_failures(limit: &Limit, retry_after_ns: u64, now: Nanos) -> LocalReply {
     let retry_after = ceil_secs(retry_after_ns).max(1);
-    let retry_at = rfc3339(cx.now.saturating_add(retry_after_ns));
+    let retry_at = rfc3339(now.saturating_add(retry_after_ns));
     let message = format!(
         "Too many requests with a credential that is not valid came from your network: at most {} per {} are checked. \
          Try again in {retry_after} s (at {retry_at}), and check that the whole key is sent as 'Authorization: Bearer <token>'.",
@@ -123,15 +122,15 @@ fn too_many_failures<S: ?Sized>(limit: &Limit, retry_after_ns: u64, cx: Ctx<'_, 
     );
     let mut headers = Headers::one("retry-after", &retry_after.to_string());
     headers.push("content-type", "application/json");
-    let body = json!({ "error": {
-        "message": message,
-        "type": "rate_limit_error",
-        "param": Value::Null,
-        "code": "too_many_failed_credentials",
-        "limit": limit.quota,
-        "window": limit.window.text,
-        "retry_after_seconds": retry_after,
-        "resets_at": retry_at,
-    }});
-    LocalReply { status: 429, headers, body: body.to_string() }
+    let body = JsonObject::new()
+        .str("code", "too_many_failed_credentials")
+        .num("limit", limit.quota)
+        .str("message", &message)
+        .null("param")
+        .str("resets_at", &retry_at)
+        .num("retry_after_seconds", retry_after)
+        .str("type", "rate_limit_error")
+        .str("window", &limit.window.text)
+        .finish_as_error();
+    LocalReply { status: 429, headers, body }
 }

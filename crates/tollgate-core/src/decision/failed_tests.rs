@@ -186,3 +186,47 @@ fn its_fields_are_checked_by_path() {
     let c = config(json!({}), json!({ "max_pending_callouts": 10 }));
     assert_eq!(c.quota.unwrap().max_pending_verifications, 10, "the default, capped by max_pending_callouts");
 }
+
+#[test]
+fn the_429_body_is_what_serde_json_printed() {
+    for (identity, retry_after_ns) in [
+        (json!({ "failed_credentials": { "limit": 3, "window": "1m" } }), 1),
+        (json!({ "failed_credentials": { "limit": 20, "window": "90s" } }), 61 * SEC + 5),
+    ] {
+        let c = config(identity, json!({}));
+        let limit = c.identity.failed_credentials.as_ref().unwrap();
+        let reply = super::failed::too_many_failures(limit, retry_after_ns, T0);
+        let retry_after = crate::time::ceil_secs(retry_after_ns).max(1);
+        let retry_at = crate::time::rfc3339(T0.saturating_add(retry_after_ns));
+        let message = format!(
+            "Too many requests with a credential that is not valid came from your network: at most {} per {} are \
+             checked. Try again in {retry_after} s (at {retry_at}), and check that the whole key is sent as \
+             'Authorization: Bearer <token>'.",
+            limit.quota, limit.window.text
+        );
+        // The body as serde_json::json! printed it before it was written by hand.
+        let before = json!({ "error": {
+            "message": message,
+            "type": "rate_limit_error",
+            "param": Value::Null,
+            "code": "too_many_failed_credentials",
+            "limit": limit.quota,
+            "window": limit.window.text,
+            "retry_after_seconds": retry_after,
+            "resets_at": retry_at,
+        }});
+        assert_eq!(reply.body, before.to_string());
+    }
+}
+
+#[test]
+fn the_503_body_of_busy_verifications_is_what_serde_json_printed() {
+    let reply = super::caller::verifications_full();
+    let before = json!({ "error": {
+        "message": "Too many API keys are being verified at once, so this one cannot be checked now. Retry in 1 s.",
+        "type": "server_error",
+        "param": Value::Null,
+        "code": "key_verifications_busy",
+    }});
+    assert_eq!((reply.status, reply.body), (503, before.to_string()));
+}
