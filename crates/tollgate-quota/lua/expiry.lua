@@ -1,5 +1,6 @@
--- expiry.lua: the TTL of a metered key. The service puts this file in front of check.lua,
--- return.lua and settle.lua (one script each); they call expire_meter after they wrote.
+-- expiry.lua: the TTL of a metered key. The service puts this file, then state.lua, in
+-- front of check.lua, return.lua and settle.lua (one script each); they call expire_meter
+-- after they wrote.
 --
 -- A metered key lives until every limit stored in it is as good as absent: a fixed window
 -- until the end of the window it counts in (at most one window from now), a token bucket

@@ -23,7 +23,7 @@ local now = time[1] * 1000000 + time[2]
 local units = tonumber(ARGV[1])
 local count = (#ARGV - 1) / 4
 local key = KEYS[1]
-local find, sub, format, floor, ceil = string.find, string.sub, string.format, math.floor, math.ceil
+local sub, format, floor, ceil = string.sub, string.format, math.floor, math.ceil
 
 local names = {}
 for i = 1, count do names[i] = ARGV[4 * i - 2] end
@@ -37,18 +37,7 @@ for i = 1, count do
   local definition = ARGV[base + 1]
   local x = tonumber(ARGV[base + 2])
   local w = tonumber(ARGV[base + 3])
-  local a, b
-  local value = stored[i]
-  if value then
-    local space = find(value, ' ', 1, true)
-    if space and sub(value, 1, space - 1) == definition then
-      local second = find(value, ' ', space + 1, true)
-      if second then
-        a = tonumber(sub(value, space + 1, second - 1))
-        b = tonumber(sub(value, second + 1))
-      end
-    end
-  end
+  local a, b = stored_state(stored[i], definition)
 
   local given = 0
   if a then

@@ -37,7 +37,7 @@ local time = call('TIME')
 local now = time[1] * 1000000 + time[2]
 local key = KEYS[1]
 local count = (#ARGV - 1) / 7
-local find, sub, format, floor = string.find, string.sub, string.format, math.floor
+local sub, format, floor = string.sub, string.format, math.floor
 
 local names = {}
 for i = 1, count do names[i] = ARGV[7 * i - 5] end
@@ -53,18 +53,7 @@ for i = 1, count do
   local w = tonumber(ARGV[base + 4])
   local reserved = tonumber(ARGV[base + 5])
   local used = tonumber(ARGV[base + 6])
-  local a, b
-  local value = stored[i]
-  if value then
-    local space = find(value, ' ', 1, true)
-    if space and sub(value, 1, space - 1) == definition then
-      local second = find(value, ' ', space + 1, true)
-      if second then
-        a = tonumber(sub(value, space + 1, second - 1))
-        b = tonumber(sub(value, second + 1))
-      end
-    end
-  end
+  local a, b = stored_state(stored[i], definition)
 
   local new_value
   if sub(definition, 1, 1) == 't' then

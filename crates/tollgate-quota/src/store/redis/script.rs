@@ -12,10 +12,15 @@ use super::corrupt;
 use super::schema::{meter_key, settle_marker_key};
 use crate::store::{definition, limit_from_definition, settle_marker_ttl, usage_of, Check, Return, Settle, StoreError};
 
-/// The scripts that write a meter begin with `expiry.lua`, which sets its TTL.
+/// The scripts that write a meter begin with `expiry.lua`, which sets its TTL, and
+/// `state.lua`, which reads a stored state.
 macro_rules! writing_script {
     ($file:literal) => {
-        concat!(include_str!("../../../lua/expiry.lua"), include_str!(concat!("../../../lua/", $file)))
+        concat!(
+            include_str!("../../../lua/expiry.lua"),
+            include_str!("../../../lua/state.lua"),
+            include_str!(concat!("../../../lua/", $file))
+        )
     };
 }
 
